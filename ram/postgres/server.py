@@ -1,0 +1,172 @@
+"""One local PostgreSQL server: create, start, stop, and say how to connect.
+
+Used for the node's embedded store (a small private instance under the node's data directory,
+reached over its own unix socket) and by the test suite, so both exercise the same code. The
+managed, replicated instance builds on the same primitives in its own modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ram.postgres.commands import (
+    PostgresCommandError,
+    chown_to_owner,
+    default_owner,
+    find_bindir,
+    run_command,
+)
+
+#: Settings for a store instance: it holds a Raft log and events, not user data, so it stays small,
+#: but durability is the point of it (fsync and synchronous_commit stay on).
+STORE_SETTINGS: dict[str, str] = {
+    "shared_buffers": "16MB",
+    "max_connections": "40",
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
+    "max_wal_size": "256MB",
+    "log_min_messages": "warning",
+    "logging_collector": "off",
+    "dynamic_shared_memory_type": "posix",
+}
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server whose data directory and life we own.
+
+    ``socket_dir`` defaults to the data directory's parent ``run`` folder so that paths stay short
+    (unix socket paths are limited to ~107 bytes).
+    """
+
+    datadir: Path
+    port: int
+    listen_addresses: str = ""
+    socket_dir: Path | None = None
+    owner: str = field(default_factory=default_owner)
+    settings: Mapping[str, str] = field(default_factory=lambda: dict(STORE_SETTINGS))
+    superuser: str = "postgres"
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.datadir = Path(self.datadir).absolute()
+        if self.socket_dir is None:
+            self.socket_dir = self.datadir.parent / "run"
+        self.bindir = find_bindir()
+
+    @property
+    def sockdir(self) -> Path:
+        assert self.socket_dir is not None
+        return self.socket_dir
+
+    def dsn(self, dbname: str = "postgres", *, tcp: bool = False) -> str:
+        """A libpq URI for this server (over the unix socket unless ``tcp``)."""
+        if tcp:
+            host = self.listen_addresses.split(",")[0].strip() or "127.0.0.1"
+            return f"postgresql://{self.superuser}@{host}:{self.port}/{dbname}"
+        return f"postgresql://{self.superuser}@/{dbname}?host={self.sockdir}&port={self.port}"
+
+    @property
+    def initialized(self) -> bool:
+        return (self.datadir / "PG_VERSION").exists()
+
+    def _prepare_dir(self, path: Path, mode: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, mode)
+        chown_to_owner(path, self.owner)
+
+    async def init(self) -> None:
+        """``initdb`` a new cluster: local trust only, listening where we say, our settings."""
+        if self.initialized:
+            return
+        self._prepare_dir(self.datadir.parent, 0o755)
+        self._prepare_dir(self.datadir, 0o700)
+        self._prepare_dir(self.sockdir, 0o700)
+        await run_command(
+            [
+                str(self.bindir / "initdb"),
+                "-D", str(self.datadir),
+                "-U", self.superuser,
+                "--auth-local=trust",
+                "--auth-host=trust" if self.listen_addresses else "--auth-host=reject",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            owner=self.owner,
+            timeout=self.timeout,
+        )
+        conf = self.datadir / "postgresql.auto.conf"
+        lines = [f"{key} = '{value}'" for key, value in self.settings.items()]
+        lines += [
+            f"port = {self.port}",
+            f"listen_addresses = '{self.listen_addresses}'",
+            f"unix_socket_directories = '{self.sockdir}'",
+            "unix_socket_permissions = 0700",
+        ]
+        with conf.open("a") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+    async def is_running(self) -> bool:
+        if not self.initialized:
+            return False
+        result = await run_command(
+            [str(self.bindir / "pg_ctl"), "status", "-D", str(self.datadir)],
+            owner=self.owner,
+            timeout=self.timeout,
+            check=False,
+        )
+        return result.returncode == 0
+
+    async def start(self) -> None:
+        """Start the server and wait until it accepts connections (idempotent)."""
+        self._prepare_dir(self.sockdir, 0o700)
+        if await self.is_running():
+            return
+        logfile = self.datadir / "server.log"
+        await run_command(
+            [
+                str(self.bindir / "pg_ctl"), "start", "-w", "-t", str(int(self.timeout)),
+                "-D", str(self.datadir), "-l", str(logfile),
+            ],
+            owner=self.owner,
+            timeout=self.timeout + 5,
+        )
+
+    async def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Stop the server: ``fast`` first, ``immediate`` when that takes longer than ``timeout``."""
+        if not await self.is_running():
+            return
+        try:
+            await run_command(
+                [str(self.bindir / "pg_ctl"), "stop", "-w", "-m", mode, "-t", str(int(timeout)),
+                 "-D", str(self.datadir)],
+                owner=self.owner,
+                timeout=timeout + 5,
+            )
+        except PostgresCommandError:
+            if mode == "immediate":
+                raise
+            await self.stop("immediate", timeout)
+
+    def postmaster_pid(self) -> int | None:
+        """The postmaster's PID from ``postmaster.pid``, if the server looks alive."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int((self.datadir / "postmaster.pid").read_text().splitlines()[0])
+            os.kill(pid, 0)
+            return pid
+        return None
+
+    async def destroy(self) -> None:
+        """Stop the server and remove its data directory (tests and ``--purge``)."""
+        with contextlib.suppress(PostgresCommandError):
+            await self.stop("immediate", 10)
+        await asyncio.to_thread(shutil.rmtree, self.datadir, True)

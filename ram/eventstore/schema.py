@@ -1,0 +1,78 @@
+"""Creating and upgrading the `pgraft` schema with Alembic, from code.
+
+`ram store upgrade` and `ram node run` call these; they are synchronous (Alembic is), so async
+callers run them in a worker thread with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+
+
+def execute_script(sql: str) -> None:
+    """Run a multi-statement SQL script inside a migration.
+
+    SQLAlchemy's asyncpg dialect prepares every statement, and PostgreSQL refuses to prepare
+    several commands at once; asyncpg's own ``execute`` without arguments uses the simple query
+    protocol, which accepts a whole script (plpgsql bodies included) in one round trip.
+    """
+    from alembic import op
+    from sqlalchemy.util import await_only
+
+    raw = op.get_bind().connection.driver_connection
+    await_only(raw.execute(sql))
+
+
+def alembic_config(dsn: str) -> Config:
+    """An Alembic config pointing at our migrations and the given store DSN."""
+    if not (MIGRATIONS_DIR / "env.py").exists():
+        raise FileNotFoundError(f"migrations not found at {MIGRATIONS_DIR}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["dsn"] = dsn
+    return cfg
+
+
+def upgrade(dsn: str, revision: str = "head") -> None:
+    """Bring the store's `pgraft` schema up to ``revision`` (idempotent)."""
+    command.upgrade(alembic_config(dsn), revision)
+
+
+def downgrade(dsn: str, revision: str = "base") -> None:
+    """Take the schema down to ``revision``; ``base`` removes schema `pgraft` entirely."""
+    command.downgrade(alembic_config(dsn), revision)
+
+
+def head_revision() -> str:
+    """The newest revision this code knows."""
+    head = ScriptDirectory.from_config(alembic_config("unused")).get_current_head()
+    assert head is not None
+    return head
+
+
+async def current_revision(conn: object) -> str | None:
+    """The store's current revision, read with asyncpg (``None`` when never migrated)."""
+    fetchval = conn.fetchval  # type: ignore[attr-defined]
+    exists = await fetchval("SELECT to_regclass('public.pgraft_alembic_version') IS NOT NULL")
+    if not exists:
+        return None
+    value = await fetchval("SELECT version_num FROM public.pgraft_alembic_version")
+    return str(value) if value is not None else None
+
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "MigrationContext",
+    "current_revision",
+    "downgrade",
+    "execute_script",
+    "head_revision",
+    "upgrade",
+]

@@ -27,6 +27,8 @@ def execute_script(sql: str) -> None:
     from sqlalchemy.util import await_only
 
     raw = op.get_bind().connection.driver_connection
+    if raw is None:
+        raise RuntimeError("migration has no live database connection")
     await_only(raw.execute(sql))
 
 

@@ -1,0 +1,5 @@
+.PHONY: test lint
+test:
+	./scripts/test.sh
+lint:
+	.venv/bin/ruff check ram tests bench migrations && .venv/bin/mypy ram

@@ -1,0 +1,176 @@
+"""Writing and reading `pgraft.events`.
+
+Writing happens only in the apply path, inside the caller's transaction, together with the
+projection update and the applied index — so an entry's events are there exactly once or not at
+all, across crashes. Reading serves operators: a range by position, the tail, and a live follow
+driven by LISTEN/NOTIFY (a trigger on `pgraft.events` notifies on every insert; nobody polls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ram.eventstore.events import Event, StoredEvent, decode_event, encode_event
+
+NOTIFY_CHANNEL = "pgraft_events"
+
+_INSERT_EVENTS = """
+INSERT INTO pgraft.events (position, sub, type, schema_version, payload, term, proposer, ts)
+SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::jsonb[], $6::bigint[], $7::int[],
+                     $8::timestamptz[])
+"""
+
+_SELECT_COLUMNS = "position, sub, type, schema_version, payload::text AS payload, term, proposer, ts"
+
+
+@dataclass(frozen=True)
+class EntryEvents:
+    """The events one committed Raft entry yields (possibly none: the index still counts as applied)."""
+
+    position: int
+    term: int
+    proposer: int
+    ts: datetime
+    events: Sequence[Event] = field(default_factory=tuple)
+
+
+async def applied_index(conn: asyncpg.Connection) -> int:
+    """The highest Raft index whose events are written."""
+    return int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
+
+
+async def append_entries(conn: asyncpg.Connection, batch: Sequence[EntryEvents]) -> int:
+    """Write the events of consecutive committed entries, update projections and the applied index.
+
+    Must run inside the caller's transaction (it locks the applied row, so concurrent appliers
+    serialise). Entries at or below the applied index are skipped, which makes re-applying after a
+    crash between commit and acknowledgement harmless. Everything goes in a fixed number of round
+    trips whatever the batch size. Returns the new applied index.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("append_entries must run inside a transaction")
+    current = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied FOR UPDATE"))
+    fresh = [entry for entry in batch if entry.position > current]
+    if not fresh:
+        return current
+    expected = current + 1
+    for entry in fresh:
+        if entry.position != expected:
+            raise ValueError(f"entries must be consecutive: expected position {expected}, got {entry.position}")
+        expected += 1
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
+    for entry in fresh:
+        for sub, event in enumerate(entry.events):
+            type_name, version, payload = encode_event(event)
+            for column, value in zip(
+                columns,
+                (entry.position, sub, type_name, version, json.dumps(payload), entry.term, entry.proposer, entry.ts),
+                strict=True,
+            ):
+                column.append(value)
+    last = fresh[-1].position
+    if columns[0]:
+        await conn.execute(_INSERT_EVENTS, *columns)
+        await conn.execute("SELECT pgraft.apply_events($1, $2)", current, last)
+    await conn.execute("UPDATE pgraft.applied SET applied_index = $1", last)
+    return last
+
+
+def _row_to_event(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        position=row["position"],
+        sub=row["sub"],
+        term=row["term"],
+        proposer=row["proposer"],
+        ts=row["ts"],
+        event=decode_event(row["type"], row["schema_version"], row["payload"]),
+    )
+
+
+async def read_range(
+    conn: asyncpg.Connection,
+    *,
+    after: int = 0,
+    limit: int = 100,
+    types: Sequence[str] | None = None,
+) -> list[StoredEvent]:
+    """Events with position > ``after``, oldest first, optionally of some types.
+
+    About ``limit`` events: the page never ends inside an entry (all events of its last position
+    are included), so ``after=<last position seen>`` is a correct cursor for the next page.
+    A stored event this code can not decode raises :class:`ram.eventstore.events.EventDecodeError`.
+    """
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    rows = await conn.fetch(
+        f"""
+        WITH page_end AS (
+            SELECT max(position) AS position FROM (
+                SELECT position FROM pgraft.events
+                WHERE position > $1 AND ($3::text[] IS NULL OR type = ANY($3))
+                ORDER BY position, sub LIMIT $2) picked)
+        SELECT {_SELECT_COLUMNS} FROM pgraft.events
+        WHERE position > $1 AND position <= (SELECT position FROM page_end)
+          AND ($3::text[] IS NULL OR type = ANY($3))
+        ORDER BY position, sub
+        """,
+        after,
+        limit,
+        list(types) if types else None,
+    )
+    return [_row_to_event(row) for row in rows]
+
+
+async def read_tail(conn: asyncpg.Connection, count: int = 20, types: Sequence[str] | None = None) -> list[StoredEvent]:
+    """The newest ``count`` events, oldest first."""
+    if count <= 0:
+        raise ValueError(f"count must be positive, got {count}")
+    rows = await conn.fetch(
+        f"SELECT * FROM (SELECT {_SELECT_COLUMNS} FROM pgraft.events "
+        "WHERE ($2::text[] IS NULL OR type = ANY($2)) ORDER BY position DESC, sub DESC LIMIT $1) t "
+        "ORDER BY position, sub",
+        count,
+        list(types) if types else None,
+    )
+    return [_row_to_event(row) for row in rows]
+
+
+async def follow(
+    dsn: str,
+    *,
+    after: int = 0,
+    types: Sequence[str] | None = None,
+    batch: int = 500,
+) -> AsyncIterator[StoredEvent]:
+    """Yield every event after ``after`` and then each new one as it is committed, forever.
+
+    One dedicated connection LISTENs before the first read so that nothing committed in between is
+    missed; a notification only wakes the reader, which then reads everything new in order.
+    """
+    conn = await asyncpg.connect(dsn)
+    wake = asyncio.Event()
+
+    def on_notify(*_: object) -> None:
+        wake.set()
+
+    try:
+        await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+        position = after
+        while True:
+            wake.clear()
+            while events := await read_range(conn, after=position, limit=batch, types=types):
+                for stored in events:
+                    position = stored.position
+                    yield stored
+            await wake.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.close()

@@ -1,0 +1,1 @@
+"""Consensus runtime: the I/O around the pure Raft core (transport, storage, timers)."""

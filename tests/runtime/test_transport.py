@@ -190,10 +190,10 @@ def test_invalid_settings_rejected() -> None:
 
 # --------------------------------------------------------------------------- over TCP
 
-pytestmark_async = pytest.mark.asyncio(loop_scope="function")
+asyncio_test = pytest.mark.asyncio(loop_scope="function")
 
 
-@pytestmark_async
+@asyncio_test
 async def test_frames_delivered_in_order_between_three_nodes(net: Net) -> None:
     ts, inboxes = await net.cluster(3)
     n = 500
@@ -213,11 +213,12 @@ async def test_frames_delivered_in_order_between_three_nodes(net: Net) -> None:
             assert st.dropped_frames == 0 and st.queued_frames == 0 and st.queued_bytes == 0
 
 
-@pytestmark_async
+@asyncio_test
 async def test_pipelined_throughput(net: Net) -> None:
-    ts, inboxes = await net.cluster(2)
-    await wait_until(lambda: all_connected(ts), what="connected")
     n = 50_000
+    # Queue bound above n so the assertion is about speed, not about the scheduler's timing.
+    ts, inboxes = await net.cluster(2, queue_max_frames=n)
+    await wait_until(lambda: all_connected(ts), what="connected")
     payload = b"x" * 32
     started = time.perf_counter()
     for _ in range(n // 1000):  # interleave sends with loop turns, as a real runtime would
@@ -231,7 +232,7 @@ async def test_pipelined_throughput(net: Net) -> None:
     assert ts[0].stats()[2].dropped_frames == 0
 
 
-@pytestmark_async
+@asyncio_test
 async def test_wrong_cluster_id_refused(net: Net, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ram.transport")
     good_port, bad_port = free_port(), free_port()
@@ -260,7 +261,7 @@ async def test_wrong_cluster_id_refused(net: Net, caplog: pytest.LogCaptureFixtu
     assert len(refusals) < 30
 
 
-@pytestmark_async
+@asyncio_test
 async def test_unknown_node_id_refused(net: Net, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ram.transport")
     a_port = free_port()
@@ -282,7 +283,7 @@ async def test_unknown_node_id_refused(net: Net, caplog: pytest.LogCaptureFixtur
     assert 7 not in a.stats()
 
 
-@pytestmark_async
+@asyncio_test
 async def test_handshake_ok_then_oversize_frame_closes_only_that_connection(net: Net) -> None:
     ts, inboxes = await net.cluster(3, max_frame_bytes=1024)
     await wait_until(lambda: all_connected(ts), what="connected")
@@ -309,7 +310,7 @@ async def test_handshake_ok_then_oversize_frame_closes_only_that_connection(net:
     assert ts[1].stats()[1].reconnects == 0 and ts[2].stats()[1].reconnects == 0
 
 
-@pytestmark_async
+@asyncio_test
 async def test_garbage_before_handshake_is_refused(net: Net) -> None:
     ts, inboxes = await net.cluster(2)
     for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", HEADER.pack(3) + b"\xc1\xc1\xc1"):
@@ -322,7 +323,7 @@ async def test_garbage_before_handshake_is_refused(net: Net) -> None:
     await wait_until(lambda: inboxes[0].frames[2] == [b"still fine"], what="delivery after garbage")
 
 
-@pytestmark_async
+@asyncio_test
 async def test_truncated_frame_closes_connection(net: Net, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ram.transport")
     inbox = Inbox()
@@ -338,7 +339,7 @@ async def test_truncated_frame_closes_connection(net: Net, caplog: pytest.LogCap
     await wait_until(lambda: not t.stats()[4].inbound_connected, what="connection closed")
 
 
-@pytestmark_async
+@asyncio_test
 async def test_silent_client_times_out(net: Net) -> None:
     ts, _ = await net.cluster(2, handshake_timeout=0.2)
     reader, writer = await asyncio.open_connection(LOCAL, ts[0].bound_port)
@@ -348,7 +349,7 @@ async def test_silent_client_times_out(net: Net) -> None:
     writer.close()
 
 
-@pytestmark_async
+@asyncio_test
 async def test_on_frame_exception_does_not_kill_reader(net: Net) -> None:
     got: list[bytes] = []
 
@@ -368,7 +369,7 @@ async def test_on_frame_exception_does_not_kill_reader(net: Net) -> None:
     assert a.stats()[2].inbound_connected
 
 
-@pytestmark_async
+@asyncio_test
 async def test_reconnect_after_peer_restarts_on_same_port(net: Net) -> None:
     ts, inboxes = await net.cluster(2)
     await wait_until(lambda: all_connected(ts), what="connected")
@@ -391,7 +392,7 @@ async def test_reconnect_after_peer_restarts_on_same_port(net: Net) -> None:
     assert st.reconnects >= 1 and st.queued_frames == 0
 
 
-@pytestmark_async
+@asyncio_test
 async def test_bounded_queue_drops_when_peer_down(net: Net) -> None:
     down = PeerAddress(LOCAL, free_port())  # nobody listens there
     t = net.make(1, {2: down}, queue_max_frames=100, queue_max_bytes=10_000)
@@ -423,7 +424,7 @@ async def test_bounded_queue_drops_when_peer_down(net: Net) -> None:
     assert t.stats()[2].queued_bytes <= 10_000
 
 
-@pytestmark_async
+@asyncio_test
 async def test_queued_while_never_connected_flushes_on_first_connect(net: Net) -> None:
     port = free_port()
     a = net.make(1, {2: PeerAddress(LOCAL, port)})
@@ -437,7 +438,7 @@ async def test_queued_while_never_connected_flushes_on_first_connect(net: Net) -
     await wait_until(lambda: inbox.frames[1] == [bytes([i]) for i in range(5)], what="flush")
 
 
-@pytestmark_async
+@asyncio_test
 async def test_set_peers_removal_closes_connections(net: Net) -> None:
     ts, inboxes = await net.cluster(3)
     await wait_until(lambda: all_connected(ts), what="connected")
@@ -470,7 +471,7 @@ async def test_set_peers_removal_closes_connections(net: Net) -> None:
     await wait_until(lambda: inboxes[0].frames[2][-1:] == [b"after removal"], timeout=5, what="2->1 again")
 
 
-@pytestmark_async
+@asyncio_test
 async def test_start_on_busy_port_raises_clear_error(net: Net) -> None:
     a = net.make(1, {})
     await a.start()
@@ -479,7 +480,7 @@ async def test_start_on_busy_port_raises_clear_error(net: Net) -> None:
         await b.start()
 
 
-@pytestmark_async
+@asyncio_test
 async def test_stop_is_idempotent_and_final(net: Net) -> None:
     ts, _ = await net.cluster(2)
     await wait_until(lambda: all_connected(ts), what="connected")
@@ -503,3 +504,64 @@ def test_stats_type() -> None:
         reconnects=0,
     )
     assert not st.inbound_connected
+
+
+@asyncio_test
+async def test_frame_sizes_up_to_the_limit(net: Net) -> None:
+    limit = 1 << 20
+    ts, inboxes = await net.cluster(2, max_frame_bytes=limit)
+    payloads = [b"", b"\x00", bytes(range(256)) * 17, b"L" * limit, b"after"]
+    for p in payloads:
+        assert ts[0].send(2, p)
+    assert not ts[0].send(2, b"L" * (limit + 1))
+    await wait_until(lambda: inboxes[1].count() == len(payloads), what="all sizes delivered")
+    assert inboxes[1].frames[1] == payloads
+
+
+@asyncio_test
+async def test_set_peers_address_change_redials(net: Net) -> None:
+    ts, _ = await net.cluster(2)
+    await wait_until(lambda: all_connected(ts), what="connected")
+    await ts[1].stop()
+    inbox = Inbox()
+    moved = net.make(2, {1: PeerAddress(LOCAL, ts[0].bound_port)}, inbox)  # new, different port
+    await moved.start()
+    ts[0].set_peers({2: PeerAddress(LOCAL, moved.bound_port)})
+    assert ts[0].send(2, b"at the new address")
+    await wait_until(lambda: inbox.frames[1] == [b"at the new address"], what="delivery at new address")
+
+
+@asyncio_test
+async def test_send_before_start_is_queued(net: Net) -> None:
+    inbox = Inbox()
+    b = net.make(2, {1: PeerAddress(LOCAL, free_port())}, inbox)
+    await b.start()
+    a = net.make(1, {2: PeerAddress(LOCAL, b.bound_port)})
+    assert a.send(2, b"early")
+    await a.start()
+    await wait_until(lambda: inbox.frames[1] == [b"early"], what="early frame delivered")
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    t = Transport(
+        cluster_id=CLUSTER,
+        node_id=1,
+        listen=PeerAddress(LOCAL, 0),
+        peers={},
+        on_frame=Inbox(),
+        rng=random.Random(42),
+    )
+    delays = [t._backoff(i) for i in range(12)]
+    for i, d in enumerate(delays):
+        ceiling = min(1.0, 0.05 * 2**i)
+        assert ceiling / 2 <= d <= ceiling
+    assert max(delays) <= 1.0
+    again = Transport(
+        cluster_id=CLUSTER,
+        node_id=1,
+        listen=PeerAddress(LOCAL, 0),
+        peers={},
+        on_frame=Inbox(),
+        rng=random.Random(42),
+    )
+    assert [again._backoff(i) for i in range(12)] == delays  # injectable rng: reproducible

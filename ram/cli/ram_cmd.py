@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ram import __version__
+from ram.cli.node_cmd import node_group
 from ram.cli.store_cmd import store_group
 
 
@@ -19,6 +20,7 @@ def cli() -> None:
     """
 
 
+cli.add_command(node_group)
 cli.add_command(store_group)
 
 

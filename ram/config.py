@@ -1,0 +1,188 @@
+"""Node configuration: one file (TOML or YAML), validated by pydantic before anything starts.
+
+Unknown keys and bad values are errors that name the key (``raft.election_ms: must be >= ...``),
+so a typo never silently falls back to a default. Every field documents itself; the README's
+configuration reference is generated from these models.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or invalid; the message names the key."""
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``host:port`` → (host, port), with a clear error for anything else."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"expected host:port with a port in 1..65535, got {value!r}")
+    return host, int(port_text)
+
+
+def _check_address(value: str) -> str:
+    parse_address(value)
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PeerConfig(_Strict):
+    """Another member of the cluster as this node first knows it."""
+
+    id: Annotated[int, Field(gt=0, description="The peer's Raft node id (unique, positive).")]
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="The peer's member name.")]
+    address: Annotated[str, Field(description="The peer's Raft address, host:port.")]
+
+    _addr = field_validator("address")(_check_address)
+
+
+class RaftSettings(_Strict):
+    """Consensus timings and limits. Defaults suit a LAN or one machine."""
+
+    listen: Annotated[str, Field(description="Raft listen address of this node, host:port.")]
+    peers: Annotated[
+        list[PeerConfig],
+        Field(default_factory=list, description="The other members (all of them when bootstrapping)."),
+    ]
+    tick_ms: Annotated[int, Field(ge=5, le=1000, description="Raft clock tick in milliseconds.")] = 50
+    heartbeat_ms: Annotated[int, Field(ge=10, le=10_000, description="Leader heartbeat interval (ms).")] = 100
+    election_ms: Annotated[
+        int,
+        Field(ge=50, le=60_000, description="Election timeout (ms); each node draws from [election_ms, 2x)."),
+    ] = 600
+    snapshot_entries: Annotated[
+        int, Field(ge=100, description="Take a snapshot and compact the log every this many applied entries.")
+    ] = 10_000
+    proposal_timeout_s: Annotated[
+        float, Field(gt=0, le=600, description="How long a proposal waits for commit before failing.")
+    ] = 10.0
+    pre_vote: Annotated[
+        bool, Field(description="Pre-vote: a partitioned node can not disrupt a healthy leader.")
+    ] = True
+    check_quorum: Annotated[
+        bool, Field(description="A leader that loses its quorum steps down after an election timeout.")
+    ] = True
+
+    _addr = field_validator("listen")(_check_address)
+
+    @model_validator(mode="after")
+    def _timings(self) -> RaftSettings:
+        if self.heartbeat_ms < self.tick_ms:
+            raise ValueError(f"heartbeat_ms ({self.heartbeat_ms}) must be >= tick_ms ({self.tick_ms})")
+        if self.election_ms < 3 * self.heartbeat_ms:
+            raise ValueError(f"election_ms ({self.election_ms}) must be >= 3 x heartbeat_ms ({self.heartbeat_ms})")
+        ids = [p.id for p in self.peers]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate peer ids: {ids}")
+        return self
+
+    @property
+    def heartbeat_ticks(self) -> int:
+        return max(1, self.heartbeat_ms // self.tick_ms)
+
+    @property
+    def election_ticks(self) -> int:
+        return max(self.heartbeat_ticks + 1, self.election_ms // self.tick_ms)
+
+
+class StoreSettings(_Strict):
+    """Where the node keeps its Raft log and events (schema pgraft)."""
+
+    dsn: Annotated[
+        str | None,
+        Field(description="libpq URI of the store database. Empty: run an embedded store under data_dir."),
+    ] = None
+    embedded_port: Annotated[
+        int, Field(gt=0, lt=65536, description="Port of the embedded store (unix socket only).")
+    ] = 5433
+    pool_size: Annotated[int, Field(ge=2, le=50, description="Connections to the store.")] = 4
+
+
+class NodeConfig(_Strict):
+    """The whole configuration of one ``ram node run`` process."""
+
+    cluster_id: Annotated[
+        str, Field(pattern=NAME_PATTERN, description="Cluster identity; peers with another id are refused.")
+    ]
+    cluster_name: Annotated[str, Field(pattern=NAME_PATTERN, description="Human-readable cluster name.")] = "ram"
+    node_id: Annotated[int, Field(gt=0, lt=2**31, description="This node's Raft id (unique, positive).")]
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="This node's member name.")]
+    data_dir: Annotated[Path, Field(description="Directory for this node's files (embedded store, logs).")]
+    bootstrap: Annotated[
+        bool,
+        Field(description="Start a NEW cluster with this node and raft.peers as the initial voters."),
+    ] = False
+    join: Annotated[
+        list[str],
+        Field(default_factory=list, description="Join an existing cluster via these members' Raft addresses."),
+    ]
+    raft: RaftSettings
+    store: StoreSettings = StoreSettings()
+    log_format: Annotated[str, Field(pattern="^(json|kv)$", description="Log lines as json or key=value.")] = "kv"
+    log_level: Annotated[str, Field(pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")] = "INFO"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NodeConfig:
+        if self.bootstrap and self.join:
+            raise ValueError("bootstrap and join are exclusive: bootstrap starts a new cluster, join enters one")
+        for peer in self.raft.peers:
+            if peer.id == self.node_id:
+                raise ValueError(f"raft.peers lists this node's own id {self.node_id}")
+            if peer.name == self.name:
+                raise ValueError(f"raft.peers lists this node's own name {self.name!r}")
+        for address in self.join:
+            parse_address(address)
+        return self
+
+
+def _format_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def parse_config(data: Any, source: str = "config") -> NodeConfig:
+    """Validate a parsed document into a :class:`NodeConfig` (errors name each bad key)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_format_error(exc)}") from None
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file and validate it."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"{path}: unknown config format {path.suffix!r}; use .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {' '.join(str(exc).split())}") from None
+    return parse_config(data, str(path))

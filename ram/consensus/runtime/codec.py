@@ -1,0 +1,66 @@
+"""What travels inside a transport frame between two RAM nodes, and its msgpack encoding.
+
+Three kinds of payload share the peer connection: Raft messages, proposals forwarded by a follower
+to the leader, and the leader's answer to such a forward. msgspec decodes against these exact types,
+so a malformed or hostile payload is a :class:`PayloadError`, never a half-built object.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from ram.consensus.types import Message
+
+
+class PayloadError(ValueError):
+    """A frame body that is not a valid peer payload."""
+
+
+class RaftPayload(msgspec.Struct, tag="raft", frozen=True):
+    """A Raft message for the receiver's core."""
+
+    message: Message
+
+
+class ForwardedProposal(msgspec.Struct, tag="propose", frozen=True):
+    """A command a follower received and hands to the leader; answered by :class:`ProposalOutcome`."""
+
+    request_id: int
+    data: bytes
+    read_only: bool = False
+
+
+class ProposalOutcome(msgspec.Struct, tag="outcome", frozen=True):
+    """The leader's answer to a :class:`ForwardedProposal`.
+
+    ``index``/``term`` locate the committed entry; ``error`` is set when the proposal failed (not
+    leader any more, timeout, rejected command), with ``leader_id`` as a hint where to retry.
+    """
+
+    request_id: int
+    ok: bool
+    index: int = 0
+    term: int = 0
+    result: bytes = b""
+    error: str = ""
+    leader_id: int = 0
+
+
+PeerPayload = RaftPayload | ForwardedProposal | ProposalOutcome
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder(PeerPayload)
+
+
+def encode_payload(payload: PeerPayload) -> bytes:
+    return _ENCODER.encode(payload)
+
+
+def decode_payload(body: bytes) -> PeerPayload:
+    try:
+        result: PeerPayload = _DECODER.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
+        raise PayloadError(f"invalid peer payload: {exc}") from exc
+    return result

@@ -1,0 +1,752 @@
+"""A Raft node: the pure core wrapped with the store, the TCP transport, timers and the apply loop.
+
+One asyncio task drives the core through its Ready contract (see :mod:`ram.consensus.types`):
+persist (one transaction) → send → apply (one transaction) → advance. Everything that arrives while
+a batch is being persisted lands in the next batch, which is the group commit: under load one
+fsync carries many entries, with no per-entry round trip anywhere.
+
+Applying is exactly-once across crashes: the events of a batch, the projection rows and the applied
+index commit together (:func:`ram.eventstore.store.append_entries`), and entries at or below the
+applied index are skipped on replay. The apply transaction may use ``synchronous_commit = off``:
+losing its tail in a crash only means re-applying entries the durable log still holds.
+
+When the store is down or slow, persisting fails; the node then sends nothing that would promise
+durability (no vote, no append acknowledgement), retries with backoff and resumes once the store is
+back. It never crashes for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from ram.config import NodeConfig, parse_address
+from ram.consensus.core import NotLeader, ProposalDropped, RaftCore
+from ram.consensus.runtime.codec import (
+    ForwardedProposal,
+    PayloadError,
+    ProposalOutcome,
+    RaftPayload,
+    decode_payload,
+    encode_payload,
+)
+from ram.consensus.runtime.storage import RaftStorage, StoreUnavailable
+from ram.consensus.runtime.transport import PeerAddress, Transport
+from ram.consensus.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    PersistedState,
+    RaftConfig,
+    Ready,
+    Role,
+    Snapshot,
+)
+from ram.eventstore.commands import (
+    AddMember,
+    CommandDecodeError,
+    CommandEnvelope,
+    PromoteLearner,
+    RecordLeader,
+    RemoveMember,
+    decide,
+    decode_envelope,
+    encode_envelope,
+)
+from ram.eventstore.events import CommandRejected, Event, StoredEvent, decode_event, encode_event
+from ram.eventstore.store import EntryEvents, append_entries
+from ram.projections.sql import load_state
+from ram.projections.state import ClusterState, fold
+
+log = logging.getLogger("ram.node")
+
+
+class ProposalError(RuntimeError):
+    """A proposal did not commit; the message says why and what to do."""
+
+
+class NoLeaderError(ProposalError):
+    """No leader is known (election in progress or no quorum); ``leader_id`` hints where to retry."""
+
+    def __init__(self, message: str, leader_id: int = 0, leader_address: str | None = None) -> None:
+        super().__init__(message)
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+
+
+class ProposalTimeout(ProposalError):
+    """The proposal was not committed in time (typically: no quorum reachable)."""
+
+
+class CommandRefused(ProposalError):
+    """The command committed but did not fit the cluster state; nothing changed."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """Where a committed command landed and the events it produced."""
+
+    index: int
+    term: int
+    events: tuple[Event, ...]
+
+
+@dataclass
+class _Pending:
+    term: int
+    future: asyncio.Future[ApplyResult]
+
+
+@dataclass
+class _Stats:
+    persisted_batches: int = 0
+    persisted_entries: int = 0
+    applied_entries: int = 0
+    store_failures: int = 0
+    elections_seen: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+_SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
+_SNAPSHOT_DECODER = msgspec.msgpack.Decoder(list[tuple[int, int, str, int, str, int, int, int]])
+
+
+class RaftNode:
+    """One member of the Raft cluster, persisting to its store and applying into `pgraft.events`."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        pool: asyncpg.Pool,
+        *,
+        rng: random.Random | None = None,
+        on_applied: Callable[[ClusterState], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._pool = pool
+        self._rng = rng or random.Random()
+        self._storage = RaftStorage(pool)
+        self._on_applied = on_applied
+        host, port = parse_address(config.raft.listen)
+        self._addresses: dict[int, str] = {p.id: p.address for p in config.raft.peers}
+        self._addresses[config.node_id] = config.raft.listen
+        self.transport = Transport(
+            cluster_id=config.cluster_id,
+            node_id=config.node_id,
+            listen=PeerAddress(host, port),
+            peers={pid: PeerAddress(*parse_address(a)) for pid, a in self._addresses.items() if pid != config.node_id},
+            on_frame=self._on_frame,
+            rng=self._rng,
+        )
+        self.core: RaftCore | None = None
+        self.state = ClusterState.empty()
+        self.applied_index = 0
+        self.stats = _Stats()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: dict[int, _Pending] = {}
+        self._forwards: dict[int, asyncio.Future[ProposalOutcome]] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._request_ids = itertools.count(1)
+        self._last_leader = 0
+        self._last_term = 0
+        self._stopping = False
+        self._snapshot_index = 0
+        self._promoting: set[int] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._leader_changed = asyncio.Event()
+
+    # ----------------------------------------------------------------------------------- life
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        """Run a fire-and-forget task that is kept referenced and cancelled on stop."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def start(self) -> None:
+        """Load durable state, start the transport, timers and the Ready loop."""
+        cfg = self.config
+        await self._storage.check_identity(cfg.cluster_id, cfg.node_id, cfg.name)
+        persisted = await self._storage.load()
+        async with self._pool.acquire() as conn:
+            if persisted.snapshot is not None:
+                await self._restore_snapshot_events(conn, persisted.snapshot)
+            self.applied_index = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
+            self.state = await load_state(conn)
+        self._snapshot_index = persisted.snapshot.index if persisted.snapshot else 0
+        persisted = PersistedState(
+            hard_state=persisted.hard_state,
+            snapshot=persisted.snapshot,
+            entries=persisted.entries,
+            applied=self.applied_index,
+        )
+        conf: ConfState | None = None
+        fresh = persisted.hard_state.term == 0 and persisted.snapshot is None and not persisted.entries
+        if fresh and cfg.bootstrap:
+            conf = ConfState(voters=frozenset(self._addresses), learners=frozenset())
+        raft_config = RaftConfig(
+            id=cfg.node_id,
+            election_ticks=cfg.raft.election_ticks,
+            heartbeat_ticks=cfg.raft.heartbeat_ticks,
+            pre_vote=cfg.raft.pre_vote,
+            check_quorum=cfg.raft.check_quorum,
+        )
+        self.core = RaftCore(raft_config, self._rng, persisted, conf=conf)
+        await self.transport.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._ticker(), name="ram.raft.ticker"),
+            loop.create_task(self._ready_loop(), name="ram.raft.ready"),
+        ]
+        log.info(
+            "node started node_id=%d name=%s term=%d applied=%d log_entries=%d bootstrap=%s",
+            cfg.node_id, cfg.name, persisted.hard_state.term, self.applied_index, len(persisted.entries), bool(conf),
+        )
+        if cfg.join and not self._is_member():
+            self._spawn(self._join(), "ram.raft.join")
+
+    async def stop(self, *, transfer: bool = True) -> None:
+        """Stop cleanly; a leader first hands leadership to the most up-to-date voter."""
+        if self._stopping:
+            return
+        if transfer and self.core is not None and self.core.role is Role.LEADER:
+            await self._transfer_before_stop()
+        self._stopping = True
+        tasks = [*self._tasks, *self._background]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.transport.stop()
+        self._fail_all(ProposalError("node is shutting down"))
+        log.info("node stopped node_id=%d", self.config.node_id)
+
+    async def _transfer_before_stop(self) -> None:
+        core = self.core
+        assert core is not None
+        candidates = [
+            (info.match, pid)
+            for pid, info in core.progress.items()
+            if pid != core.id and not info.is_learner and info.recent_active
+        ]
+        if not candidates:
+            return
+        _, target = max(candidates)
+        log.info("transferring leadership before stop target=%d", target)
+        core.transfer_leadership(target)
+        self._wake.set()
+        deadline = time.monotonic() + self.config.raft.election_ms / 1000 * 2
+        while core.role is Role.LEADER and (left := deadline - time.monotonic()) > 0:
+            self._leader_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leader_changed.wait(), left)
+
+    # ------------------------------------------------------------------------------ accessors
+
+    @property
+    def role(self) -> Role:
+        return self.core.role if self.core else Role.FOLLOWER
+
+    @property
+    def leader_id(self) -> int:
+        return self.core.leader_id if self.core else 0
+
+    @property
+    def term(self) -> int:
+        return self.core.term if self.core else 0
+
+    @property
+    def commit_index(self) -> int:
+        return self.core.commit_index if self.core else 0
+
+    def address_of(self, node_id: int) -> str | None:
+        return self._addresses.get(node_id)
+
+    def _is_member(self) -> bool:
+        assert self.core is not None
+        conf = self.core.conf
+        return self.config.node_id in conf.voters or self.config.node_id in conf.learners
+
+    # ------------------------------------------------------------------------------- proposals
+
+    def _envelope(self, command: Any) -> CommandEnvelope:
+        return CommandEnvelope(command=command, proposer=self.config.node_id, ts=datetime.now(UTC))
+
+    async def propose(self, command: Any, *, timeout: float | None = None) -> ApplyResult:
+        """Commit ``command`` and wait until it is applied here; returns its events.
+
+        On a follower the command is forwarded to the leader. Raises :class:`NoLeaderError` at once
+        when no leader is known, :class:`ProposalTimeout` when it does not commit in time and
+        :class:`CommandRefused` when it committed but did not fit the state.
+        """
+        timeout = timeout or self.config.raft.proposal_timeout_s
+        data = encode_envelope(self._envelope(command))
+        if self.role is Role.LEADER:
+            result = await self._propose_local(data, timeout)
+        else:
+            result = await self._forward(data, timeout, read_only=False)
+        for event in result.events:
+            if isinstance(event, CommandRejected):
+                raise CommandRefused(event.reason)
+        return result
+
+    async def _propose_local(self, data: bytes, timeout: float) -> ApplyResult:
+        core = self.core
+        assert core is not None
+        envelope = decode_envelope(data)
+        command = envelope.command
+        try:
+            if isinstance(command, (AddMember, PromoteLearner, RemoveMember)):
+                index, term = core.propose_conf_change(self._conf_change_for(command, data))
+            else:
+                index, term = core.propose(data)
+        except NotLeader as exc:
+            raise self._no_leader(exc.leader_id) from None
+        except ProposalDropped as exc:
+            raise NoLeaderError(f"proposal dropped: {exc}", core.leader_id) from None
+        except ValueError as exc:
+            raise CommandRefused(str(exc)) from None
+        future: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        self._pending[index] = _Pending(term, future)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise ProposalTimeout(
+                f"not committed within {timeout:g} s (entry {index} of term {term}); is a quorum reachable?"
+            ) from None
+        finally:
+            pending = self._pending.get(index)
+            if pending is not None and pending.future is future:
+                del self._pending[index]
+
+    @staticmethod
+    def _conf_change_for(command: Any, data: bytes) -> ConfChange:
+        if isinstance(command, AddMember):
+            kind = ConfChangeType.ADD_LEARNER if command.as_learner else ConfChangeType.ADD_VOTER
+            return ConfChange(kind, command.member.node_id, data)
+        if isinstance(command, PromoteLearner):
+            return ConfChange(ConfChangeType.ADD_VOTER, command.node_id, data)
+        assert isinstance(command, RemoveMember)
+        return ConfChange(ConfChangeType.REMOVE_NODE, command.node_id, data)
+
+    def _no_leader(self, leader_id: int) -> NoLeaderError:
+        if leader_id:
+            address = self.address_of(leader_id)
+            return NoLeaderError(f"not the leader; the leader is node {leader_id} at {address}", leader_id, address)
+        return NoLeaderError("no leader is known right now (election in progress or no quorum); retry shortly")
+
+    async def _forward(self, data: bytes, timeout: float, *, read_only: bool) -> ApplyResult:
+        leader = self.leader_id
+        if not leader or leader == self.config.node_id:
+            raise self._no_leader(0)
+        request_id = next(self._request_ids)
+        future: asyncio.Future[ProposalOutcome] = asyncio.get_running_loop().create_future()
+        self._forwards[request_id] = future
+        try:
+            if not self.transport.send(leader, encode_payload(ForwardedProposal(request_id, data, read_only))):
+                raise NoLeaderError(f"cannot reach the leader (node {leader}): send queue full", leader)
+            try:
+                outcome = await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise ProposalTimeout(f"leader (node {leader}) did not answer within {timeout:g} s") from None
+        finally:
+            self._forwards.pop(request_id, None)
+        if not outcome.ok:
+            if outcome.leader_id and outcome.leader_id != leader:
+                raise NoLeaderError(outcome.error, outcome.leader_id, self.address_of(outcome.leader_id))
+            raise ProposalError(outcome.error)
+        if read_only:
+            await self.wait_applied(outcome.index, timeout)
+            return ApplyResult(outcome.index, outcome.term, ())
+        await self.wait_applied(outcome.index, timeout)
+        events = tuple(_decode_result(outcome.result))
+        return ApplyResult(outcome.index, outcome.term, events)
+
+    async def _serve_forward(self, peer: int, request: ForwardedProposal) -> None:
+        timeout = self.config.raft.proposal_timeout_s
+        try:
+            if request.read_only:
+                index = await self._read_index_local(timeout)
+                outcome = ProposalOutcome(request.request_id, True, index=index)
+            elif self.role is not Role.LEADER:
+                outcome = ProposalOutcome(request.request_id, False, error="not the leader", leader_id=self.leader_id)
+            else:
+                result = await self._propose_local(request.data, timeout)
+                outcome = ProposalOutcome(
+                    request.request_id, True, result.index, result.term, _encode_result(result.events)
+                )
+        except NoLeaderError as exc:
+            outcome = ProposalOutcome(request.request_id, False, error=str(exc), leader_id=exc.leader_id)
+        except (ProposalError, CommandDecodeError) as exc:
+            outcome = ProposalOutcome(request.request_id, False, error=str(exc), leader_id=self.leader_id)
+        self.transport.send(peer, encode_payload(outcome))
+
+    # -------------------------------------------------------------------------------- reads
+
+    async def read_barrier(self, *, timeout: float | None = None) -> int:
+        """Linearizable read point (ReadIndex): returns once this node has applied everything
+        committed before the call; reads of the projections after it are up to date."""
+        timeout = timeout or self.config.raft.proposal_timeout_s
+        if self.role is Role.LEADER:
+            index = await self._read_index_local(timeout)
+            await self.wait_applied(index, timeout)
+            return index
+        result = await self._forward(b"", timeout, read_only=True)
+        return result.index
+
+    async def _read_index_local(self, timeout: float) -> int:
+        core = self.core
+        assert core is not None
+        context = next(self._request_ids).to_bytes(8, "big") + self.config.node_id.to_bytes(4, "big")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[context] = future
+        try:
+            core.read_index(context)
+        except NotLeader as exc:
+            self._reads.pop(context, None)
+            raise self._no_leader(exc.leader_id) from None
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise ProposalTimeout(f"leadership not confirmed within {timeout:g} s (no quorum?)") from None
+        finally:
+            self._reads.pop(context, None)
+
+    async def wait_applied(self, index: int, timeout: float) -> None:
+        if self.applied_index >= index:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((index, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise ProposalTimeout(f"index {index} not applied within {timeout:g} s") from None
+
+    # ------------------------------------------------------------------------------- inbound
+
+    def _on_frame(self, peer: int, body: bytes) -> None:
+        try:
+            payload = decode_payload(body)
+        except PayloadError as exc:
+            log.warning("dropping invalid payload peer=%d error=%s", peer, exc)
+            return
+        if isinstance(payload, RaftPayload):
+            message = payload.message
+            if message.frm != peer:
+                log.warning("dropping message with forged sender peer=%d frm=%d", peer, message.frm)
+                return
+            if self.core is not None:
+                self.core.step(message)
+                self._wake.set()
+        elif isinstance(payload, ForwardedProposal):
+            self._spawn(self._serve_forward(peer, payload), "ram.raft.forward")
+        else:
+            future = self._forwards.get(payload.request_id)
+            if future is not None and not future.done():
+                future.set_result(payload)
+
+    # ---------------------------------------------------------------------------- the loops
+
+    async def _ticker(self) -> None:
+        interval = self.config.raft.tick_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            next_tick += interval
+            if loop.time() > next_tick + 10 * interval:  # we were starved; do not burst ticks
+                next_tick = loop.time() + interval
+            assert self.core is not None
+            self.core.tick()
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        core = self.core
+        assert core is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while core.has_ready():
+                rd = core.ready()
+                await self._persist(rd)
+                for message in rd.messages:
+                    self.transport.send(message.to, encode_payload(RaftPayload(message)))
+                if rd.committed_entries:
+                    await self._apply_with_retry(rd.committed_entries)
+                core.advance(rd)
+                self._after_ready(rd)
+
+    async def _persist(self, rd: Ready) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._storage.save(hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot)
+                if rd.snapshot is not None:
+                    async with self._pool.acquire() as conn:
+                        await self._restore_snapshot_events(conn, rd.snapshot)
+                        self.applied_index = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
+                        self.state = await load_state(conn)
+                    self._snapshot_index = rd.snapshot.index
+                    self._wake_applied()
+                break
+            except (StoreUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.stats.store_failures += 1
+                log.warning("store write failed; not voting or acknowledging until it is back error=%s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        self.stats.persisted_batches += 1
+        self.stats.persisted_entries += len(rd.entries)
+
+    def _after_ready(self, rd: Ready) -> None:
+        core = self.core
+        assert core is not None
+        for read in rd.read_states:
+            future = self._reads.get(read.context)
+            if future is not None and not future.done():
+                future.set_result(read.index)
+        if rd.leader_id != self._last_leader or rd.term != self._last_term:
+            became_leader = rd.role is Role.LEADER and (self._last_leader != core.id or rd.term != self._last_term)
+            self._last_leader, self._last_term = rd.leader_id, rd.term
+            self.stats.elections_seen += 1
+            self._leader_changed.set()
+            log.info("raft leader changed term=%d leader=%d role=%s", rd.term, rd.leader_id, rd.role.value)
+            if became_leader:
+                self._spawn(self._announce_leadership(rd.term), "ram.raft.announce")
+        if core.role is Role.LEADER:
+            self._maybe_promote_learners()
+        if self.applied_index - self._snapshot_index >= self.config.raft.snapshot_entries:
+            self._snapshot_index = self.applied_index  # one snapshot at a time
+            self._spawn(self._take_snapshot(self.applied_index), "ram.raft.snapshot")
+
+    async def _announce_leadership(self, term: int) -> None:
+        """The new leader records itself (and, on a brand-new cluster, the bootstrap) as events."""
+        from ram.eventstore.commands import BootstrapCluster
+        from ram.eventstore.events import MemberSpec
+
+        try:
+            if self.state.cluster_id is None and self.config.bootstrap:
+                members = tuple(
+                    MemberSpec(
+                        name=name, node_id=pid, raft_address=self._addresses[pid],
+                        api_address=self._addresses[pid], pg_host=parse_address(self._addresses[pid])[0], pg_port=5432,
+                    )
+                    for pid, name in sorted(self._member_names().items())
+                )
+                await self.propose(
+                    BootstrapCluster(
+                        cluster_id=self.config.cluster_id, cluster_name=self.config.cluster_name, members=members
+                    )
+                )
+            if self.term == term and self.role is Role.LEADER:
+                await self.propose(RecordLeader(node_id=self.config.node_id))
+        except ProposalError as exc:
+            log.info("could not record leadership term=%d error=%s", term, exc)
+
+    def _member_names(self) -> dict[int, str]:
+        names = {p.id: p.name for p in self.config.raft.peers}
+        names[self.config.node_id] = self.config.name
+        return names
+
+    def _maybe_promote_learners(self) -> None:
+        core = self.core
+        assert core is not None
+        for pid, info in core.progress.items():
+            if info.is_learner and info.match >= core.commit_index and pid not in self._promoting:
+                self._promoting.add(pid)
+                self._spawn(self._promote(pid), "ram.raft.promote")
+
+    async def _promote(self, node_id: int) -> None:
+        try:
+            await self.propose(PromoteLearner(node_id=node_id))
+            log.info("learner promoted to voter node_id=%d", node_id)
+        except ProposalError as exc:
+            log.info("learner promotion deferred node_id=%d reason=%s", node_id, exc)
+        finally:
+            self._promoting.discard(node_id)
+
+    async def _join(self) -> None:
+        """Ask the cluster (through any listed member) to add this node as a learner."""
+        # Joining needs a leader to accept the request; the request is carried by the API layer
+        # once it exists. Until then an operator adds the node with an AddMember proposal.
+        log.info("waiting to be added to the cluster join=%s", ",".join(self.config.join))
+
+    # ----------------------------------------------------------------------------- applying
+
+    async def _apply_with_retry(self, entries: Sequence[Entry]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._apply(entries)
+                return
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+                log.warning("apply failed; retrying error=%s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _apply(self, entries: Sequence[Entry]) -> None:
+        state = self.state
+        batch: list[EntryEvents] = []
+        results: dict[int, tuple[int, tuple[Event, ...]]] = {}
+        for entry in entries:
+            if entry.index <= self.applied_index:
+                continue
+            proposer, ts, events = self._decide_entry(state, entry)
+            if events:
+                stored = [
+                    StoredEvent(position=entry.index, sub=i, term=entry.term, proposer=proposer, ts=ts, event=ev)
+                    for i, ev in enumerate(events)
+                ]
+                state = fold(state, stored)
+            batch.append(EntryEvents(entry.index, entry.term, proposer, ts, events))
+            results[entry.index] = (entry.term, tuple(events))
+            self._note_conf_change(entry)
+        if not batch:
+            return
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await append_entries(conn, batch)
+        self.state = state
+        self.applied_index = batch[-1].position
+        self.stats.applied_entries += len(batch)
+        for index, (term, events) in results.items():
+            pending = self._pending.pop(index, None)
+            if pending is None or pending.future.done():
+                continue
+            if pending.term == term:
+                pending.future.set_result(ApplyResult(index, term, events))
+            else:
+                pending.future.set_exception(
+                    NoLeaderError(f"leadership changed; entry {index} was replaced by term {term}", self.leader_id)
+                )
+        self._wake_applied()
+        if self._on_applied is not None:
+            self._on_applied(state)
+
+    def _decide_entry(self, state: ClusterState, entry: Entry) -> tuple[int, datetime, list[Event]]:
+        epoch = datetime.fromtimestamp(0, UTC)
+        data = entry.data
+        if entry.type is EntryType.CONF_CHANGE:
+            try:
+                data = ConfChange.decode(entry.data).context
+            except ValueError as exc:
+                return 0, epoch, [CommandRejected(command="conf_change", reason=str(exc))]
+        if not data:
+            return 0, epoch, []
+        try:
+            envelope = decode_envelope(data)
+        except CommandDecodeError as exc:
+            return 0, epoch, [CommandRejected(command="unknown", reason=str(exc))]
+        return envelope.proposer, envelope.ts, decide(state, envelope.command, envelope.ts, entry.term)
+
+    def _note_conf_change(self, entry: Entry) -> None:
+        if entry.type is not EntryType.CONF_CHANGE:
+            return
+        try:
+            change = ConfChange.decode(entry.data)
+            envelope = decode_envelope(change.context)
+        except (ValueError, CommandDecodeError):
+            return
+        command = envelope.command
+        if isinstance(command, AddMember):
+            self._addresses[command.member.node_id] = command.member.raft_address
+        elif isinstance(command, RemoveMember):
+            self._addresses.pop(command.node_id, None)
+        peers = {
+            pid: PeerAddress(*parse_address(a)) for pid, a in self._addresses.items() if pid != self.config.node_id
+        }
+        self.transport.set_peers(peers)
+
+    def _wake_applied(self) -> None:
+        still = []
+        for index, future in self._applied_waiters:
+            if future.done():
+                continue
+            if self.applied_index >= index:
+                future.set_result(None)
+            else:
+                still.append((index, future))
+        self._applied_waiters = still
+
+    def _fail_all(self, error: Exception) -> None:
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._pending.clear()
+        for fut in [*self._forwards.values(), *self._reads.values()]:
+            if not fut.done():
+                fut.set_exception(error)
+
+    # ---------------------------------------------------------------------------- snapshots
+
+    async def _take_snapshot(self, index: int) -> None:
+        """Compact the log: the snapshot's state is every event up to ``index`` (events are the state)."""
+        core = self.core
+        assert core is not None
+        try:
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT position, sub, type, schema_version, payload::text, term, proposer, "
+                    "(extract(epoch FROM ts) * 1000000)::bigint "
+                    "FROM pgraft.events WHERE position <= $1 ORDER BY position, sub",
+                    index,
+                )
+            data = _SNAPSHOT_ENCODER.encode([tuple(r) for r in rows])
+            core.compact(index, data)
+            snapshot = core.snapshot
+            if snapshot is not None:
+                await self._storage.compact(snapshot)
+            log.info("snapshot taken index=%d events=%d bytes=%d", index, len(rows), len(data))
+        except (StoreUnavailable, OSError, asyncpg.PostgresError, ValueError) as exc:
+            log.warning("snapshot failed index=%d error=%s", index, exc)
+            self._snapshot_index = 0
+
+    async def _restore_snapshot_events(self, conn: asyncpg.Connection, snapshot: Snapshot) -> None:
+        """Bring the events (and projections) up to an installed snapshot, exactly once."""
+        applied = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
+        if applied >= snapshot.index or not snapshot.data:
+            return
+        rows = _SNAPSHOT_DECODER.decode(snapshot.data)
+        missing = [r for r in rows if r[0] > applied]
+        batch: dict[int, list[tuple[int, int, str, int, str, int, int, int]]] = {}
+        for row in missing:
+            batch.setdefault(row[0], []).append(row)
+        async with conn.transaction():
+            entries = []
+            for position in range(applied + 1, snapshot.index + 1):
+                group = batch.get(position, [])
+                events = [decode_event(r[2], r[3], json.loads(r[4])) for r in group]
+                term = group[0][5] if group else snapshot.term
+                proposer = group[0][6] if group else 0
+                ts = datetime.fromtimestamp(group[0][7] / 1e6, UTC) if group else datetime.fromtimestamp(0, UTC)
+                entries.append(EntryEvents(position, term, proposer, ts, events))
+            await append_entries(conn, entries)
+        log.info("snapshot installed index=%d events_restored=%d", snapshot.index, len(missing))
+
+
+def _encode_result(events: Sequence[Event]) -> bytes:
+    return json.dumps([list(encode_event(ev)) for ev in events]).encode()
+
+
+def _decode_result(data: bytes) -> list[Event]:
+    if not data:
+        return []
+    return [decode_event(t, v, p) for t, v, p in json.loads(data)]

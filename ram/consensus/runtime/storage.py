@@ -1,0 +1,169 @@
+"""The Raft log, hard state and snapshot in the node's store (schema `pgraft`), over asyncpg.
+
+Durability is the whole job: a :class:`~ram.consensus.types.Ready` batch (snapshot, entries that
+may replace a conflicting suffix, hard state) is written in ONE transaction with
+``synchronous_commit = on``, in a fixed number of round trips whatever its size. The caller's Ready
+loop gives group commit for free: everything that arrived while one batch was being flushed is in
+the next Ready, so the next flush carries it all.
+
+A store that is down or slow surfaces as :class:`StoreUnavailable`; the node then stops handing out
+anything that promises durability (votes, append acknowledgements) and retries, instead of crashing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from ram.consensus.types import ConfState, Entry, EntryType, HardState, PersistedState, Snapshot
+
+
+class StoreUnavailable(RuntimeError):
+    """The store could not be reached or did not answer in time; nothing was made durable."""
+
+
+class StoreIdentityMismatch(RuntimeError):
+    """The store belongs to another cluster or node."""
+
+
+_INSERT_LOG = """
+INSERT INTO pgraft.log (idx, term, entry_type, data)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::smallint[], $4::bytea[])
+"""
+
+_UPSERT_HARD_STATE = """
+INSERT INTO pgraft.hard_state (id, term, vote, commit_index) VALUES (true, $1, $2, $3)
+ON CONFLICT (id) DO UPDATE SET term = EXCLUDED.term, vote = EXCLUDED.vote, commit_index = EXCLUDED.commit_index
+"""
+
+_UPSERT_SNAPSHOT = """
+INSERT INTO pgraft.snapshot (id, idx, term, voters, learners, data, created_at)
+VALUES (true, $1, $2, $3, $4, $5, now())
+ON CONFLICT (id) DO UPDATE SET idx = EXCLUDED.idx, term = EXCLUDED.term, voters = EXCLUDED.voters,
+    learners = EXCLUDED.learners, data = EXCLUDED.data, created_at = EXCLUDED.created_at
+"""
+
+_STORE_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+
+class RaftStorage:
+    """Reads and writes the Raft state of one node in its store."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float = 5.0) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    async def check_identity(self, cluster_id: str, node_id: int, node_name: str) -> None:
+        """Claim an empty store for this node, or refuse a store that belongs to someone else."""
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                row = await conn.fetchrow("SELECT cluster_id, node_id, node_name FROM pgraft.node_identity")
+                if row is None:
+                    await conn.execute(
+                        "INSERT INTO pgraft.node_identity (cluster_id, node_id, node_name) VALUES ($1, $2, $3)",
+                        cluster_id,
+                        node_id,
+                        node_name,
+                    )
+                    return
+        except _STORE_ERRORS as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
+        if row["cluster_id"] != cluster_id or row["node_id"] != node_id:
+            raise StoreIdentityMismatch(
+                f"store belongs to cluster {row['cluster_id']!r} node {row['node_id']} ({row['node_name']}), "
+                f"not cluster {cluster_id!r} node {node_id}"
+            )
+
+    async def load(self) -> PersistedState:
+        """Hard state, latest snapshot and the log after it, as they were last made durable."""
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction(readonly=True):
+                hs_row = await conn.fetchrow("SELECT term, vote, commit_index FROM pgraft.hard_state")
+                snap_row = await conn.fetchrow("SELECT idx, term, voters, learners, data FROM pgraft.snapshot")
+                after = snap_row["idx"] if snap_row else 0
+                rows = await conn.fetch(
+                    "SELECT idx, term, entry_type, data FROM pgraft.log WHERE idx > $1 ORDER BY idx", after
+                )
+        except _STORE_ERRORS as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
+        hard_state = (
+            HardState(term=hs_row["term"], vote=hs_row["vote"], commit=hs_row["commit_index"])
+            if hs_row
+            else HardState(term=0, vote=0, commit=0)
+        )
+        snapshot = _snapshot_from_row(snap_row) if snap_row and snap_row["idx"] > 0 else None
+        entries = [
+            Entry(index=r["idx"], term=r["term"], type=EntryType(r["entry_type"]), data=bytes(r["data"])) for r in rows
+        ]
+        return PersistedState(hard_state=hard_state, snapshot=snapshot, entries=entries)
+
+    async def save(
+        self,
+        *,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+    ) -> None:
+        """Make one Ready's durable part durable, atomically (snapshot, then entries, then hard state)."""
+        if hard_state is None and not entries and snapshot is None:
+            return
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+                await conn.execute("SET LOCAL synchronous_commit = on")
+                if snapshot is not None:
+                    # An installed snapshot replaces the whole log: the core restarts its log at it.
+                    await self._write_snapshot(conn, snapshot)
+                    await conn.execute("DELETE FROM pgraft.log")
+                if entries:
+                    await conn.execute("DELETE FROM pgraft.log WHERE idx >= $1", entries[0].index)
+                    await conn.execute(
+                        _INSERT_LOG,
+                        [e.index for e in entries],
+                        [e.term for e in entries],
+                        [int(e.type) for e in entries],
+                        [e.data for e in entries],
+                    )
+                if hard_state is not None:
+                    await conn.execute(_UPSERT_HARD_STATE, hard_state.term, hard_state.vote, hard_state.commit)
+        except _STORE_ERRORS as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
+
+    async def compact(self, snapshot: Snapshot) -> None:
+        """Record a locally taken snapshot and drop the log it covers (events stay forever)."""
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+                await self._write_snapshot(conn, snapshot)
+        except _STORE_ERRORS as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
+
+    @staticmethod
+    async def _write_snapshot(conn: asyncpg.Connection, snapshot: Snapshot) -> None:
+        current = await conn.fetchval("SELECT idx FROM pgraft.snapshot")
+        if current is not None and current >= snapshot.index:
+            return
+        await conn.execute(
+            _UPSERT_SNAPSHOT,
+            snapshot.index,
+            snapshot.term,
+            sorted(snapshot.conf.voters),
+            sorted(snapshot.conf.learners),
+            snapshot.data,
+        )
+        await conn.execute("DELETE FROM pgraft.log WHERE idx <= $1", snapshot.index)
+
+
+def _snapshot_from_row(row: asyncpg.Record) -> Snapshot:
+    return Snapshot(
+        index=row["idx"],
+        term=row["term"],
+        conf=ConfState(voters=frozenset(row["voters"]), learners=frozenset(row["learners"])),
+        data=bytes(row["data"]),
+    )

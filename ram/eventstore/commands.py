@@ -1,0 +1,225 @@
+"""Commands: what a node proposes through Raft, and the pure rule that turns one into events.
+
+A command is a request ("add this member", "turn maintenance on"); an event is a fact. The apply
+loop decides, for each committed command, which events it yields given the state folded from all
+earlier events — identically on every node, since the state and the rule are the same everywhere.
+A command that does not fit the state (removing a member that does not exist) yields one
+``command_rejected`` event, and its proposer gets the reason as an error.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from ram.eventstore.events import (
+    ClusterBootstrapped,
+    CommandRejected,
+    ConfigChange,
+    DynamicConfigChanged,
+    Event,
+    LearnerPromoted,
+    MaintenanceModeChanged,
+    MemberAdded,
+    MemberRemoved,
+    MemberSpec,
+    MemberTags,
+    MemberTagsChanged,
+    RaftLeaderElected,
+)
+from ram.projections.state import ClusterState
+
+_CONFIG = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Command(BaseModel):
+    model_config = _CONFIG
+
+
+class BootstrapCluster(_Command):
+    """Record the cluster's identity and first members (proposed once, by the first leader)."""
+
+    kind: Literal["bootstrap_cluster"] = "bootstrap_cluster"
+    cluster_id: str
+    cluster_name: str
+    members: tuple[MemberSpec, ...]
+    dynamic_config: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecordLeader(_Command):
+    """A new leader's announcement of itself, the first entry it proposes in its term."""
+
+    kind: Literal["record_leader"] = "record_leader"
+    node_id: int
+
+
+class AddMember(_Command):
+    """Add a member; proposed as a Raft configuration change (learner first, voter later)."""
+
+    kind: Literal["add_member"] = "add_member"
+    member: MemberSpec
+    as_learner: bool = True
+
+
+class PromoteLearner(_Command):
+    """Make a caught-up learner a voter (a Raft configuration change)."""
+
+    kind: Literal["promote_learner"] = "promote_learner"
+    node_id: int
+
+
+class RemoveMember(_Command):
+    """Remove a member (a Raft configuration change)."""
+
+    kind: Literal["remove_member"] = "remove_member"
+    node_id: int
+    reason: str = ""
+
+
+class SetMaintenance(_Command):
+    kind: Literal["set_maintenance"] = "set_maintenance"
+    enabled: bool
+    reason: str = ""
+    by: str = ""
+
+
+class SetTags(_Command):
+    kind: Literal["set_tags"] = "set_tags"
+    name: str
+    tags: MemberTags
+
+
+class PatchConfig(_Command):
+    """Change dynamic configuration keys (``None`` removes a key)."""
+
+    kind: Literal["patch_config"] = "patch_config"
+    changes: dict[str, Any]
+    pending_restart: tuple[str, ...] = ()
+    by: str = ""
+
+
+Command = Annotated[
+    Union[  # noqa: UP007 - a discriminated union needs the Union form for pydantic
+        BootstrapCluster, RecordLeader, AddMember, PromoteLearner, RemoveMember, SetMaintenance, SetTags, PatchConfig
+    ],
+    Field(discriminator="kind"),
+]
+
+#: Commands that change Raft membership and therefore travel as CONF_CHANGE entries.
+MEMBERSHIP_COMMANDS = (AddMember, PromoteLearner, RemoveMember)
+
+
+class CommandEnvelope(BaseModel):
+    """A command as stored in a Raft entry: who proposed it, and when (so events carry one timestamp)."""
+
+    model_config = _CONFIG
+
+    command: Command
+    proposer: int
+    ts: AwareDatetime
+
+
+_ENVELOPE = TypeAdapter(CommandEnvelope)
+
+
+class CommandDecodeError(ValueError):
+    """A Raft entry's payload is not a command this code understands."""
+
+
+def encode_envelope(envelope: CommandEnvelope) -> bytes:
+    return envelope.model_dump_json().encode()
+
+
+def decode_envelope(data: bytes) -> CommandEnvelope:
+    try:
+        return _ENVELOPE.validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CommandDecodeError(f"invalid command: {where}: {first['msg']}") from None
+
+
+class Rejected(Exception):
+    """A command that does not fit the current state; the reason is shown to the proposer."""
+
+
+def _reject(command: _Command, reason: str) -> CommandRejected:
+    return CommandRejected(command=str(getattr(command, "kind", type(command).__name__)), reason=reason)
+
+
+def decide(state: ClusterState, command: _Command, ts: datetime, term: int) -> list[Event]:
+    """The events a committed command yields in ``state`` (pure and deterministic).
+
+    ``term`` is the Raft term of the entry carrying the command. Never raises for a well-formed
+    command: an unfit one yields a single ``command_rejected``.
+    """
+    try:
+        return _decide(state, command, ts, term)
+    except Rejected as exc:
+        return [_reject(command, str(exc))]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return [_reject(command, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")]
+
+
+def _member_name(state: ClusterState, node_id: int) -> str | None:
+    for name, member in state.members.items():
+        if member.node_id == node_id:
+            return name
+    return None
+
+
+def _decide(state: ClusterState, command: _Command, ts: datetime, term: int) -> list[Event]:
+    if isinstance(command, BootstrapCluster):
+        if state.cluster_id is not None:
+            raise Rejected(f"cluster {state.cluster_id!r} is already bootstrapped")
+        return [
+            ClusterBootstrapped(
+                cluster_id=command.cluster_id,
+                cluster_name=command.cluster_name,
+                members=command.members,
+                dynamic_config=command.dynamic_config,
+            )
+        ]
+    if isinstance(command, RecordLeader):
+        name = _member_name(state, command.node_id) or f"node{command.node_id}"
+        return [RaftLeaderElected(term=term, leader_name=name, leader_node_id=command.node_id)]
+    if isinstance(command, AddMember):
+        spec = command.member
+        if spec.name in state.members:
+            raise Rejected(f"member {spec.name!r} already exists")
+        if _member_name(state, spec.node_id) is not None:
+            raise Rejected(f"node id {spec.node_id} is already used by {_member_name(state, spec.node_id)!r}")
+        return [MemberAdded(**spec.model_dump(), as_learner=command.as_learner)]
+    if isinstance(command, PromoteLearner):
+        name = _member_name(state, command.node_id)
+        if name is None:
+            raise Rejected(f"no member with node id {command.node_id}")
+        if not state.members[name].is_learner:
+            raise Rejected(f"member {name!r} is already a voter")
+        return [LearnerPromoted(name=name, node_id=command.node_id)]
+    if isinstance(command, RemoveMember):
+        name = _member_name(state, command.node_id)
+        if name is None:
+            raise Rejected(f"no member with node id {command.node_id}")
+        return [MemberRemoved(name=name, node_id=command.node_id, reason=command.reason)]
+    if isinstance(command, SetMaintenance):
+        if state.maintenance == command.enabled:
+            return []
+        return [MaintenanceModeChanged(enabled=command.enabled, reason=command.reason, by=command.by)]
+    if isinstance(command, SetTags):
+        if command.name not in state.members:
+            raise Rejected(f"no member named {command.name!r}")
+        return [MemberTagsChanged(name=command.name, tags=command.tags)]
+    if isinstance(command, PatchConfig):
+        changes = {
+            key: ConfigChange(old=state.dynamic_config.get(key), new=value)
+            for key, value in sorted(command.changes.items())
+            if state.dynamic_config.get(key) != value
+        }
+        if not changes:
+            return []
+        return [DynamicConfigChanged(changes=changes, pending_restart=command.pending_restart, by=command.by)]
+    raise Rejected(f"unknown command {type(command).__name__}")

@@ -1,0 +1,65 @@
+"""``ram node run``: bring up the store, migrate it, start the Raft node, stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import asyncpg
+
+from ram.config import NodeConfig
+from ram.consensus.runtime.node import RaftNode
+from ram.eventstore import schema
+from ram.postgres.server import PostgresServer
+
+log = logging.getLogger("ram.process")
+
+
+def embedded_store(config: NodeConfig) -> PostgresServer:
+    """The node's private store instance under its data directory (unix socket only)."""
+    return PostgresServer(
+        datadir=config.data_dir / "store" / "data",
+        port=config.store.embedded_port,
+        socket_dir=config.data_dir / "store" / "run",
+    )
+
+
+async def open_store(config: NodeConfig) -> tuple[str, PostgresServer | None]:
+    """Return the store DSN, starting the embedded store first when no DSN is configured."""
+    if config.store.dsn:
+        return config.store.dsn, None
+    server = embedded_store(config)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    await server.init()
+    await server.start()
+    conn = await asyncpg.connect(server.dsn())
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'ram'"):
+            await conn.execute("CREATE DATABASE ram")
+    finally:
+        await conn.close()
+    return server.dsn("ram"), server
+
+
+async def run_node(config: NodeConfig) -> None:
+    """Run until SIGTERM/SIGINT; a leader transfers leadership before it goes."""
+    dsn, server = await open_store(config)
+    await asyncio.to_thread(schema.upgrade, dsn)
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=config.store.pool_size)
+    node = RaftNode(config, pool)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+        await stop.wait()
+        log.info("stop requested; shutting down")
+    finally:
+        await node.stop(transfer=True)
+        await pool.close()
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await server.stop()

@@ -186,3 +186,32 @@ def load_config(path: Path) -> NodeConfig:
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {' '.join(str(exc).split())}") from None
     return parse_config(data, str(path))
+
+
+def reference_markdown() -> str:
+    """The configuration reference as a Markdown table, generated from the models (README embeds it)."""
+    lines = ["| key | type | default | description |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            key = f"{prefix}{name}"
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{key}.")
+                continue
+            type_name = getattr(annotation, "__name__", str(annotation)).replace("typing.", "").replace(" | ", " or ")
+            if info.is_required():
+                default = "required"
+            elif info.default_factory is not None:
+                default = "`[]`"
+            else:
+                default = f"`{info.default!r}`" if info.default is not None else "empty"
+            description = (info.description or "").replace("|", "\\|")
+            lines.append(f"| `{key}` | {type_name} | {default} | {description} |")
+
+    walk(NodeConfig, "")
+    lines.append("")
+    lines.append("`raft.peers` entries: " + ", ".join(
+        f"`{name}` ({info.description})" for name, info in PeerConfig.model_fields.items()
+    ))
+    return "\n".join(lines)

@@ -150,7 +150,7 @@ class RaftNode:
             listen=PeerAddress(host, port),
             peers={pid: PeerAddress(*parse_address(a)) for pid, a in self._addresses.items() if pid != config.node_id},
             on_frame=self._on_frame,
-            rng=self._rng,
+            rng=random.Random(self._rng.random()),  # own stream: transport jitter must not shift Raft's draws
         )
         self.core: RaftCore | None = None
         self.state = ClusterState.empty()

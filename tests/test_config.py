@@ -1,0 +1,58 @@
+"""Node configuration: validation errors name the key; the README reference can not drift."""
+
+from pathlib import Path
+
+import pytest
+
+from ram.config import ConfigError, load_config, parse_config, reference_markdown
+
+BASE = {
+    "cluster_id": "c1",
+    "node_id": 1,
+    "name": "n1",
+    "data_dir": "/tmp/x",
+    "raft": {"listen": "127.0.0.1:7400", "peers": [{"id": 2, "name": "n2", "address": "127.0.0.1:7401"}]},
+}
+
+
+def test_valid_config_has_sane_defaults() -> None:
+    cfg = parse_config(BASE)
+    assert cfg.raft.election_ticks > cfg.raft.heartbeat_ticks >= 1
+    assert cfg.store.dsn is None
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"raft": {**BASE["raft"], "listen": "nohost"}}, "raft.listen"),  # type: ignore[dict-item]
+        ({"raft": {**BASE["raft"], "election_ms": 100}}, "election_ms (100) must be >= 3 x heartbeat_ms"),  # type: ignore[dict-item]
+        ({"node_id": 0}, "node_id"),
+        ({"raft": {**BASE["raft"], "peers": [{"id": 1, "name": "x", "address": "h:1"}]}}, "own id"),  # type: ignore[dict-item]
+        ({"bootstrap": True, "join": ["127.0.0.1:7400"]}, "exclusive"),
+    ],
+)
+def test_bad_values_name_the_key(patch: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_config({**BASE, **patch})
+
+
+def test_toml_and_yaml_files(tmp_path: Path) -> None:
+    toml = tmp_path / "n.toml"
+    toml.write_text('cluster_id = "c1"\nnode_id = 1\nname = "n1"\ndata_dir = "/tmp/x"\n[raft]\nlisten = "127.0.0.1:1"\n')
+    assert load_config(toml).name == "n1"
+    yml = tmp_path / "n.yaml"
+    yml.write_text("cluster_id: c1\nnode_id: 1\nname: n1\ndata_dir: /tmp/x\nraft: {listen: '127.0.0.1:1', typo: 2}\n")
+    with pytest.raises(ConfigError, match=r"raft.typo: unknown key"):
+        load_config(yml)
+    ini = tmp_path / "n.ini"
+    ini.write_text("[x]\n")
+    with pytest.raises(ConfigError, match="unknown config format"):
+        load_config(ini)
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_readme_reference_is_generated() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert reference_markdown() in readme, "README config reference is stale: regenerate it from ram.config"

@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+DEFAULT_API_PORT = 8008
+DEFAULT_PG_PORT = 5432
 
 
 class ConfigError(ValueError):
@@ -44,8 +46,26 @@ class PeerConfig(_Strict):
     id: Annotated[int, Field(gt=0, description="The peer's Raft node id (unique, positive).")]
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="The peer's member name.")]
     address: Annotated[str, Field(description="The peer's Raft address, host:port.")]
+    api_address: Annotated[
+        str | None, Field(description="The peer's HTTP API address, host:port (default: its Raft host, port 8008).")
+    ] = None
+    pg_address: Annotated[
+        str | None,
+        Field(description="The peer's managed PostgreSQL, host:port (default: its Raft host, port 5432)."),
+    ] = None
 
     _addr = field_validator("address")(_check_address)
+
+    @field_validator("api_address", "pg_address")
+    @classmethod
+    def _optional_address(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
+    def api(self) -> str:
+        return self.api_address or f"{parse_address(self.address)[0]}:{DEFAULT_API_PORT}"
+
+    def pg(self) -> tuple[str, int]:
+        return parse_address(self.pg_address or f"{parse_address(self.address)[0]}:{DEFAULT_PG_PORT}")
 
 
 class RaftSettings(_Strict):
@@ -110,6 +130,33 @@ class StoreSettings(_Strict):
     pool_size: Annotated[int, Field(ge=2, le=50, description="Connections to the store.")] = 4
 
 
+class ApiSettings(_Strict):
+    """The node's HTTP API (operators, ramctrl, load-balancer health checks)."""
+
+    listen: Annotated[
+        str | None, Field(description="HTTP listen address, host:port (default: the Raft host, port 8008).")
+    ] = None
+
+    @field_validator("listen")
+    @classmethod
+    def _optional_address(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
+
+class PostgresSettings(_Strict):
+    """The PostgreSQL instance this node manages."""
+
+    listen: Annotated[
+        str | None,
+        Field(description="Where the managed PostgreSQL listens, host:port (default: the Raft host, port 5432)."),
+    ] = None
+
+    @field_validator("listen")
+    @classmethod
+    def _optional_address(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
+
 class NodeConfig(_Strict):
     """The whole configuration of one ``ram node run`` process."""
 
@@ -130,6 +177,8 @@ class NodeConfig(_Strict):
     ]
     raft: RaftSettings
     store: StoreSettings = StoreSettings()
+    api: ApiSettings = ApiSettings()
+    postgres: PostgresSettings = PostgresSettings()
     log_format: Annotated[str, Field(pattern="^(json|kv)$", description="Log lines as json or key=value.")] = "kv"
     log_level: Annotated[str, Field(pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")] = "INFO"
 
@@ -145,6 +194,16 @@ class NodeConfig(_Strict):
         for address in self.join:
             parse_address(address)
         return self
+
+
+def api_address(config: NodeConfig) -> str:
+    """This node's API address (explicit, or the Raft host with the default port)."""
+    return config.api.listen or f"{parse_address(config.raft.listen)[0]}:{DEFAULT_API_PORT}"
+
+
+def pg_address(config: NodeConfig) -> tuple[str, int]:
+    """This node's managed PostgreSQL address."""
+    return parse_address(config.postgres.listen or f"{parse_address(config.raft.listen)[0]}:{DEFAULT_PG_PORT}")
 
 
 def _format_error(exc: ValidationError) -> str:

@@ -39,7 +39,9 @@ def test_bad_values_name_the_key(patch: dict[str, object], message: str) -> None
 
 def test_toml_and_yaml_files(tmp_path: Path) -> None:
     toml = tmp_path / "n.toml"
-    toml.write_text('cluster_id = "c1"\nnode_id = 1\nname = "n1"\ndata_dir = "/tmp/x"\n[raft]\nlisten = "127.0.0.1:1"\n')
+    toml.write_text(
+        'cluster_id = "c1"\nnode_id = 1\nname = "n1"\ndata_dir = "/tmp/x"\n[raft]\nlisten = "127.0.0.1:1"\n'
+    )
     assert load_config(toml).name == "n1"
     yml = tmp_path / "n.yaml"
     yml.write_text("cluster_id: c1\nnode_id: 1\nname: n1\ndata_dir: /tmp/x\nraft: {listen: '127.0.0.1:1', typo: 2}\n")

@@ -26,3 +26,7 @@ cli.add_command(store_group)
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

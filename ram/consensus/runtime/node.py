@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ram.config import NodeConfig, parse_address
+from ram.config import NodeConfig, api_address, parse_address, pg_address
 from ram.consensus.core import NotLeader, ProposalDropped, RaftCore
 from ram.consensus.runtime.codec import (
     ForwardedProposal,
@@ -58,6 +58,7 @@ from ram.consensus.types import (
 )
 from ram.eventstore.commands import (
     AddMember,
+    BootstrapCluster,
     CommandDecodeError,
     CommandEnvelope,
     PromoteLearner,
@@ -67,7 +68,7 @@ from ram.eventstore.commands import (
     decode_envelope,
     encode_envelope,
 )
-from ram.eventstore.events import CommandRejected, Event, StoredEvent, decode_event, encode_event
+from ram.eventstore.events import CommandRejected, Event, MemberSpec, StoredEvent, decode_event, encode_event
 from ram.eventstore.store import EntryEvents, append_entries
 from ram.projections.sql import load_state
 from ram.projections.state import ClusterState, fold
@@ -539,18 +540,9 @@ class RaftNode:
 
     async def _announce_leadership(self, term: int) -> None:
         """The new leader records itself (and, on a brand-new cluster, the bootstrap) as events."""
-        from ram.eventstore.commands import BootstrapCluster
-        from ram.eventstore.events import MemberSpec
-
         try:
             if self.state.cluster_id is None and self.config.bootstrap:
-                members = tuple(
-                    MemberSpec(
-                        name=name, node_id=pid, raft_address=self._addresses[pid],
-                        api_address=self._addresses[pid], pg_host=parse_address(self._addresses[pid])[0], pg_port=5432,
-                    )
-                    for pid, name in sorted(self._member_names().items())
-                )
+                members = tuple(self._initial_members())
                 await self.propose(
                     BootstrapCluster(
                         cluster_id=self.config.cluster_id, cluster_name=self.config.cluster_name, members=members
@@ -561,10 +553,24 @@ class RaftNode:
         except ProposalError as exc:
             log.info("could not record leadership term=%d error=%s", term, exc)
 
-    def _member_names(self) -> dict[int, str]:
-        names = {p.id: p.name for p in self.config.raft.peers}
-        names[self.config.node_id] = self.config.name
-        return names
+    def _initial_members(self) -> list[MemberSpec]:
+        cfg = self.config
+        pg_host, pg_port = pg_address(cfg)
+        members = [
+            MemberSpec(
+                name=cfg.name, node_id=cfg.node_id, raft_address=cfg.raft.listen, api_address=api_address(cfg),
+                pg_host=pg_host, pg_port=pg_port,
+            )
+        ]
+        for peer in cfg.raft.peers:
+            host, port = peer.pg()
+            members.append(
+                MemberSpec(
+                    name=peer.name, node_id=peer.id, raft_address=peer.address, api_address=peer.api(),
+                    pg_host=host, pg_port=port,
+                )
+            )
+        return sorted(members, key=lambda m: m.node_id)
 
     def _maybe_promote_learners(self) -> None:
         core = self.core

@@ -669,6 +669,7 @@ class RaftCore:
             if e.index != nxt or e.term > msg.term or e.term <= 0:
                 return  # malformed
             nxt += 1
+        old_last = log.last_index()
         try:
             res = log.maybe_append(msg.index, msg.log_term, msg.commit, msg.entries, self._bug_no_truncate)
         except ConflictBelowCommit:
@@ -690,9 +691,21 @@ class RaftCore:
             return
         last_new, ci = res
         if ci:
+            if ci <= old_last:
+                self._drop_unsent_acks(ci)
             self._truncate_conf(ci)
             self._track_conf_entries(msg.entries[ci - msg.index - 1 :])
         self._msgs.append(Message(_MT.APPEND_RESP, self._id, msg.frm, self._term, index=last_new))
+
+    def _drop_unsent_acks(self, from_index: int) -> None:
+        """Withdraw not-yet-handed-out acks for entries at or after ``from_index``.
+
+        Those entries were just replaced before they ever reached a Ready, so they will never be
+        durable: sending the ack would let a (stale) leader count entries we do not hold.
+        """
+        self._msgs = [
+            m for m in self._msgs if not (m.type is _MT.APPEND_RESP and not m.reject and m.index >= from_index)
+        ]
 
     def _handle_heartbeat(self, msg: Message) -> None:
         # The leader never sends a commit beyond our match, so our log holds it.
@@ -710,6 +723,7 @@ class RaftCore:
             log.commit_to(s.index)  # we already hold it: just fast-forward
             idx = s.index
         else:
+            self._drop_unsent_acks(s.index + 1)
             log.restore(s)
             self._conf_base = (s.index, s.conf)
             self._conf_hist = []

@@ -36,6 +36,7 @@ and commit and apply a new proposal on every member within a bounded number of t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import json
 import random
@@ -59,7 +60,6 @@ from ram.consensus.types import (
     Message,
     MessageType,
     PersistedState,
-    ProgressState,
     RaftConfig,
     Ready,
     Role,
@@ -117,6 +117,7 @@ class SimNode:
     mem_commit: int = 0
     leader_term: int = 0
     removed: bool = False
+    crash_after_vote: bool = False  # targeted fault: crash right after granting a vote
 
 
 def _chain(prev: int, e: Entry) -> int:
@@ -254,9 +255,7 @@ class Sim:
         st = node.storage
         persisted = PersistedState(st.hs, st.snapshot, list(st.entries), applied=st.applied)
         node_rng = random.Random(self.rng.getrandbits(32))
-        node.core = RaftCore(
-            self._config(node.id), node_rng, persisted, self.initial_conf if node.initial else None
-        )
+        node.core = RaftCore(self._config(node.id), node_rng, persisted, self.initial_conf if node.initial else None)
         node.inflight = None
         node.crash_at = None
         node.mem_commit = node.core.commit_index
@@ -270,6 +269,8 @@ class Sim:
         node.inflight = None
         node.crash_at = None
         node.restarts += 1
+        hi = 6 * self.p.election_ticks if self.faults_on else 3
+        self._push(self.rng.randrange(1, hi), RESTART, node.id)
 
     # -- the runtime of one node --------------------------------------------------------------
 
@@ -295,9 +296,18 @@ class Sim:
         if crash_at == CRASH_AFTER_PERSIST:
             self._crash(node, "after persist, before send")
             return
+        voted = False
         for m in rd.messages:
             self._check_send(node, m)
             self._send(m)
+            if m.type is MessageType.VOTE_RESP and not m.reject:
+                voted = True
+        if voted and node.crash_after_vote and crash_at is None:
+            # The vote reply is out; crash before anything later is persisted, restart quickly.
+            node.crash_after_vote = False
+            node.crash_at = crash_at = CRASH_BEFORE_PERSIST
+            self._note("fault", f"node {node.id} voted and will crash before its next persist")
+            crash_at = None  # this Ready completes; the next one is lost
         if crash_at == CRASH_AFTER_SEND:
             self._crash(node, "after send, before apply")
             return
@@ -507,7 +517,7 @@ class Sim:
             self._note("propose", f"node {node.id} up to {core.last_index}")
             self._pump(node)
             self._check_node(node)
-        if self.faults_on or self.rng.random() < 0.5:
+        if self.faults_on:
             self._push(1 + int(rng.random() / max(self.p.propose_p, 0.05)), PROPOSE, None)
 
     def _fault(self) -> None:
@@ -543,13 +553,17 @@ class Sim:
             if not pool:
                 return
             node = rng.choice(pool)
+            if rng.random() < 0.3:
+                for nd in rng.sample(live, max(1, len(live) // 2)):
+                    nd.crash_after_vote = True
+                self._note("fault", "armed crash-after-vote on some nodes")
+                return
             how = rng.randrange(5)
             if how == 4 or node.inflight is None:
                 self._crash(node, "now")
             else:
                 node.crash_at = how
                 self._note("fault", f"node {node.id} will crash {_CRASH_NAMES[how]}")
-            self._push(rng.randrange(1, 6 * self.p.election_ticks), RESTART, node.id)
         elif roll < 0.60:
             self.blocked.clear()
             self._note("fault", "heal all links")
@@ -562,18 +576,14 @@ class Sim:
                 if voters:
                     target = rng.choice(voters)
                     self._note("fault", f"transfer leadership {ld.id} -> {target}")
-                    try:
+                    with contextlib.suppress(NotLeader, ValueError):
                         ld.core.transfer_leadership(target)
-                    except (NotLeader, ValueError):
-                        pass
                     self._pump(ld)
         elif roll < 0.90:
             self._membership()
         else:
             # Message chaos burst: reshuffle the in-flight messages' arrival times.
-            self.queue[:] = [
-                (t + (rng.randrange(4) if k == DELIVER else 0), s, k, pl) for (t, s, k, pl) in self.queue
-            ]
+            self.queue[:] = [(t + (rng.randrange(4) if k == DELIVER else 0), s, k, pl) for (t, s, k, pl) in self.queue]
             heapq.heapify(self.queue)
             self._note("fault", "reorder in-flight messages")
 
@@ -675,6 +685,8 @@ class Sim:
         self.blocked.clear()
         self.p.drop_p = self.p.dup_p = self.p.long_delay_p = 0.0
         for node in self.nodes.values():
+            node.crash_after_vote = False
+            node.crash_at = None
             if node.core is None:
                 self._start(node)
                 self._check_node(node)
@@ -699,9 +711,10 @@ class Sim:
                     pass
                 return self.now > deadline
             members = core.conf.voters | core.conf.learners
-            ok = all(
-                self.nodes[i].storage.applied >= at[0] for i in members if i in self.nodes
-            ) and self.nodes[ld.id].storage.applied >= at[0]
+            ok = (
+                all(self.nodes[i].storage.applied >= at[0] for i in members if i in self.nodes)
+                and self.nodes[ld.id].storage.applied >= at[0]
+            )
             return ok or self.now > deadline
 
         self._run_events(10**6, done)
@@ -712,8 +725,7 @@ class Sim:
         lagging = [
             (nd.id, nd.storage.applied)
             for nd in self.nodes.values()
-            if nd.storage.applied < at[0]
-            and any(nd.id in (ld.core.conf.voters if ld.core else ()) for ld in leaders)
+            if nd.storage.applied < at[0] and any(nd.id in (ld.core.conf.voters if ld.core else ()) for ld in leaders)
         ]
         if self.now > deadline or lagging:
             self._fail(f"liveness: proposal at {at} not applied everywhere by t={self.now}: lagging {lagging}")

@@ -67,8 +67,7 @@ from ram.consensus.types import (
 )
 
 # Event kinds (ints: cheap to compare, and the heap never has to compare payloads).
-TICK, DELIVER, FLUSH, PROPOSE, FAULT, RESTART, HEAL = range(7)
-_KIND_NAMES = ("tick", "deliver", "flush", "propose", "fault", "restart", "heal")
+TICK, DELIVER, FLUSH, PROPOSE, FAULT, RESTART, HEAL, CRASH = range(8)
 
 # Crash points inside the runtime's handling of a Ready.
 CRASH_BEFORE_PERSIST, CRASH_AFTER_PERSIST, CRASH_AFTER_SEND, CRASH_MID_APPLY = range(4)
@@ -138,6 +137,7 @@ class SimParams:
     """Per-seed knobs, drawn from the seed so different seeds stress different things."""
 
     election_ticks: int
+    heartbeat_ticks: int
     max_entries: int
     max_inflight: int
     pre_vote: bool
@@ -171,6 +171,7 @@ class Sim:
         self.rng = rng = random.Random(seed * 7919 + n)
         self.p = SimParams(
             election_ticks=rng.choice((4, 5, 6, 8)),
+            heartbeat_ticks=rng.choice((1, 2)),
             max_entries=rng.choice((1, 2, 3, 8, 64)),
             max_inflight=rng.choice((1, 2, 4, 64)),
             pre_vote=rng.random() < 0.8,
@@ -188,10 +189,13 @@ class Sim:
         self.nodes: dict[int, SimNode] = {}
         self.next_id = n + 1
         self.blocked: set[tuple[int, int]] = set()
+        self.link_clock: dict[tuple[int, int], int] = {}
         self.initial_conf = ConfState(frozenset(range(1, n + 1)), frozenset())
         self.step_no = 0
         self.history: deque[tuple[int, int, str, Any]] = deque(maxlen=60)
         self.faults_on = True
+        self.crash_leader_on_commit = False
+        self.kill_next_leaders = 0  # targeted fault: crash the next N new leaders soon after election
         self.proposal_no = 0
         # Global knowledge for the checks.
         self.leaders: dict[int, int] = {}
@@ -206,7 +210,7 @@ class Sim:
         for i in range(1, n + 1):
             self.nodes[i] = SimNode(i, initial=True)
             self._start(self.nodes[i])
-            self._push(rng.randrange(2), TICK, i)
+        self._push(1, TICK, None)
         self._push(1, PROPOSE, None)
         self._push(int(self.p.fault_every), FAULT, None)
 
@@ -243,7 +247,7 @@ class Sim:
         return RaftConfig(
             id=nid,
             election_ticks=p.election_ticks,
-            heartbeat_ticks=1,
+            heartbeat_ticks=p.heartbeat_ticks,
             max_inflight=p.max_inflight,
             max_entries_per_msg=p.max_entries,
             pre_vote=p.pre_vote,
@@ -431,12 +435,16 @@ class Sim:
         if p.drop_p and rng.random() < p.drop_p:
             return
         copies = 2 if p.dup_p and rng.random() < p.dup_p else 1
+        link = (m.frm, m.to)
         for _ in range(copies):
             if p.long_delay_p and rng.random() < p.long_delay_p:
-                d = rng.randrange(3, 4 * p.election_ticks)
+                # A straggler: overtaken by later messages on the same link (reordering).
+                self._push(rng.randrange(3, 4 * p.election_ticks), DELIVER, m)
             else:
-                d = rng.randrange(3)
-            self._push(d, DELIVER, m)
+                # Links are FIFO otherwise (like a TCP stream), with a random latency.
+                at = max(self.now + rng.randrange(3), self.link_clock.get(link, 0))
+                self.link_clock[link] = at
+                self._push(at - self.now, DELIVER, m)
 
     # -- checks after each step --------------------------------------------------------------
 
@@ -452,6 +460,14 @@ class Sim:
                 self._fail(f"two leaders in term {term}: {other} and {node.id}")
             self.leaders[term] = node.id
             self.stats["elections"] += 1
+            if self.kill_next_leaders > 0 and self.faults_on:
+                # Leader churn before the new leader's own entry spreads (the Figure 8 pattern).
+                self.kill_next_leaders -= 1
+                if self.rng.random() < 0.5:
+                    # Its first entry becomes durable but none of its appends leave.
+                    node.crash_at = CRASH_AFTER_PERSIST
+                else:
+                    self._push(self.rng.randrange(0, 3), CRASH, node.id)
             self._note("leader", f"node {node.id} leads term {term} (last={core.last_index})")
             # Leader completeness: everything committed so far is in the new leader's log.
             if core.last_index < self.max_committed:
@@ -486,6 +502,12 @@ class Sim:
                         f"committed entry changed: node {node.id} commits index {i} with term {t}, "
                         f"but term {known} was committed there"
                     )
+            if core.role is Role.LEADER and self.crash_leader_on_commit and self.faults_on:
+                # Adversarial timing: the leader dies right after deciding a commit, before it can
+                # tell anyone or send the entries that follow.
+                self.crash_leader_on_commit = False
+                node.crash_at = CRASH_BEFORE_PERSIST
+                self._note("fault", f"leader {node.id} committed {c} and will crash before its next persist")
             if c > self.max_committed:
                 self.stats["commits"] += c - self.max_committed
                 self.max_committed = c
@@ -502,10 +524,11 @@ class Sim:
     def _propose(self) -> None:
         rng = self.rng
         leaders = self._leaders()
-        if leaders:
-            node = rng.choice(leaders)
+        for node in leaders:  # every node that believes it leads gets work (stale leaders diverge)
             core = node.core
             assert core is not None
+            if core.last_index - core.commit_index > 64:
+                continue  # flow control, as the runtime does: bounded uncommitted backlog
             for _ in range(rng.choice((1, 1, 2, 4))):
                 self.proposal_no += 1
                 data = f"s{self.seed}-p{self.proposal_no}".encode()
@@ -546,6 +569,10 @@ class Sim:
                         self.blocked.add((b, a))
             self._note("fault", f"partition {shape}: {sorted(side_a)} | {sorted(side_b)} bridge={bridge}")
             self._push(rng.randrange(2, 10 * self.p.election_ticks), HEAL, None)
+        elif roll < 0.32:
+            self.kill_next_leaders = rng.randrange(1, 4)
+            self.crash_leader_on_commit = rng.random() < 0.5
+            self._note("fault", f"the next {self.kill_next_leaders} new leaders will crash soon after election")
         elif roll < 0.50:
             # Crash a node (often the leader), at a random point of its Ready handling.
             leaders = self._leaders()
@@ -623,7 +650,6 @@ class Sim:
             node = SimNode(cc.node_id, initial=False)
             self.nodes[node.id] = node
             self._start(node)
-            self._push(1, TICK, node.id)
         self._pump(ld)
 
     # -- main loop -----------------------------------------------------------------------------
@@ -642,12 +668,15 @@ class Sim:
             self._pump(node)
             self._check_node(node)
         elif kind == TICK:
-            node = self.nodes[payload]
-            if node.core is not None:
-                node.core.tick()
-                self._pump(node)
-                self._check_node(node)
-            self._push(1, TICK, payload)
+            # One logical clock tick for every live node (their order is shuffled).
+            nodes = [nd for nd in self.nodes.values() if nd.core is not None]
+            self.rng.shuffle(nodes)
+            for node in nodes:
+                if node.core is not None:
+                    node.core.tick()
+                    self._pump(node)
+                    self._check_node(node)
+            self._push(1, TICK, None)
         elif kind == FLUSH:
             node = self.nodes[payload]
             self._flush(node)
@@ -662,6 +691,10 @@ class Sim:
                 self._note("restart", f"node {node.id}")
                 self._start(node)
                 self._check_node(node)
+        elif kind == CRASH:
+            node = self.nodes[payload]
+            if node.core is not None and self.faults_on:
+                self._crash(node, "targeted")
         elif kind == HEAL:
             self.blocked.clear()
             self._note("heal", "all links")
@@ -691,7 +724,8 @@ class Sim:
                 self._start(node)
                 self._check_node(node)
         self._note("liveness", "healed, all nodes up; waiting for a leader and a commit")
-        deadline = self.now + 40 * self.p.election_ticks + 50
+        backlog = max((nd.core.last_index - nd.core.commit_index for nd in self._live() if nd.core), default=0)
+        deadline = self.now + 40 * self.p.election_ticks + 50 + 4 * min(backlog, 100)
         marker = f"s{self.seed}-liveness".encode()
         state: dict[str, Any] = {"at": None}
 

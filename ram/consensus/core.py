@@ -340,9 +340,8 @@ class RaftCore:
         self._conf = conf
         if self._role is Role.LEADER:
             members = conf.voters | conf.learners
-            for nid in list(self._prs):
-                if nid not in members:
-                    del self._prs[nid]
+            # A removed node keeps its progress (and keeps receiving the log) until the change
+            # commits, so that it learns of its own removal and stops campaigning.
             nxt = self._log.last_index() + 1
             for nid in members:
                 if nid == self._id:
@@ -762,6 +761,10 @@ class RaftCore:
             waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
             for ctx in waiting:
                 self._start_read(ctx)
+        if self._pending_conf_index <= log.committed:
+            conf = self._conf
+            for nid in [n for n in self._prs if n not in conf.voters and n not in conf.learners]:
+                del self._prs[nid]
         if self._id not in self._conf.voters and self._pending_conf_index <= log.committed:
             # Our own removal is committed: hand over by stepping down (someone else will win).
             self._become_follower(self._term, NONE)

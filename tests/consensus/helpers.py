@@ -74,6 +74,7 @@ class Net:
         self.sent: list[Message] = []
         self.read_states: dict[int, list[ReadState]] = {}
         self.drop: Callable[[Message], bool] | None = None
+        self.mangle: Callable[[Message], Message] | None = None
         conf = conf_of(self.ids, self.learners)
         for nid in self.ids + self.learners:
             st = Store()
@@ -142,6 +143,8 @@ class Net:
                 continue
             if self.drop is not None and self.drop(m):
                 continue
+            if self.mangle is not None:
+                m = self.mangle(m)
             n += 1
             self.cores[m.to].step(m)
             self.process(m.to)

@@ -374,14 +374,14 @@ class Sim:
                 prev_term = e.term
             st.entries.extend(rd.entries)
         if rd.hard_state is not None:
-            hs, old = rd.hard_state, st.hs
-            if hs.term < old.term:
-                self._fail(f"node {nid}: durable term went back {old.term} -> {hs.term}")
-            if hs.commit < old.commit:
-                self._fail(f"node {nid}: durable commit went back {old.commit} -> {hs.commit}")
-            if hs.term == old.term and old.vote != NONE and hs.vote != old.vote:
-                self._fail(f"node {nid}: durable vote changed in term {hs.term}: {old.vote} -> {hs.vote}")
-            st.hs = hs
+            new_hs, old_hs = rd.hard_state, st.hs
+            if new_hs.term < old_hs.term:
+                self._fail(f"node {nid}: durable term went back {old_hs.term} -> {new_hs.term}")
+            if new_hs.commit < old_hs.commit:
+                self._fail(f"node {nid}: durable commit went back {old_hs.commit} -> {new_hs.commit}")
+            if new_hs.term == old_hs.term and old_hs.vote != NONE and new_hs.vote != old_hs.vote:
+                self._fail(f"node {nid}: durable vote changed in term {new_hs.term}: {old_hs.vote} -> {new_hs.vote}")
+            st.hs = new_hs
         if st.hs.commit > st.last_index():
             self._fail(f"node {nid}: durable commit {st.hs.commit} beyond durable log {st.last_index()}")
 
@@ -491,15 +491,15 @@ class Sim:
             lo = max(node.mem_commit + 1, core.first_index - 1)
             committed = self.committed
             for i in range(lo, c + 1):
-                t = core.log_term(i)
-                if t is None:
+                got = core.log_term(i)
+                if got is None:
                     continue
                 known = committed.get(i)
                 if known is None:
-                    committed[i] = t
-                elif known != t:
+                    committed[i] = got
+                elif known != got:
                     self._fail(
-                        f"committed entry changed: node {node.id} commits index {i} with term {t}, "
+                        f"committed entry changed: node {node.id} commits index {i} with term {got}, "
                         f"but term {known} was committed there"
                     )
             if core.role is Role.LEADER and self.crash_leader_on_commit and self.faults_on:

@@ -215,6 +215,9 @@ class Net:
 
     # -- views ------------------------------------------------------------------------------------
 
+    def role(self, nid: int) -> Role:
+        return self.cores[nid].role
+
     def leaders(self) -> list[int]:
         return [nid for nid, c in self.cores.items() if c.role is Role.LEADER]
 

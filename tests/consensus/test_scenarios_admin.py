@@ -189,7 +189,7 @@ def test_removing_the_leader_steps_it_down_after_commit() -> None:
     net.cores[1].propose_conf_change(ConfChange(CC.REMOVE_NODE, 1))
     assert net.cores[1].role is Role.LEADER  # still leads until the change commits
     net.deliver()
-    assert net.cores[1].role is Role.FOLLOWER
+    assert net.role(1) is Role.FOLLOWER
     net.tick_all(60)
     (leader,) = net.leaders()
     assert leader in (2, 3) and net.cores[leader].conf.voters == {2, 3}
@@ -198,4 +198,4 @@ def test_removing_the_leader_steps_it_down_after_commit() -> None:
     net.tick_all(2)
     assert net.applied_data(2)[-1] == b"after removal"
     net.tick(1, 100)
-    assert net.cores[1].role is Role.FOLLOWER
+    assert net.role(1) is Role.FOLLOWER

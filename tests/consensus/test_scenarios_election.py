@@ -121,7 +121,7 @@ def test_dueling_candidates_without_prevote_resolve() -> None:
     assert net.cores[1].term == net.cores[3].term
     net.deliver()
     assert net.leaders() == [1]  # 2 voted for 1 first; 3 lost this term
-    assert net.cores[3].role is Role.FOLLOWER
+    assert net.role(3) is Role.FOLLOWER
     net.tick_all(40)
     assert len(net.leaders()) == 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 from ram.consensus.core import RaftCore
 from ram.consensus.types import EntryType, Message, MessageType, PersistedState, RaftConfig, Role
@@ -77,7 +78,7 @@ def test_figure7_leader_repairs_missing_extra_and_diverged_followers() -> None:
     assert net.log_terms(1)[:10] == leader
 
 
-def figure8_commit_after_majority(**cfg: object) -> tuple[int, int]:
+def figure8_commit_after_majority(**cfg: Any) -> tuple[int, int]:
     """Raft paper Figure 8, scripted; returns (commit while only the old entry is on a majority,
     commit once the leader's own entry is on a majority).
 

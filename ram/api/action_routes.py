@@ -1,0 +1,260 @@
+"""Write endpoints: each is a command that becomes a Raft entry; the answer comes once it is
+committed and applied on this node (a follower forwards the proposal to the leader itself)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, delete, get, patch, post
+from litestar.params import Body, QueryParameter
+from pydantic import JsonValue
+
+from ram.api.context import Ctx
+from ram.api.errors import ApiError, error_responses
+from ram.api.pgparams import needs_restart, parameter_name, valid_parameter_name
+from ram.api.schemas import (
+    AddMemberRequest,
+    ConfigOut,
+    ConfigPatchOut,
+    FailoverRequest,
+    MaintenanceOut,
+    MaintenanceRequest,
+    MemberWriteOut,
+    OperationAcceptedOut,
+    SwitchoverRequest,
+    WriteOut,
+)
+from ram.consensus.runtime.node import ApplyResult
+from ram.eventstore.commands import AddMember, PatchConfig, RemoveMember, SetMaintenance
+from ram.eventstore.events import MemberSpec, _check_json
+from ram.projections.state import ClusterState
+
+WRITE_ERRORS = (400, 409, 503)
+MAX_CONFIG_KEY = 200
+HA_MISSING = "the high-availability layer is not running on this node"
+
+
+def _write_out(result: ApplyResult) -> WriteOut:
+    return WriteOut(index=result.index, term=result.term, events=[ev.type for ev in result.events])
+
+
+def _who(request: Request[Any, Any, Any], by: str) -> str:
+    if by:
+        return by
+    client = request.client
+    return f"api:{client.host}" if client else "api"
+
+
+# --------------------------------------------------------------------------------- maintenance
+
+
+@post(
+    "/maintenance",
+    summary="Turn maintenance mode on (no automatic failover)",
+    tags=["actions"],
+    status_code=200,
+    responses=error_responses(*WRITE_ERRORS),
+)
+async def maintenance_on(
+    ctx: Ctx, request: Request[Any, Any, Any], data: MaintenanceRequest | None = None
+) -> MaintenanceOut:
+    body = data or MaintenanceRequest()
+    by = _who(request, body.by)
+    result = await ctx.node.propose(SetMaintenance(enabled=True, reason=body.reason, by=by))
+    state = ctx.node.state
+    return MaintenanceOut(
+        maintenance=state.maintenance, reason=state.maintenance_reason, by=state.maintenance_by,
+        write=_write_out(result),
+    )
+
+
+@delete(
+    "/maintenance",
+    summary="Turn maintenance mode off",
+    tags=["actions"],
+    status_code=200,
+    responses=error_responses(*WRITE_ERRORS),
+)
+async def maintenance_off(ctx: Ctx, request: Request[Any, Any, Any]) -> MaintenanceOut:
+    result = await ctx.node.propose(SetMaintenance(enabled=False, by=_who(request, "")))
+    state = ctx.node.state
+    return MaintenanceOut(
+        maintenance=state.maintenance, reason=state.maintenance_reason, by=state.maintenance_by,
+        write=_write_out(result),
+    )
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+@get("/config", summary="Dynamic configuration", tags=["config"], sync_to_thread=False)
+def get_config(ctx: Ctx) -> ConfigOut:
+    state = ctx.node.state
+    return ConfigOut(config=dict(state.dynamic_config), pending_restart=list(state.pending_restart))
+
+
+def validate_patch(changes: object) -> dict[str, JsonValue]:
+    """The body of PATCH /config: key -> JSON value (null removes); raises ApiError(400) naming the key."""
+    if not isinstance(changes, dict):
+        raise ApiError(400, f"body must be a JSON object of key -> value, not {type(changes).__name__}")
+    out: dict[str, JsonValue] = {}
+    for key, value in changes.items():
+        if not isinstance(key, str) or not key.strip():
+            raise ApiError(400, "config keys must be non-empty strings")
+        if len(key) > MAX_CONFIG_KEY or "\x00" in key or key != key.strip():
+            raise ApiError(
+                400, f"config key {key[:60]!r}: at most {MAX_CONFIG_KEY} characters, no NUL, no outer whitespace"
+            )
+        name = parameter_name(key)
+        if name is not None and not valid_parameter_name(name):
+            raise ApiError(400, f"config key {key[:80]!r}: {name[:60]!r} is not a PostgreSQL parameter name")
+        try:
+            _check_json(value, key)
+        except ValueError as exc:
+            raise ApiError(400, f"config key {key[:80]!r}: {exc}") from None
+        out[key] = value
+    return out
+
+
+def pending_restart_after(state: ClusterState, changes: dict[str, JsonValue]) -> tuple[str, ...]:
+    """All keys awaiting a restart after ``changes``: those already pending plus the restart-only
+    parameters this patch really changes (setting, or removing back to the default)."""
+    pending = set(state.pending_restart)
+    for key, value in changes.items():
+        if needs_restart(key) and state.dynamic_config.get(key) != value:
+            pending.add(key)
+    return tuple(sorted(pending))
+
+
+@patch(
+    "/config",
+    summary="Change dynamic configuration (null removes a key)",
+    description="Keys `postgresql.parameters.<name>` set PostgreSQL parameters; those that need a restart "
+    "(see ram/api/pgparams.py) are listed in `pending_restart`.",
+    tags=["config"],
+    status_code=200,
+    responses=error_responses(*WRITE_ERRORS),
+)
+async def patch_config(
+    ctx: Ctx,
+    request: Request[Any, Any, Any],
+    data: Annotated[
+        dict[str, JsonValue],
+        Body(description="key -> new value; null removes the key", title="ConfigPatch"),
+    ],
+) -> ConfigPatchOut:
+    changes = validate_patch(data)
+    state = ctx.node.state
+    if all(state.dynamic_config.get(k) == v for k, v in changes.items()):
+        return ConfigPatchOut(
+            config=dict(state.dynamic_config), pending_restart=list(state.pending_restart), write=None
+        )
+    command = PatchConfig(changes=changes, pending_restart=pending_restart_after(state, changes), by=_who(request, ""))
+    result = await ctx.node.propose(command)
+    state = ctx.node.state
+    return ConfigPatchOut(
+        config=dict(state.dynamic_config), pending_restart=list(state.pending_restart), write=_write_out(result)
+    )
+
+
+# --------------------------------------------------------------------------------- members
+
+
+@post(
+    "/members",
+    summary="Add a member (as a Raft learner; promoted to voter once caught up)",
+    tags=["members"],
+    status_code=201,
+    responses=error_responses(*WRITE_ERRORS),
+)
+async def add_member(ctx: Ctx, data: AddMemberRequest) -> MemberWriteOut:
+    state = ctx.node.state
+    if data.name in state.members:
+        raise ApiError(409, f"member {data.name!r} already exists")
+    taken = next((m.name for m in state.members.values() if m.node_id == data.node_id), None)
+    if taken is not None:
+        raise ApiError(409, f"node id {data.node_id} is already used by member {taken!r}")
+    spec = MemberSpec(**data.model_dump())
+    result = await ctx.node.propose(AddMember(member=spec, as_learner=True))
+    return MemberWriteOut(member=data.name, node_id=data.node_id, write=_write_out(result))
+
+
+@delete(
+    "/members/{name:str}",
+    summary="Remove a member",
+    tags=["members"],
+    status_code=200,
+    responses=error_responses(404, *WRITE_ERRORS),
+)
+async def remove_member(
+    ctx: Ctx,
+    name: str,
+    reason: Annotated[str, QueryParameter(name="reason", max_length=1000, required=False)] = "",
+) -> MemberWriteOut:
+    state = ctx.node.state
+    member = state.members.get(name)
+    if member is None:
+        raise ApiError(404, f"no member named {name!r}")
+    if state.primary == name:
+        raise ApiError(409, f"member {name!r} is the primary; switch over to another member first")
+    if "\x00" in reason:
+        raise ApiError(400, "query parameter 'reason': must not contain NUL")
+    result = await ctx.node.propose(RemoveMember(node_id=member.node_id, reason=reason))
+    return MemberWriteOut(member=name, node_id=member.node_id, write=_write_out(result))
+
+
+# ------------------------------------------------------------- operations of the HA layer
+
+
+def _not_yet(what: str) -> ApiError:
+    return ApiError(501, f"{what} not available yet: {HA_MISSING}")
+
+
+def _known(state: ClusterState, name: str, field: str) -> None:
+    if name not in state.members:
+        raise ApiError(400, f"body field {field!r}: no member named {name!r}")
+
+
+_HA_ERRORS = error_responses(400, 404, 409, 501, 503)
+
+
+@post("/switchover", summary="Planned switchover", tags=["actions"], status_code=202, responses=_HA_ERRORS)
+async def switchover(ctx: Ctx, data: SwitchoverRequest | None = None) -> OperationAcceptedOut:
+    body = data or SwitchoverRequest()
+    state = ctx.node.state
+    if body.candidate is not None:
+        _known(state, body.candidate, "candidate")
+        if body.candidate == state.primary:
+            raise ApiError(400, f"body field 'candidate': {body.candidate!r} is already the primary")
+    raise _not_yet("switchover is")
+
+
+@post("/failover", summary="Manual failover", tags=["actions"], status_code=202, responses=_HA_ERRORS)
+async def failover(ctx: Ctx, data: FailoverRequest) -> OperationAcceptedOut:
+    _known(ctx.node.state, data.candidate, "candidate")
+    raise _not_yet("failover is")
+
+
+def _member_or_404(ctx: Ctx, name: str) -> None:
+    if name not in ctx.node.state.members:
+        raise ApiError(404, f"no member named {name!r}")
+
+
+@post("/members/{name:str}/restart", summary="Restart a member's PostgreSQL", tags=["members"], status_code=202,
+      responses=_HA_ERRORS)
+async def restart_member(ctx: Ctx, name: str) -> OperationAcceptedOut:
+    _member_or_404(ctx, name)
+    raise _not_yet("restart is")
+
+
+@post("/members/{name:str}/reinit", summary="Re-clone a member from the primary", tags=["members"],
+      status_code=202, responses=_HA_ERRORS)
+async def reinit_member(ctx: Ctx, name: str) -> OperationAcceptedOut:
+    _member_or_404(ctx, name)
+    raise _not_yet("reinit is")
+
+
+ROUTES = [
+    maintenance_on, maintenance_off, get_config, patch_config, add_member, remove_member,
+    switchover, failover, restart_member, reinit_member,
+]

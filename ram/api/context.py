@@ -1,0 +1,47 @@
+"""What every handler needs: the Raft node, the store, and the app's own metrics registry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from litestar.di import NamedDependency
+from prometheus_client import CollectorRegistry
+
+from ram.consensus.runtime.node import RaftNode
+
+
+@dataclass
+class ApiContext:
+    node: RaftNode
+    store_dsn: str
+    pool: asyncpg.Pool
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+    # Server-sent event streams: each runs its follow() in a task of its own (see events_stream).
+    streams: set[asyncio.Task[Any]] = field(default_factory=set)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.node.config.name
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        self.streams.add(task)
+        task.add_done_callback(self.streams.discard)
+
+    async def close_streams(self) -> None:
+        """End every open event stream (on shutdown: uvicorn waits for open responses)."""
+        self.closing.set()
+        tasks = list(self.streams)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+#: How handlers receive the context (an explicitly named dependency).
+Ctx = NamedDependency[ApiContext]

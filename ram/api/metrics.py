@@ -1,0 +1,112 @@
+"""``GET /metrics``: Prometheus text format from a registry of this app's own (never the global one).
+
+Node gauges are computed at scrape time from the node (a custom collector), so they are never stale;
+request durations are a histogram labelled by route template, method and status.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from litestar import Response, get
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ram.api.context import Ctx
+from ram.api.views import member_role
+from ram.consensus.runtime.node import RaftNode
+from ram.consensus.types import Role
+
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class NodeCollector(Collector):
+    """Raft and cluster gauges of one node, read when scraped."""
+
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Any]:
+        node = self.node
+        state = node.state
+        yield _gauge("ram_raft_term", "Current Raft term.", node.term)
+        yield _gauge("ram_raft_commit_index", "Highest Raft index known committed.", node.commit_index)
+        yield _gauge("ram_raft_applied_index", "Highest Raft index applied to the store.", node.applied_index)
+        yield _gauge("ram_raft_is_leader", "1 when this node leads Raft.", 1 if node.role is Role.LEADER else 0)
+        member = state.members.get(node.config.name)
+        role = member_role(state, member) if member is not None else "unknown"
+        roles = GaugeMetricFamily("ram_pg_role", "PostgreSQL role of this member (1 for the current one).",
+                                  labels=["role"])
+        for name in ("primary", "replica", "unknown"):
+            roles.add_metric([name], 1 if name == role else 0)
+        yield roles
+        timeline = member.timeline if member is not None and member.timeline is not None else state.timeline
+        yield _gauge("ram_pg_timeline", "PostgreSQL timeline of this member (NaN: unknown).", timeline)
+        lag = member.lag_bytes if member is not None else None
+        yield _gauge("ram_replication_lag_bytes", "Replication lag of this member in bytes (NaN: unknown).", lag)
+        yield _gauge(
+            "ram_lease_seconds_left", "Seconds left on the primary lease (NaN: no lease, HA layer not running).", None
+        )
+        failovers = sum(1 for op in state.operations if op.kind == "failover" and op.outcome == "succeeded")
+        switchovers = sum(1 for op in state.operations if op.kind == "switchover" and op.outcome == "succeeded")
+        yield CounterMetricFamily("ram_failovers", "Completed failovers (cluster history).", value=failovers)
+        yield CounterMetricFamily("ram_switchovers", "Completed switchovers (cluster history).", value=switchovers)
+        yield _gauge("ram_members", "Members of the cluster.", len(state.members))
+        yield _gauge("ram_maintenance", "1 while maintenance mode is on.", 1 if state.maintenance else 0)
+
+
+def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=math.nan if value is None else float(value))
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry, node: RaftNode) -> None:
+        self.registry = registry
+        registry.register(NodeCollector(node))
+        self.requests = Histogram(
+            "ram_api_request_duration_seconds",
+            "HTTP API request duration.",
+            labelnames=("route", "method", "status"),
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """ASGI middleware observing each routed request (unrouted 404s are not counted)."""
+
+        async def observe(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            start = time.perf_counter()
+            status = 500
+
+            async def send_wrapper(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                await send(message)
+
+            try:
+                await app(scope, receive, send_wrapper)
+            finally:
+                route = scope.get("path_template") or "unmatched"
+                self.requests.labels(str(route), str(scope.get("method", "")), str(status)).observe(
+                    time.perf_counter() - start
+                )
+
+        return observe
+
+
+@get("/metrics", summary="Prometheus metrics", tags=["metrics"], media_type=CONTENT_TYPE_LATEST, sync_to_thread=False)
+def metrics(ctx: Ctx) -> Response[bytes]:
+    return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+__all__ = ["ApiMetrics", "NodeCollector", "metrics"]

@@ -1,0 +1,224 @@
+"""Request and response models of the HTTP API (they are also the OpenAPI schema at ``/schema``).
+
+Requests are strict (unknown fields are errors, so a typo is never silently ignored); responses
+describe exactly what the handlers return, so a schema-driven fuzzer can check every answer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+
+from ram.eventstore.events import Address, Host, MemberTags, Name, NodeId, Port, Text
+
+PgRole = Literal["primary", "replica", "unknown"]
+MemberStateName = Literal["running", "stopped", "unhealthy", "fenced", "unknown"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# ------------------------------------------------------------------------------------- errors
+
+
+class ErrorBody(_Response):
+    """Every error: one line saying what is wrong, and the HTTP status repeated."""
+
+    error: str
+    status: int
+    leader: str | None = Field(default=None, description="Raft leader's address, when a write could not reach it.")
+
+
+# ------------------------------------------------------------------------------------ cluster
+
+
+class MemberTagsOut(_Response):
+    nofailover: bool
+    noloadbalance: bool
+    nosync: bool
+    failover_priority: int
+
+
+class MemberOut(_Response):
+    name: str
+    node_id: int
+    api_address: str
+    raft_address: str
+    pg_address: str = Field(description="The managed PostgreSQL, host:port.")
+    role: PgRole = Field(description="primary when the committed state names this member primary.")
+    state: MemberStateName
+    healthy: bool | None = Field(description="Last reported health; null when never reported.")
+    health_reason: str
+    timeline: int | None
+    lsn: int | None = Field(description="Last reported WAL position in bytes.")
+    lag_bytes: int | None
+    following: str | None
+    fenced: bool
+    tags: MemberTagsOut
+    is_learner: bool = Field(description="A non-voting Raft learner that is still catching up.")
+    is_raft_leader: bool
+    sync_standby: bool
+
+
+class SyncOut(_Response):
+    mode: Literal["off", "on", "quorum"]
+    num_sync: int
+    standbys: list[str]
+
+
+class ClusterOut(_Response):
+    cluster_id: str | None
+    cluster_name: str | None
+    members: list[MemberOut]
+    raft_leader: str | None = Field(description="Name of the member leading Raft, as this node knows it.")
+    raft_term: int
+    primary: str | None
+    timeline: int | None
+    synchronous: SyncOut
+    maintenance: bool
+    maintenance_reason: str
+    pending_restart: list[str]
+    applied_index: int
+    commit_index: int
+    node: str = Field(description="The member answering this request.")
+
+
+# ------------------------------------------------------------------------------------- events
+
+
+class EventOut(_Response):
+    position: int = Field(description="The Raft index of the entry that produced the event.")
+    sub: int = Field(description="Order of the event within its entry.")
+    id: str = Field(description="'<position>.<sub>', also the SSE event id.")
+    type: str
+    term: int
+    proposer: int
+    ts: datetime
+    data: dict[str, Any]
+
+
+class EventPage(_Response):
+    events: list[EventOut]
+    next_after: int = Field(description="Pass as ?after= to read the next page.")
+    more: bool = Field(description="Whether the page was full (there may be more events).")
+
+
+# ------------------------------------------------------------------------------------ history
+
+
+class TimelineOut(_Response):
+    timeline: int
+    primary: str
+    lsn: int
+    position: int
+    at: datetime
+
+
+class OperationOut(_Response):
+    kind: Literal["failover", "switchover"]
+    outcome: Literal["in_progress", "succeeded", "failed", "superseded"]
+    started_position: int
+    started_at: datetime
+    old_primary: str | None
+    new_primary: str | None
+    candidate: str | None
+    reason: str
+    requested_by: str
+    scheduled_at: datetime | None
+    error: str
+    completed_position: int | None
+    completed_at: datetime | None
+    duration_ms: int | None
+    timeline: int | None
+    lsn: int | None
+
+
+class HistoryOut(_Response):
+    operations: list[OperationOut]
+    timelines: list[TimelineOut]
+
+
+# ------------------------------------------------------------------------------------ actions
+
+
+class WriteOut(_Response):
+    """Where a write was committed (it is applied on the answering node)."""
+
+    index: int
+    term: int
+    events: list[str] = Field(description="Types of the events the command produced (empty: nothing changed).")
+
+
+class MaintenanceRequest(_Request):
+    reason: Text = ""
+    by: Text = ""
+
+
+class MaintenanceOut(_Response):
+    maintenance: bool
+    reason: str
+    by: str
+    write: WriteOut
+
+
+class ConfigOut(_Response):
+    config: dict[str, JsonValue]
+    pending_restart: list[str] = Field(description="Keys whose change awaits a PostgreSQL restart.")
+
+
+class ConfigPatchOut(ConfigOut):
+    write: WriteOut | None = Field(description="Null when the patch changed nothing (no entry was proposed).")
+
+
+class AddMemberRequest(_Request):
+    name: Name
+    node_id: NodeId
+    raft_address: Address
+    api_address: Address
+    pg_host: Host
+    pg_port: Port = 5432
+    tags: MemberTags = MemberTags()
+
+
+class MemberWriteOut(_Response):
+    member: str
+    node_id: int
+    write: WriteOut
+
+
+class OperationAcceptedOut(_Response):
+    """An operation the high-availability layer carries out after this answer."""
+
+    operation: str
+    write: WriteOut
+
+
+class SwitchoverRequest(_Request):
+    candidate: Name | None = None
+    scheduled_at: AwareDatetime | None = None
+    reason: Text = ""
+
+
+class FailoverRequest(_Request):
+    candidate: Name
+    reason: Text = ""
+
+
+# ------------------------------------------------------------------------------------- health
+
+
+class HealthOut(_Response):
+    ok: bool
+    name: str
+    role: PgRole
+    state: str
+    raft_role: str
+    raft_leader: str | None
+    reason: str = ""

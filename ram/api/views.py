@@ -1,0 +1,70 @@
+"""Pure functions from the node's projection to what the API shows (shared by routes and metrics)."""
+
+from __future__ import annotations
+
+from ram.api.schemas import MemberOut, MemberStateName, MemberTagsOut, PgRole
+from ram.consensus.runtime.node import RaftNode
+from ram.projections.state import ClusterState, Member
+
+
+def member_role(state: ClusterState, member: Member) -> PgRole:
+    """primary: the committed primary; replica: reported or following; unknown otherwise."""
+    if state.primary == member.name:
+        return "primary"
+    if member.reported_role == "replica" or member.following is not None:
+        return "replica"
+    return "unknown"
+
+
+def member_state(member: Member) -> MemberStateName:
+    if member.fenced:
+        return "fenced"
+    if member.healthy is None and member.pg_running is None:
+        return "unknown"
+    if member.pg_running is False:
+        return "stopped"
+    if member.healthy is False:
+        return "unhealthy"
+    return "running"
+
+
+def raft_leader_name(node: RaftNode) -> str | None:
+    """Name of the Raft leader this node knows right now (live, not only the recorded one)."""
+    leader = node.leader_id
+    if not leader:
+        return None
+    for member in node.state.members.values():
+        if member.node_id == leader:
+            return member.name
+    if leader == node.config.node_id:
+        return node.config.name
+    return f"node{leader}"
+
+
+def member_out(node: RaftNode, state: ClusterState, member: Member) -> MemberOut:
+    tags = member.tags
+    return MemberOut(
+        name=member.name,
+        node_id=member.node_id,
+        api_address=member.api_address,
+        raft_address=member.raft_address,
+        pg_address=f"{member.pg_host}:{member.pg_port}",
+        role=member_role(state, member),
+        state=member_state(member),
+        healthy=member.healthy,
+        health_reason=member.health_reason,
+        timeline=member.timeline,
+        lsn=member.lsn,
+        lag_bytes=member.lag_bytes,
+        following=member.following,
+        fenced=member.fenced,
+        tags=MemberTagsOut(
+            nofailover=tags.nofailover,
+            noloadbalance=tags.noloadbalance,
+            nosync=tags.nosync,
+            failover_priority=tags.failover_priority,
+        ),
+        is_learner=member.is_learner,
+        is_raft_leader=node.leader_id != 0 and member.node_id == node.leader_id,
+        sync_standby=member.name in state.sync_standbys,
+    )

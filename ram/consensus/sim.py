@@ -463,9 +463,17 @@ class Sim:
             if self.kill_next_leaders > 0 and self.faults_on:
                 # Leader churn before the new leader's own entry spreads (the Figure 8 pattern).
                 self.kill_next_leaders -= 1
-                if self.rng.random() < 0.5:
+                roll = self.rng.random()
+                if roll < 0.35:
                     # Its first entry becomes durable but none of its appends leave.
                     node.crash_at = CRASH_AFTER_PERSIST
+                elif roll < 0.7:
+                    # Cut it off at once: it keeps taking proposals that reach nobody.
+                    for o in self.nodes:
+                        if o != node.id:
+                            self.blocked.add((node.id, o))
+                            self.blocked.add((o, node.id))
+                    self._push(self.rng.randrange(2, 6 * self.p.election_ticks), HEAL, None)
                 else:
                     self._push(self.rng.randrange(0, 3), CRASH, node.id)
             self._note("leader", f"node {node.id} leads term {term} (last={core.last_index})")

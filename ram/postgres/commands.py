@@ -14,7 +14,7 @@ import glob
 import os
 import pwd
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,12 +98,18 @@ async def run_command(
     env: Mapping[str, str] | None = None,
     check: bool = True,
     cwd: Path | None = None,
+    on_stderr: Callable[[str], None] | None = None,
 ) -> CommandResult:
     """Run a PostgreSQL program as ``owner`` without blocking the event loop.
 
     On timeout the process (and, through its session, its children) is killed, and the error says
     how long we waited. With ``check`` a non-zero exit raises :class:`PostgresCommandError` whose
     message is the program's own last stderr lines.
+
+    ``on_stderr`` receives each stderr line as it arrives (lines end at ``\n`` or ``\r``), for
+    programs that report progress there (``pg_basebackup --progress``); the full stderr is still
+    collected for the result and the error message. If it raises, the program is killed and the
+    exception propagates.
     """
     full_env = dict(os.environ)
     full_env.setdefault("LC_ALL", "C.UTF-8")
@@ -119,7 +125,10 @@ async def run_command(
         start_new_session=True,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        if on_stderr is None:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        else:
+            out, err = await asyncio.wait_for(_communicate_streaming(proc, on_stderr), timeout)
     except (TimeoutError, asyncio.CancelledError):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
@@ -128,9 +137,43 @@ async def run_command(
         if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
             raise
         raise PostgresCommandError(argv, f"timed out after {timeout:g} s", None) from None
+    except Exception:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 5)
+        raise
     result = CommandResult(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
     if check and result.returncode != 0:
         lines = [ln for ln in (result.stderr or result.stdout).strip().splitlines() if ln.strip()]
         message = " / ".join(lines[-3:]) if lines else f"exit code {result.returncode}"
         raise PostgresCommandError(argv, message, result.returncode)
     return result
+
+
+async def _communicate_streaming(
+    proc: asyncio.subprocess.Process, on_stderr: Callable[[str], None]
+) -> tuple[bytes, bytes]:
+    """Like ``proc.communicate()``, but hands stderr to ``on_stderr`` line by line as it arrives."""
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr = proc.stderr
+    collected = bytearray()
+
+    async def pump() -> None:
+        pending = b""
+        while True:
+            chunk = await stderr.read(4096)
+            if not chunk:
+                break
+            collected.extend(chunk)
+            pending += chunk.replace(b"\r", b"\n")
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    on_stderr(line.decode(errors="replace"))
+        if pending.strip():
+            on_stderr(pending.decode(errors="replace"))
+
+    out, _ = await asyncio.gather(proc.stdout.read(), pump())
+    await proc.wait()
+    return out, bytes(collected)

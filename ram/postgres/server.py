@@ -56,6 +56,8 @@ class PostgresServer:
     settings: Mapping[str, str] = field(default_factory=lambda: dict(STORE_SETTINGS))
     superuser: str = "postgres"
     timeout: float = 60.0
+    #: Where ``pg_ctl start -l`` sends the server's log (default: ``server.log`` in the data directory).
+    log_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.datadir = Path(self.datadir).absolute()
@@ -131,7 +133,7 @@ class PostgresServer:
         self._prepare_dir(self.sockdir, 0o700)
         if await self.is_running():
             return
-        logfile = self.datadir / "server.log"
+        logfile = self.log_file or self.datadir / "server.log"
         await run_command(
             [
                 str(self.bindir / "pg_ctl"), "start", "-w", "-t", str(int(self.timeout)),

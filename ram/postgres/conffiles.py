@@ -1,0 +1,232 @@
+"""The files RAM owns in (and next to) the managed data directory, rewritten before every start.
+
+Why RAM owns ``postgresql.conf`` instead of using ALTER SYSTEM: ``pg_basebackup`` and ``pg_rewind``
+copy every configuration file from the source node, so a clone would inherit the primary's
+``listen_addresses``, port and socket directory. Rewriting our files from the spec before each start
+(and after each clone or rewind) makes the node's own settings win no matter where the files came
+from. ``postgresql.auto.conf`` stays the operator's (ALTER SYSTEM), except that RAM strips the
+replication keys that ``pg_basebackup -R`` appends there, because they would override ours.
+
+Layout inside the data directory:
+
+- ``postgresql.base.conf``: what initdb wrote (locale, shared_buffers…), included first;
+- ``postgresql.conf``: RAM's settings, then ``include_if_exists 'ram.replication.conf'``;
+- ``ram.replication.conf``: primary_conninfo / primary_slot_name / recovery_target_timeline on a
+  standby, empty on a primary — reloadable, which is how ``follow`` re-points without a restart;
+- ``standby.signal``: present iff the node should start as a standby;
+- ``pg_hba.conf`` / ``pg_ident.conf``: local superuser by peer for the owner (and RAM's OS user),
+  SCRAM from members only, nothing else.
+
+Outside it: the libpq password file (``spec.passfile``, 0600) holding the replication password
+for walreceiver, pg_basebackup and pg_rewind, so it is never on a command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+from pathlib import Path
+
+from ram.postgres.commands import chown_to_owner
+from ram.postgres.spec import PROTECTED_PARAMETERS, REPLICATION_PARAMETERS, ManagedInstanceSpec, PrimaryEndpoint
+
+BASE_CONF = "postgresql.base.conf"
+REPLICATION_CONF = "ram.replication.conf"
+STANDBY_SIGNAL = "standby.signal"
+RECOVERY_SIGNAL = "recovery.signal"
+AUTO_CONF = "postgresql.auto.conf"
+#: Keys in postgresql.auto.conf that would silently override ram.replication.conf.
+OWNED_AUTO_KEYS = REPLICATION_PARAMETERS
+HBA_MAP = "ram"
+HEADER = "# Written by RAM before every start: edits here are lost. Change the node's configuration instead.\n"
+
+
+def base_settings(spec: ManagedInstanceSpec) -> dict[str, str]:
+    """RAM's settings for a replicated instance, with the operator's extra parameters applied on top.
+
+    wal_level=replica and the sender/slot limits make streaming possible; hot_standby lets replicas
+    answer status queries; wal_log_hints lets pg_rewind work on clusters without checksums;
+    a small wal_keep_size covers a replica that briefly loses its slot; hot_standby_feedback avoids
+    query cancellations on replicas; scram-sha-256 is the only password method we allow.
+    """
+    settings = {
+        "wal_level": "replica",
+        "max_wal_senders": "10",
+        "max_replication_slots": "10",
+        "hot_standby": "on",
+        "hot_standby_feedback": "on",
+        "wal_log_hints": "on",
+        "wal_keep_size": "128MB",
+        "password_encryption": "scram-sha-256",
+        "logging_collector": "off",
+        "log_line_prefix": "%m [%p] %q%u@%d ",
+    }
+    for key, value in spec.parameters.items():
+        if key in PROTECTED_PARAMETERS:
+            raise ValueError(f"parameter {key!r} is set by RAM from the node configuration; it cannot be overridden")
+        settings[key] = str(value)
+    settings.update(
+        {
+            "listen_addresses": spec.host,
+            "port": str(spec.port),
+            "unix_socket_directories": str(spec.sockdir),
+            "unix_socket_permissions": "0700",
+        }
+    )
+    return settings
+
+
+def conf_quote(value: str) -> str:
+    """A postgresql.conf string value."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def conninfo_quote(value: str) -> str:
+    """A libpq ``key=value`` value, quoted when it needs to be."""
+    if value and not any(c in value for c in " '\\\t\n"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def render_postgresql_conf(spec: ManagedInstanceSpec) -> str:
+    lines = [HEADER, f"include_if_exists {conf_quote(BASE_CONF)}\n"]
+    lines += [f"{key} = {conf_quote(value)}\n" for key, value in sorted(base_settings(spec).items())]
+    lines.append(f"include_if_exists {conf_quote(REPLICATION_CONF)}\n")
+    return "".join(lines)
+
+
+def ram_os_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def render_hba(spec: ManagedInstanceSpec) -> str:
+    """Local superuser by peer (mapped), SCRAM from each member's /32 (or /128), nothing else."""
+    lines = [HEADER, f"local   all           {spec.superuser:<16} peer map={HBA_MAP}\n"]
+    for cidr in spec.member_cidrs():
+        lines.append(f"host    replication   {spec.replication_user:<16} {cidr:<20} scram-sha-256\n")
+        lines.append(f"host    all           {'all':<16} {cidr:<20} scram-sha-256\n")
+    return "".join(lines)
+
+
+def render_ident(spec: ManagedInstanceSpec) -> str:
+    """The OS users allowed to be the superuser locally: the owner and the user RAM runs as."""
+    users = [spec.owner]
+    if ram_os_user() not in users:
+        users.append(ram_os_user())
+    return HEADER + "".join(f"{HBA_MAP}   {user:<16} {spec.superuser}\n" for user in users)
+
+
+def primary_conninfo(spec: ManagedInstanceSpec, primary: PrimaryEndpoint, *, dbname: str | None = None,
+                     application_name: str | None = None) -> str:
+    """How this node connects to ``primary``: replication user, password from the passfile."""
+    parts = {
+        "host": primary.host,
+        "port": str(primary.port),
+        "user": spec.replication_user,
+        "passfile": str(spec.pgpass),
+        "application_name": application_name or spec.name,
+        "connect_timeout": "5",
+        "keepalives": "1",
+        "keepalives_idle": "5",
+        "keepalives_interval": "2",
+        "keepalives_count": "3",
+        "target_session_attrs": "any",
+    }
+    if dbname:
+        parts["dbname"] = dbname
+    return " ".join(f"{key}={conninfo_quote(value)}" for key, value in parts.items())
+
+
+def render_replication_conf(spec: ManagedInstanceSpec, primary: PrimaryEndpoint | None, slot: str | None) -> str:
+    if primary is None:
+        return HEADER + "# primary: no upstream\n"
+    lines = [HEADER, f"primary_conninfo = {conf_quote(primary_conninfo(spec, primary))}\n"]
+    if slot:
+        lines.append(f"primary_slot_name = {conf_quote(slot)}\n")
+    lines.append("recovery_target_timeline = 'latest'\n")
+    return "".join(lines)
+
+
+def write_owned(path: Path, text: str, owner: str, mode: int = 0o600) -> None:
+    """Atomically replace ``path`` with ``text``, owned by ``owner`` (a crash leaves old or new)."""
+    tmp = path.with_name(f".{path.name}.ram-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    chown_to_owner(tmp, owner)
+    os.replace(tmp, path)
+
+
+def write_passfile(spec: ManagedInstanceSpec) -> None:
+    """The libpq password file for the replication user (libpq ignores it unless it is 0600)."""
+    escaped = spec.replication_password.replace("\\", "\\\\").replace(":", "\\:")
+    spec.pgpass.parent.mkdir(parents=True, exist_ok=True)
+    write_owned(spec.pgpass, f"*:*:*:{spec.replication_user}:{escaped}\n", spec.owner)
+
+
+def write_config(spec: ManagedInstanceSpec) -> None:
+    """Write postgresql.conf, pg_hba.conf, pg_ident.conf and the passfile from the spec.
+
+    Also keeps initdb's original postgresql.conf as postgresql.base.conf (first time only) and
+    strips replication keys from postgresql.auto.conf (see the module docstring).
+    """
+    data = spec.data_dir
+    base = data / BASE_CONF
+    conf = data / "postgresql.conf"
+    if not base.exists():
+        original = conf.read_text() if conf.exists() and HEADER not in conf.read_text() else ""
+        write_owned(base, original, spec.owner)
+    write_owned(conf, render_postgresql_conf(spec), spec.owner)
+    write_owned(data / "pg_hba.conf", render_hba(spec), spec.owner)
+    write_owned(data / "pg_ident.conf", render_ident(spec), spec.owner)
+    if not (data / REPLICATION_CONF).exists():
+        write_owned(data / REPLICATION_CONF, render_replication_conf(spec, None, None), spec.owner)
+    strip_auto_conf(spec)
+    write_passfile(spec)
+
+
+def strip_auto_conf(spec: ManagedInstanceSpec) -> None:
+    auto = spec.data_dir / AUTO_CONF
+    if not auto.exists():
+        return
+    lines = auto.read_text().splitlines(keepends=True)
+    kept = [ln for ln in lines if ln.split("=", 1)[0].strip() not in OWNED_AUTO_KEYS]
+    if kept != lines:
+        write_owned(auto, "".join(kept), spec.owner)
+
+
+def write_standby_config(spec: ManagedInstanceSpec, primary: PrimaryEndpoint | None, slot: str | None) -> None:
+    """Make the node start as a standby of ``primary`` (or, with ``None``, as a primary)."""
+    write_owned(spec.data_dir / REPLICATION_CONF, render_replication_conf(spec, primary, slot), spec.owner)
+    signal = spec.data_dir / STANDBY_SIGNAL
+    if primary is None:
+        with contextlib.suppress(FileNotFoundError):
+            signal.unlink()
+    else:
+        write_owned(signal, "", spec.owner)
+    with contextlib.suppress(FileNotFoundError):
+        (spec.data_dir / RECOVERY_SIGNAL).unlink()
+
+
+def remove_signals(spec: ManagedInstanceSpec) -> None:
+    for name in (STANDBY_SIGNAL, RECOVERY_SIGNAL):
+        with contextlib.suppress(FileNotFoundError):
+            (spec.data_dir / name).unlink()
+
+
+def tail(path: Path, lines: int = 5, max_bytes: int = 65536) -> list[str]:
+    """The last lines of a (log) file, for error messages: PostgreSQL explains startup failures there."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [ln for ln in text.splitlines() if ln.strip()][-lines:]

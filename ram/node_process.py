@@ -11,10 +11,15 @@ import asyncpg
 
 from ram.config import NodeConfig
 from ram.consensus.runtime.node import RaftNode
+from ram.consensus.runtime.storage import open_store_pool
 from ram.eventstore import schema
 from ram.postgres.server import PostgresServer
 
 log = logging.getLogger("ram.process")
+
+
+class NodeFailed(RuntimeError):
+    """The node stopped itself after an internal failure."""
 
 
 def embedded_store(config: NodeConfig) -> PostgresServer:
@@ -47,7 +52,7 @@ async def run_node(config: NodeConfig) -> None:
     """Run until SIGTERM/SIGINT; a leader transfers leadership before it goes."""
     dsn, server = await open_store(config)
     await asyncio.to_thread(schema.upgrade, dsn)
-    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=config.store.pool_size)
+    pool = await open_store_pool(dsn, size=config.store.pool_size)
     node = RaftNode(config, pool)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -55,7 +60,13 @@ async def run_node(config: NodeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await node.start()
-        await stop.wait()
+        stop_wait = asyncio.ensure_future(stop.wait())
+        fail_wait = asyncio.ensure_future(node.failed.wait())
+        await asyncio.wait({stop_wait, fail_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        fail_wait.cancel()
+        if node.failed.is_set():
+            raise NodeFailed("the Raft node failed; see the log above")
         log.info("stop requested; shutting down")
     finally:
         await node.stop(transfer=True)

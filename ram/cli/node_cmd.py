@@ -32,7 +32,7 @@ def node_run(config_path: Path) -> None:
     Example:
       ram node run --config /etc/ram/node1.toml
     """
-    from ram.node_process import run_node
+    from ram.node_process import NodeFailed, run_node
 
     try:
         config = load_config(config_path)
@@ -41,7 +41,7 @@ def node_run(config_path: Path) -> None:
     configure(config.log_format, config.log_level)
     try:
         asyncio.run(run_node(config))
-    except (StoreUnavailable, StoreIdentityMismatch, PostgresCommandError, OSError) as exc:
+    except (StoreUnavailable, StoreIdentityMismatch, PostgresCommandError, OSError, NodeFailed) as exc:
         raise UserError(" ".join(str(exc).split())) from None
     except KeyboardInterrupt:
         pass

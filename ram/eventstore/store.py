@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -21,12 +22,6 @@ import asyncpg
 from ram.eventstore.events import Event, StoredEvent, decode_event, encode_event
 
 NOTIFY_CHANNEL = "pgraft_events"
-
-_INSERT_EVENTS = """
-INSERT INTO pgraft.events (position, sub, type, schema_version, payload, term, proposer, ts)
-SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::jsonb[], $6::bigint[], $7::int[],
-                     $8::timestamptz[])
-"""
 
 _SELECT_COLUMNS = "position, sub, type, schema_version, payload::text AS payload, term, proposer, ts"
 
@@ -50,24 +45,20 @@ async def applied_index(conn: asyncpg.Connection) -> int:
 async def append_entries(conn: asyncpg.Connection, batch: Sequence[EntryEvents]) -> int:
     """Write the events of consecutive committed entries, update projections and the applied index.
 
-    Must run inside the caller's transaction (it locks the applied row, so concurrent appliers
-    serialise). Entries at or below the applied index are skipped, which makes re-applying after a
-    crash between commit and acknowledgement harmless. Everything goes in a fixed number of round
-    trips whatever the batch size. Returns the new applied index.
+    One statement (``pgraft.append_entries``), so it is atomic on its own and joins the caller's
+    transaction when there is one. Entries at or below the applied index are skipped, which makes
+    re-applying after a crash between commit and acknowledgement harmless. One round trip whatever
+    the batch size. Returns the new applied index.
     """
-    if not conn.is_in_transaction():
-        raise RuntimeError("append_entries must run inside a transaction")
-    current = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied FOR UPDATE"))
-    fresh = [entry for entry in batch if entry.position > current]
-    if not fresh:
-        return current
-    expected = current + 1
-    for entry in fresh:
-        if entry.position != expected:
-            raise ValueError(f"entries must be consecutive: expected position {expected}, got {entry.position}")
-        expected += 1
+    if not batch:
+        return int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
+    for previous, entry in itertools.pairwise(batch):
+        if entry.position != previous.position + 1:
+            raise ValueError(
+                f"entries must be consecutive: position {entry.position} follows {previous.position}"
+            )
     columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
-    for entry in fresh:
+    for entry in batch:
         for sub, event in enumerate(entry.events):
             type_name, version, payload = encode_event(event)
             for column, value in zip(
@@ -76,12 +67,14 @@ async def append_entries(conn: asyncpg.Connection, batch: Sequence[EntryEvents])
                 strict=True,
             ):
                 column.append(value)
-    last = fresh[-1].position
-    if columns[0]:
-        await conn.execute(_INSERT_EVENTS, *columns)
-        await conn.execute("SELECT pgraft.apply_events($1, $2)", current, last)
-    await conn.execute("UPDATE pgraft.applied SET applied_index = $1", last)
-    return last
+    return int(
+        await conn.fetchval(
+            "SELECT pgraft.append_entries($1, $2, $3, $4, $5, $6, $7::jsonb[], $8, $9, $10)",
+            batch[0].position,
+            batch[-1].position,
+            *columns,
+        )
+    )
 
 
 def _row_to_event(row: asyncpg.Record) -> StoredEvent:

@@ -33,7 +33,7 @@ import asyncpg
 import msgspec
 
 from ram.config import NodeConfig, api_address, parse_address, pg_address
-from ram.consensus.core import NotLeader, ProposalDropped, RaftCore
+from ram.consensus.core import ConfChangeInProgress, NotLeader, ProposalDropped, RaftCore
 from ram.consensus.runtime.codec import (
     ForwardedProposal,
     PayloadError,
@@ -57,6 +57,7 @@ from ram.consensus.types import (
     Snapshot,
 )
 from ram.eventstore.commands import (
+    MEMBERSHIP_COMMANDS,
     AddMember,
     BootstrapCluster,
     CommandDecodeError,
@@ -171,6 +172,8 @@ class RaftNode:
         self._promoting: set[int] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._leader_changed = asyncio.Event()
+        #: Set when a core loop died unexpectedly; the process must exit (fail-stop, never limp on).
+        self.failed = asyncio.Event()
 
     # ----------------------------------------------------------------------------------- life
 
@@ -215,12 +218,22 @@ class RaftNode:
             loop.create_task(self._ticker(), name="ram.raft.ticker"),
             loop.create_task(self._ready_loop(), name="ram.raft.ready"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._on_task_done)
         log.info(
             "node started node_id=%d name=%s term=%d applied=%d log_entries=%d bootstrap=%s",
             cfg.node_id, cfg.name, persisted.hard_state.term, self.applied_index, len(persisted.entries), bool(conf),
         )
         if cfg.join and not self._is_member():
             self._spawn(self._join(), "ram.raft.join")
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        """A core loop must never end on its own: if one does, the node is broken — say so, fail-stop."""
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        log.critical("raft loop died task=%s error=%r; stopping the node", task.get_name(), exc, exc_info=exc)
+        self.failed.set()
 
     async def stop(self, *, transfer: bool = True) -> None:
         """Stop cleanly; a leader first hands leadership to the most up-to-date voter."""
@@ -313,17 +326,27 @@ class RaftNode:
         assert core is not None
         envelope = decode_envelope(data)
         command = envelope.command
-        try:
-            if isinstance(command, (AddMember, PromoteLearner, RemoveMember)):
-                index, term = core.propose_conf_change(self._conf_change_for(command, data))
-            else:
-                index, term = core.propose(data)
-        except NotLeader as exc:
-            raise self._no_leader(exc.leader_id) from None
-        except ProposalDropped as exc:
-            raise NoLeaderError(f"proposal dropped: {exc}", core.leader_id) from None
-        except ValueError as exc:
-            raise CommandRefused(str(exc)) from None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if isinstance(command, MEMBERSHIP_COMMANDS) and self._fits_membership(command):
+                    index, term = core.propose_conf_change(self._conf_change_for(command, data))
+                else:
+                    # Also membership commands that do not fit: committed as a plain entry, so that
+                    # every node records the same rejection when it applies it.
+                    index, term = core.propose(data)
+                break
+            except NotLeader as exc:
+                raise self._no_leader(exc.leader_id) from None
+            except ProposalDropped as exc:
+                raise NoLeaderError(f"proposal dropped: {exc}", core.leader_id) from None
+            except ConfChangeInProgress as exc:
+                # One membership change at a time: wait for the previous one to commit.
+                if time.monotonic() >= deadline:
+                    raise ProposalTimeout(f"membership change not started within {timeout:g} s: {exc}") from None
+                await asyncio.sleep(self.config.raft.tick_ms / 1000)
+            except ValueError as exc:
+                raise CommandRefused(str(exc)) from None
         future: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
         self._pending[index] = _Pending(term, future)
         self._wake.set()
@@ -337,6 +360,19 @@ class RaftNode:
             pending = self._pending.get(index)
             if pending is not None and pending.future is future:
                 del self._pending[index]
+
+    def _fits_membership(self, command: Any) -> bool:
+        """Whether a membership command makes sense for the current configuration."""
+        assert self.core is not None
+        conf = self.core.conf
+        if isinstance(command, AddMember):
+            node_id = command.member.node_id
+            return (node_id not in conf.voters and (command.as_learner or node_id not in conf.learners)) or (
+                not command.as_learner and node_id in conf.learners
+            )
+        if isinstance(command, PromoteLearner):
+            return command.node_id in conf.learners
+        return command.node_id in conf.voters or command.node_id in conf.learners
 
     @staticmethod
     def _conf_change_for(command: Any, data: bytes) -> ConfChange:
@@ -488,13 +524,23 @@ class RaftNode:
             self._wake.clear()
             while core.has_ready():
                 rd = core.ready()
+                # A leader's messages (appends, heartbeats) do not depend on its own disk: it counts
+                # itself only once advance() reports its entries durable. Sending them before the
+                # local fsync overlaps the leader's and the followers' writes (Raft thesis 10.2.1).
+                early = rd.role is Role.LEADER and rd.snapshot is None
+                if early:
+                    self._send(rd)
                 await self._persist(rd)
-                for message in rd.messages:
-                    self.transport.send(message.to, encode_payload(RaftPayload(message)))
+                if not early:
+                    self._send(rd)
                 if rd.committed_entries:
                     await self._apply_with_retry(rd.committed_entries)
                 core.advance(rd)
                 self._after_ready(rd)
+
+    def _send(self, rd: Ready) -> None:
+        for message in rd.messages:
+            self.transport.send(message.to, encode_payload(RaftPayload(message)))
 
     async def _persist(self, rd: Ready) -> None:
         delay = 0.05
@@ -627,8 +673,7 @@ class RaftNode:
             self._note_conf_change(entry)
         if not batch:
             return
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit = off")
+        async with self._pool.acquire() as conn:
             await append_entries(conn, batch)
         self.state = state
         self.applied_index = batch[-1].position

@@ -2,7 +2,8 @@
 
 Durability is the whole job: a :class:`~ram.consensus.types.Ready` batch (snapshot, entries that
 may replace a conflicting suffix, hard state) is written in ONE transaction with
-``synchronous_commit = on``, in a fixed number of round trips whatever its size. The caller's Ready
+``synchronous_commit = on`` (forced on the pool's connections, whatever the store's default), in one
+round trip whatever its size (``pgraft.save_log``). The caller's Ready
 loop gives group commit for free: everything that arrived while one batch was being flushed is in
 the next Ready, so the next flush carries it all.
 
@@ -27,15 +28,7 @@ class StoreIdentityMismatch(RuntimeError):
     """The store belongs to another cluster or node."""
 
 
-_INSERT_LOG = """
-INSERT INTO pgraft.log (idx, term, entry_type, data)
-SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::smallint[], $4::bytea[])
-"""
-
-_UPSERT_HARD_STATE = """
-INSERT INTO pgraft.hard_state (id, term, vote, commit_index) VALUES (true, $1, $2, $3)
-ON CONFLICT (id) DO UPDATE SET term = EXCLUDED.term, vote = EXCLUDED.vote, commit_index = EXCLUDED.commit_index
-"""
+_SAVE_LOG = "SELECT pgraft.save_log($1::bigint[], $2::bigint[], $3::smallint[], $4::bytea[], $5, $6, $7)"
 
 _UPSERT_SNAPSHOT = """
 INSERT INTO pgraft.snapshot (id, idx, term, voters, learners, data, created_at)
@@ -52,6 +45,19 @@ _STORE_ERRORS = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
 )
+
+
+async def open_store_pool(dsn: str, *, size: int = 4) -> asyncpg.Pool:
+    """The node's connection pool to its store; ``synchronous_commit`` is forced on for every session
+    (a store whose default is ``off`` would silently break the durability Raft relies on)."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min(2, size),
+        max_size=size,
+        server_settings={"synchronous_commit": "on", "application_name": "ram"},
+    )
+    assert pool is not None
+    return pool
 
 
 class RaftStorage:
@@ -115,24 +121,27 @@ class RaftStorage:
         """Make one Ready's durable part durable, atomically (snapshot, then entries, then hard state)."""
         if hard_state is None and not entries and snapshot is None:
             return
+        hs = hard_state
+        args = (
+            [e.index for e in entries],
+            [e.term for e in entries],
+            [int(e.type) for e in entries],
+            [e.data for e in entries],
+            hs.term if hs else None,
+            hs.vote if hs else None,
+            hs.commit if hs else None,
+        )
         try:
-            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
-                await conn.execute("SET LOCAL synchronous_commit = on")
-                if snapshot is not None:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                if snapshot is None:
+                    # The hot path: one statement, one round trip, one fsync.
+                    await conn.execute(_SAVE_LOG, *args, timeout=self._timeout)
+                    return
+                async with conn.transaction():
                     # An installed snapshot replaces the whole log: the core restarts its log at it.
                     await self._write_snapshot(conn, snapshot)
                     await conn.execute("DELETE FROM pgraft.log")
-                if entries:
-                    await conn.execute("DELETE FROM pgraft.log WHERE idx >= $1", entries[0].index)
-                    await conn.execute(
-                        _INSERT_LOG,
-                        [e.index for e in entries],
-                        [e.term for e in entries],
-                        [int(e.type) for e in entries],
-                        [e.data for e in entries],
-                    )
-                if hard_state is not None:
-                    await conn.execute(_UPSERT_HARD_STATE, hard_state.term, hard_state.vote, hard_state.commit)
+                    await conn.execute(_SAVE_LOG, *args, timeout=self._timeout)
         except _STORE_ERRORS as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc
 

@@ -1,0 +1,281 @@
+"""Raft benchmark: 3 nodes on loopback, each in its own process with its own store database.
+
+Measures committed entries per second and commit latency with 1, 16 and 64 concurrent proposers
+(each proposal is a real command: committed through Raft, persisted in every store, applied into
+`pgraft.events` and the projections), the time to elect a new leader after kill -9 of the leader
+(several times), and each node's memory and idle CPU. Prints one JSON object as its last line.
+
+    python bench/raft_bench.py --duration 10 --elections 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import asyncpg
+
+from ram.config import NodeConfig, parse_config
+from ram.postgres.server import STORE_SETTINGS, PostgresServer
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------------ worker
+
+
+def worker_main(config_json: str, conn: Connection) -> None:
+    """One node process: runs a RaftNode and answers the bench's requests over a pipe."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(_worker(parse_config(json.loads(config_json)), conn))
+
+
+async def _worker(config: NodeConfig, conn: Connection) -> None:
+    from ram.consensus.runtime.node import ProposalError, RaftNode
+    from ram.consensus.runtime.storage import open_store_pool
+    from ram.consensus.types import Role
+    from ram.eventstore.commands import PatchConfig
+
+    assert config.store.dsn is not None
+    pool = await open_store_pool(config.store.dsn, size=config.store.pool_size)
+    node = RaftNode(config, pool)
+    await node.start()
+    loop = asyncio.get_running_loop()
+
+    async def load(proposers: int, duration: float) -> dict[str, Any]:
+        latencies: list[float] = []
+        errors = 0
+        deadline = time.monotonic() + duration
+        counter = 0
+
+        async def proposer(k: int) -> None:
+            nonlocal errors, counter
+            while time.monotonic() < deadline:
+                counter += 1
+                started = time.perf_counter()
+                try:
+                    await node.propose(PatchConfig(changes={f"bench.p{k}": counter}))
+                except ProposalError:
+                    errors += 1
+                    await asyncio.sleep(0.01)
+                    continue
+                latencies.append(time.perf_counter() - started)
+
+        started = time.monotonic()
+        await asyncio.gather(*(proposer(k) for k in range(proposers)))
+        elapsed = time.monotonic() - started
+        latencies.sort()
+
+        def pct(q: float) -> float:
+            return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 3) if latencies else -1
+
+        return {
+            "entries": len(latencies),
+            "entries_per_s": round(len(latencies) / elapsed, 1),
+            "commit_p50_ms": pct(0.50),
+            "commit_p99_ms": pct(0.99),
+            "errors": errors,
+        }
+
+    try:
+        while True:
+            request = await loop.run_in_executor(None, conn.recv)
+            kind = request[0]
+            if kind == "status":
+                conn.send({"leader": node.role is Role.LEADER, "term": node.term, "applied": node.applied_index})
+            elif kind == "load":
+                conn.send(await load(request[1], request[2]))
+            elif kind == "stop":
+                break
+    finally:
+        await node.stop(transfer=False)
+        await pool.close()
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+class Bench:
+    def __init__(self, workdir: Path, server: PostgresServer, nodes: int = 3) -> None:
+        self.workdir = workdir
+        self.server = server
+        self.count = nodes
+        self.configs: list[dict[str, Any]] = []
+        self.procs: dict[int, tuple[mp.process.BaseProcess, Connection]] = {}
+        self.ctx = mp.get_context("spawn")
+
+    async def setup(self) -> None:
+        from ram.eventstore import schema
+
+        admin = await asyncpg.connect(self.server.dsn())
+        try:
+            for i in range(self.count):
+                await admin.execute(f"DROP DATABASE IF EXISTS bench{i}")
+                await admin.execute(f"CREATE DATABASE bench{i}")
+        finally:
+            await admin.close()
+        ports = [free_port() for _ in range(self.count)]
+        for i in range(self.count):
+            dsn = self.server.dsn(f"bench{i}")
+            await asyncio.to_thread(schema.upgrade, dsn)
+            peers = [
+                {"id": j + 1, "name": f"n{j + 1}", "address": f"127.0.0.1:{ports[j]}"}
+                for j in range(self.count)
+                if j != i
+            ]
+            self.configs.append(
+                {
+                    "cluster_id": "bench",
+                    "node_id": i + 1,
+                    "name": f"n{i + 1}",
+                    "data_dir": str(self.workdir / f"n{i + 1}"),
+                    "bootstrap": True,
+                    "raft": {"listen": f"127.0.0.1:{ports[i]}", "peers": peers},
+                    "store": {"dsn": dsn, "pool_size": 4},
+                }
+            )
+
+    def start(self, i: int) -> None:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=worker_main, args=(json.dumps(self.configs[i]), child), daemon=True)
+        proc.start()
+        self.procs[i] = (proc, parent)
+
+    def ask(self, i: int, *request: Any, timeout: float = 120) -> Any:
+        _, pipe = self.procs[i]
+        pipe.send(request)
+        if not pipe.poll(timeout):
+            raise TimeoutError(f"node {i + 1} did not answer {request[0]!r}")
+        return pipe.recv()
+
+    def kill(self, i: int) -> None:
+        proc, pipe = self.procs.pop(i)
+        assert proc.pid is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.join(10)
+        pipe.close()
+
+    def stop_all(self) -> None:
+        for i in list(self.procs):
+            proc, _ = self.procs[i]
+            with contextlib.suppress(Exception):
+                self.ask(i, "stop", timeout=10)
+            proc.join(10)
+            if proc.is_alive():
+                self.kill(i)
+            else:
+                self.procs.pop(i)
+
+    def leader(self, among: list[int] | None = None, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i in among if among is not None else list(self.procs):
+                with contextlib.suppress(Exception):
+                    if self.ask(i, "status", timeout=2)["leader"]:
+                        return i
+            time.sleep(0.01)
+        raise TimeoutError("no leader")
+
+    def rss_mb(self) -> float:
+        worst = 0.0
+        for proc, _ in self.procs.values():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        worst = max(worst, int(line.split()[1]) / 1024)
+        return round(worst, 1)
+
+    def cpu_seconds(self) -> dict[int, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for i, (proc, _) in self.procs.items():
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[i] = (int(fields[11]) + int(fields[12])) / ticks
+        return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="ram-bench-", dir="/tmp"))
+    os.chmod(workdir, 0o755)
+    settings = dict(STORE_SETTINGS, max_connections="60", shared_buffers="64MB")
+    server = PostgresServer(datadir=workdir / "store", port=free_port(), settings=settings)
+    bench = Bench(workdir, server)
+    result: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "duration_s": args.duration}
+    try:
+        await server.init()
+        await server.start()
+        await bench.setup()
+        for i in range(3):
+            bench.start(i)
+        bench.leader()
+        time.sleep(1.0)
+        # Idle cost: CPU over a quiet window, per node.
+        before = bench.cpu_seconds()
+        time.sleep(args.idle_window)
+        after = bench.cpu_seconds()
+        result["idle_cpu_percent_max"] = round(max((after[i] - before[i]) / args.idle_window * 100 for i in after), 2)
+        result["idle_rss_mb_max"] = bench.rss_mb()
+        proposers: dict[str, Any] = {}
+        rss = bench.rss_mb()
+        for count in args.proposers:
+            leader = bench.leader()
+            proposers[str(count)] = bench.ask(leader, "load", count, args.duration, timeout=args.duration + 120)
+            rss = max(rss, bench.rss_mb())
+        result["proposers"] = proposers
+        elections = []
+        for _ in range(args.elections):
+            leader = bench.leader()
+            survivors = [i for i in bench.procs if i != leader]
+            killed = time.monotonic()
+            bench.kill(leader)
+            bench.leader(survivors)
+            elections.append((time.monotonic() - killed) * 1000)
+            bench.start(leader)
+            time.sleep(1.5)
+        result["election_ms"] = [round(e, 1) for e in elections]
+        result["election_ms_median"] = round(statistics.median(elections), 1) if elections else None
+        result["rss_mb_max"] = max(rss, bench.rss_mb())
+    finally:
+        bench.stop_all()
+        with contextlib.suppress(Exception):
+            await server.stop("immediate", 10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per proposer count")
+    parser.add_argument("--proposers", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--elections", type=int, default=5, help="kill -9 of the leader, this many times")
+    parser.add_argument("--idle-window", type=float, default=5.0, help="seconds to measure idle CPU")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args))))
+
+
+if __name__ == "__main__":
+    main()

@@ -110,6 +110,8 @@ async def initdb_primary(instance: ManagedInstance, *, start: bool = True) -> No
     ]
     if spec.data_checksums:
         argv.append("--data-checksums")
+    if not spec.sync_data:
+        argv.append("--no-sync")
     await run_command(argv, owner=spec.owner, timeout=spec.timeouts.start)
     await asyncio.to_thread(conffiles.write_config, spec)
     await asyncio.to_thread(conffiles.write_standby_config, spec, None, None)

@@ -112,6 +112,8 @@ async def clone_from(
     ]
     if slot:
         argv += ["--slot", slot]
+    if not spec.sync_data:
+        argv.append("--no-sync")
     await run_command(
         argv,
         owner=spec.owner,

@@ -228,6 +228,7 @@ class ManagedInstance:
 
     async def _reload(self) -> ReloadResult:
         await asyncio.to_thread(conffiles.write_config, self.spec)
+        offset = self.log_size()
         await run_command(
             [str(self.bindir / "pg_ctl"), "reload", "-D", str(self.spec.data_dir)],
             owner=self.spec.owner,
@@ -238,10 +239,29 @@ class ManagedInstance:
             "SELECT sourcefile, sourceline, name, error FROM pg_file_settings WHERE error IS NOT NULL",
         )
         pending = await fetch(self.spec, "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name")
-        return ReloadResult(
-            pending_restart=tuple(row["name"] for row in pending),
-            errors=tuple(f"{r['sourcefile']}:{r['sourceline']}: {r['name'] or ''}: {r['error']}" for r in errors),
-        )
+        restart_only = {row["name"] for row in pending}
+        # A restart-only change also shows up here as "could not be applied"; it is not an error.
+        messages = [
+            f"{r['sourcefile']}:{r['sourceline']}: {r['name'] or ''}: {r['error']}"
+            for r in errors
+            if r["name"] not in restart_only
+        ]
+        if messages:
+            # pg_file_settings only says "setting could not be applied"; the postmaster logs why
+            # (e.g. 'invalid value for parameter "work_mem": "lots"') once it has processed SIGHUP.
+            messages += await self._reload_log(offset)
+        return ReloadResult(pending_restart=tuple(row["name"] for row in pending), errors=tuple(messages))
+
+    async def _reload_log(self, offset: int, wait: float = 2.0) -> list[str]:
+        deadline = time.monotonic() + wait
+        while True:
+            lines = self.log_since(offset, 20)
+            if any("configuration file" in ln for ln in lines) or time.monotonic() >= deadline:
+                return [
+                    ln for ln in lines
+                    if ("parameter" in ln or "configuration file" in ln) and "without restarting" not in ln
+                ]
+            await asyncio.sleep(0.05)
 
     async def reconfigure(self, spec: ManagedInstanceSpec) -> ReloadResult | None:
         """Adopt a new spec (e.g. a changed member list → pg_hba) and reload if running.

@@ -106,6 +106,8 @@ async def rewind_from(instance: ManagedInstance, primary: PrimaryEndpoint, *, us
             spec, primary, dbname="postgres", application_name=f"{spec.name}_rewind"
         ),
     ]
+    if not spec.sync_data:
+        argv.append("--no-sync")
     try:
         result = await run_command(
             argv, owner=spec.owner, timeout=spec.timeouts.rewind, env={"PGPASSFILE": str(spec.pgpass)}, check=False

@@ -110,6 +110,9 @@ class ManagedInstanceSpec:
     data_checksums: bool = False
     #: When pg_rewind fails, may ``rejoin`` wipe the data directory and clone afresh?
     clone_on_rewind_failure: bool = False
+    #: fsync the data directory after initdb / pg_basebackup / pg_rewind. Only tests turn this off
+    #: (as PostgreSQL's own test suites do with --no-sync): a crash could then corrupt the copy.
+    sync_data: bool = True
     log_file: Path | None = None
     #: A libpq password file RAM writes (outside the data dir, so clones don't copy it).
     passfile: Path | None = None
@@ -129,6 +132,9 @@ class ManagedInstanceSpec:
             raise ValueError("the replication user must differ from the superuser")
         if not self.replication_password or any(c in self.replication_password for c in "\n\r\0"):
             raise ValueError("replication_password must be non-empty and on one line")
+        if not self.replication_password.isascii():
+            # PostgreSQL SASLprep-normalises non-ASCII passwords; our client-side SCRAM verifier does not.
+            raise ValueError("replication_password must be ASCII")
         if not 0 < self.port < 65536:
             raise ValueError(f"port {self.port} out of range")
         ipaddress.ip_address(self.host)  # raises ValueError with a clear message

@@ -86,9 +86,7 @@ MAX_INT64 = 2**63 - 1
 # Field types
 # ---------------------------------------------------------------------------------------------
 
-Name = Annotated[
-    str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")]
 """A member name: what operators type in ramctrl and see in pgraft.members."""
 
 NodeId = Annotated[int, Field(ge=1, le=MAX_INT32)]

@@ -308,9 +308,7 @@ def _apply(state: ClusterState, se: StoredEvent) -> ClusterState:
         case RaftLeaderElected():
             if ev.term < state.raft_term:
                 return state
-            return replace(
-                state, raft_term=ev.term, raft_leader=ev.leader_name, raft_leader_node_id=ev.leader_node_id
-            )
+            return replace(state, raft_term=ev.term, raft_leader=ev.leader_name, raft_leader_node_id=ev.leader_node_id)
         case MemberHealthChanged():
             return _update_member(
                 state,

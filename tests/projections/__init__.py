@@ -1,0 +1,1 @@
+"""Tests of the event catalogue and the projections."""

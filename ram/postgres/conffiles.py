@@ -217,16 +217,3 @@ def remove_signals(spec: ManagedInstanceSpec) -> None:
     for name in (STANDBY_SIGNAL, RECOVERY_SIGNAL):
         with contextlib.suppress(FileNotFoundError):
             (spec.data_dir / name).unlink()
-
-
-def tail(path: Path, lines: int = 5, max_bytes: int = 65536) -> list[str]:
-    """The last lines of a (log) file, for error messages: PostgreSQL explains startup failures there."""
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return []
-    return [ln for ln in text.splitlines() if ln.strip()][-lines:]

@@ -139,8 +139,8 @@ async def patch_config(
     ctx: Ctx,
     request: Request[Any, Any, Any],
     data: Annotated[
-        dict[str, JsonValue],
-        Body(description="key -> new value; null removes the key", title="ConfigPatch"),
+        dict[str, Any],
+        Body(description="key -> new value (any JSON); null removes the key", title="ConfigPatch"),
     ],
 ) -> ConfigPatchOut:
     changes = validate_patch(data)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from ram.eventstore.events import Address, Host, MemberTags, Name, NodeId, Port, Text
 
@@ -169,7 +169,7 @@ class MaintenanceOut(_Response):
 
 
 class ConfigOut(_Response):
-    config: dict[str, JsonValue]
+    config: dict[str, Any] = Field(description="key -> JSON value.")
     pending_restart: list[str] = Field(description="Keys whose change awaits a PostgreSQL restart.")
 
 

@@ -1,0 +1,481 @@
+"""The HTTP API over real loopback HTTP against a real in-process 3-node cluster (real Raft, real stores)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ram.api import serve
+from ram.api.context import ApiContext
+from ram.consensus.types import Role
+from ram.projections.sql import load_state
+from tests.api.conftest import ApiCluster
+from tests.conftest import free_port
+
+
+def _error(r: httpx.Response, status: int) -> str:
+    assert r.status_code == status, f"{r.request.method} {r.request.url}: {r.status_code} {r.text}"
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert body["status"] == status
+    assert isinstance(body["error"], str) and body["error"] and "\n" not in body["error"]
+    return str(body["error"])
+
+
+# ------------------------------------------------------------------------------------ reads
+
+
+async def test_cluster_shape_and_values(api_cluster: ApiCluster, client: httpx.AsyncClient) -> None:
+    leader = await api_cluster.settled()
+    for i, node in enumerate(api_cluster.nodes):
+        r = await client.get(api_cluster.url(i) + "/cluster")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["cluster_id"] == "test" and body["cluster_name"] == "ram"
+        assert body["node"] == node.config.name
+        assert body["raft_leader"] == leader.config.name
+        assert body["raft_term"] == leader.term
+        assert body["primary"] is None and body["timeline"] is None
+        assert body["synchronous"] == {"mode": "off", "num_sync": 0, "standbys": []}
+        assert isinstance(body["maintenance"], bool)
+        members = {m["name"]: m for m in body["members"]}
+        assert sorted(members) == ["node1", "node2", "node3"]
+        for peer in api_cluster.nodes:
+            m = members[peer.config.name]
+            assert m["node_id"] == peer.config.node_id
+            assert m["raft_address"] == peer.config.raft.listen
+            assert m["pg_address"].endswith(":5432") and m["api_address"].endswith(":8008")
+            assert m["role"] == "unknown" and m["state"] == "unknown"
+            assert m["is_learner"] is False and m["lag_bytes"] is None
+            assert m["tags"] == {"nofailover": False, "noloadbalance": False, "nosync": False, "failover_priority": 1}
+            assert m["is_raft_leader"] is (peer is leader)
+
+
+async def test_member_found_and_unknown(api_cluster: ApiCluster, client: httpx.AsyncClient) -> None:
+    r = await client.get(api_cluster.url(0) + "/members/node2")
+    assert r.status_code == 200 and r.json()["node_id"] == 2
+    message = _error(await client.get(api_cluster.url(0) + "/members/nosuch"), 404)
+    assert "nosuch" in message
+
+
+async def test_history_empty_without_ha(api_cluster: ApiCluster, client: httpx.AsyncClient) -> None:
+    r = await client.get(api_cluster.url(2) + "/history")
+    assert r.status_code == 200 and r.json() == {"operations": [], "timelines": []}
+
+
+# ----------------------------------------------------------------------------------- writes
+
+
+async def test_maintenance_through_follower_reaches_every_node(
+    api_cluster: ApiCluster, client: httpx.AsyncClient
+) -> None:
+    await api_cluster.settled()
+    follower = api_cluster.follower()
+    f = api_cluster.index_of(follower)
+    r = await client.post(api_cluster.url(f) + "/maintenance", json={"reason": "upgrade", "by": "alice"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["maintenance"] is True and body["reason"] == "upgrade" and body["by"] == "alice"
+    assert body["write"]["index"] > 0 and body["write"]["events"] in (["maintenance_mode_changed"], [])
+    await api_cluster.barrier()
+    for i, node in enumerate(api_cluster.nodes):
+        assert node.state.maintenance is True
+        assert (await client.get(api_cluster.url(i) + "/cluster")).json()["maintenance"] is True
+    # Off through another node, with no body at all.
+    other = next(i for i in range(3) if i != f)
+    r = await client.delete(api_cluster.url(other) + "/maintenance")
+    assert r.status_code == 200 and r.json()["maintenance"] is False
+    r = await client.post(api_cluster.url(f) + "/maintenance")  # body optional
+    assert r.status_code == 200 and r.json()["maintenance"] is True
+    r = await client.delete(api_cluster.url(f) + "/maintenance")
+    assert r.status_code == 200
+    await api_cluster.barrier()
+    assert all(n.state.maintenance is False for n in api_cluster.nodes)
+
+
+async def test_config_roundtrip_and_pending_restart(api_cluster: ApiCluster, client: httpx.AsyncClient) -> None:
+    await api_cluster.settled()
+    patch = {
+        "postgresql.parameters.max_connections": 250,
+        "postgresql.parameters.work_mem": "8MB",
+        "ttl": 30,
+        "tags": {"zone": ["a", "b"]},
+    }
+    r = await client.patch(api_cluster.url(1) + "/config", json=patch)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["write"]["events"] == ["dynamic_config_changed"]
+    assert "postgresql.parameters.max_connections" in body["pending_restart"]
+    assert "postgresql.parameters.work_mem" not in body["pending_restart"]
+    await api_cluster.barrier()
+    for i in range(3):
+        got = (await client.get(api_cluster.url(i) + "/config")).json()
+        for key, value in patch.items():
+            assert got["config"][key] == value
+        assert "postgresql.parameters.max_connections" in got["pending_restart"]
+    # The same values again change nothing (no entry); null removes a key.
+    r = await client.patch(api_cluster.url(2) + "/config", json={"ttl": 30})
+    assert r.status_code == 200 and r.json()["write"] is None
+    r = await client.patch(api_cluster.url(0) + "/config", json={"ttl": None})
+    assert r.status_code == 200 and "ttl" not in r.json()["config"]
+
+
+async def test_add_and_remove_member(api_cluster: ApiCluster, client: httpx.AsyncClient) -> None:
+    leader = await api_cluster.settled()
+    url = api_cluster.url(api_cluster.index_of(leader))
+    spec = {
+        "name": "node9", "node_id": 9, "raft_address": f"127.0.0.1:{free_port()}",
+        "api_address": "127.0.0.1:8009", "pg_host": "127.0.0.1", "pg_port": 5439, "tags": {"nofailover": True},
+    }
+    r = await client.post(url + "/members", json=spec)
+    assert r.status_code == 201, r.text
+    assert r.json()["write"]["events"] == ["member_added"]
+    member = (await client.get(url + "/members/node9")).json()
+    assert member["is_learner"] is True and member["tags"]["nofailover"] is True
+    assert "already exists" in _error(await client.post(url + "/members", json=spec), 409)
+    r = await client.delete(url + "/members/node9", params={"reason": "test"})
+    assert r.status_code == 200, r.text
+    assert r.json()["write"]["events"] == ["member_removed"]
+    _error(await client.get(url + "/members/node9"), 404)
+    _error(await client.delete(url + "/members/node9"), 404)
+
+
+async def test_ha_operations_are_validated_then_not_available(
+    api_cluster: ApiCluster, client: httpx.AsyncClient
+) -> None:
+    url = api_cluster.url(0)
+    for method, path, body in [
+        ("POST", "/switchover", None),
+        ("POST", "/switchover", {"candidate": "node2", "scheduled_at": "2030-01-01T00:00:00+00:00"}),
+        ("POST", "/failover", {"candidate": "node3"}),
+        ("POST", "/members/node2/restart", None),
+        ("POST", "/members/node2/reinit", None),
+    ]:
+        r = await client.request(method, url + path, json=body)
+        assert "not available yet" in _error(r, 501)
+        assert "high-availability layer" in r.json()["error"]
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
+    ("PATCH", "/config", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, ""),
+    ("POST", "/maintenance", {"content": b'{"reason": ', "headers": {"content-type": "application/json"}}, 400, ""),
+    ("POST", "/maintenance", {"json": {"reason": 5}}, 400, "reason"),
+    ("POST", "/maintenance", {"json": {"reasn": "typo"}}, 400, "reasn"),
+    ("POST", "/maintenance", {"json": ["x"]}, 400, ""),
+    ("PATCH", "/config", {"json": [1, 2]}, 400, ""),
+    ("PATCH", "/config", {"json": "ttl"}, 400, ""),
+    ("PATCH", "/config", {"json": {"": 1}}, 400, "key"),
+    ("PATCH", "/config", {"json": {"postgresql.parameters.no such": 1}}, 400, "no such"),
+    ("GET", "/members/ghost", {}, 404, "ghost"),
+    ("DELETE", "/members/ghost", {}, 404, "ghost"),
+    ("POST", "/members/ghost/restart", {}, 404, "ghost"),
+    ("POST", "/members/ghost/reinit", {}, 404, "ghost"),
+    ("POST", "/members", {"json": {"name": "x"}}, 400, "node_id"),
+    ("POST", "/members", {"json": {"name": "bad name!", "node_id": 5, "raft_address": "h:1", "api_address": "h:2",
+                                   "pg_host": "h"}}, 400, "name"),
+    ("POST", "/members", {"json": {"name": "n5", "node_id": "five", "raft_address": "h:1", "api_address": "h:2",
+                                   "pg_host": "h"}}, 400, "node_id"),
+    ("POST", "/members", {"json": {"name": "n5", "node_id": 5, "raft_address": "nohostport", "api_address": "h:2",
+                                   "pg_host": "h"}}, 400, "raft_address"),
+    ("GET", "/events?limit=0", {}, 400, "limit"),
+    ("GET", "/events?limit=1001", {}, 400, "limit"),
+    ("GET", "/events?limit=ten", {}, 400, "limit"),
+    ("GET", "/events?after=-1", {}, 400, "after"),
+    ("GET", "/events?after=99999999999999999999999", {}, 400, "after"),
+    ("GET", "/events?type=no_such_event", {}, 400, "no_such_event"),
+    ("GET", "/events/stream?type=no_such_event", {}, 400, "no_such_event"),
+    ("GET", "/events/stream", {"headers": {"Last-Event-ID": "abc"}}, 400, "Last-Event-ID"),
+    ("GET", "/replica?lag=12XB", {}, 400, "lag"),
+    ("GET", "/read-only?lag=-5", {}, 400, "lag"),
+    ("POST", "/failover", {"json": {}}, 400, "candidate"),
+    ("POST", "/failover", {"json": {"candidate": "ghost"}}, 400, "ghost"),
+    ("POST", "/switchover", {"json": {"candidate": "ghost"}}, 400, "ghost"),
+    ("POST", "/switchover", {"json": {"scheduled_at": "2030-01-01T00:00:00"}}, 400, "scheduled_at"),
+    ("POST", "/switchover", {"json": {"scheduled_at": "tomorrow"}}, 400, "scheduled_at"),
+    ("PUT", "/cluster", {}, 405, "PUT"),
+    ("GET", "/no/such/path", {}, 404, "/no/such/path"),
+]
+
+
+async def test_bad_input_gets_a_4xx_json_error_naming_the_problem(
+    api_cluster: ApiCluster, client: httpx.AsyncClient
+) -> None:
+    before = [n.applied_index for n in api_cluster.nodes]
+    for method, path, kwargs, status, mentions in BAD_REQUESTS:
+        r = await client.request(method, api_cluster.url(1) + path, **kwargs)
+        message = _error(r, status)
+        assert mentions in message, f"{method} {path}: {message!r} does not mention {mentions!r}"
+    # HEAD gets the status without a body.
+    r = await client.head(api_cluster.url(1) + "/replica?lag=12XB")
+    assert r.status_code == 400 and r.content == b""
+    # Nothing was written by any of them.
+    assert [n.applied_index for n in api_cluster.nodes] == before
+
+
+# ----------------------------------------------------------------------------------- events
+
+
+async def test_events_paging_and_type_filter(api_cluster: ApiCluster, client: httpx.AsyncClient) -> None:
+    url = api_cluster.url(2)
+    everything = (await client.get(url + "/events", params={"limit": 1000})).json()
+    assert everything["events"], "the bootstrap events at least"
+    paged: list[dict[str, Any]] = []
+    after = 0
+    for _ in range(1000):
+        page = (await client.get(url + "/events", params={"after": after, "limit": 2})).json()
+        if not page["events"]:
+            assert page["next_after"] == after and page["more"] is False
+            break
+        paged.extend(page["events"])
+        after = page["next_after"]
+    assert [e["id"] for e in paged] == [e["id"] for e in everything["events"]]
+    keys = [(e["position"], e["sub"]) for e in paged]
+    assert keys == sorted(set(keys))
+    assert paged[0]["type"] == "cluster_bootstrapped"
+    r = await client.get(url + "/events", params=[("type", "raft_leader_elected"), ("type", "cluster_bootstrapped")])
+    types = {e["type"] for e in r.json()["events"]}
+    assert types == {"raft_leader_elected", "cluster_bootstrapped"}
+
+
+async def _next_event(lines: AsyncIterator[str]) -> dict[str, str]:
+    """The next SSE event that has data (comment-only blocks are skipped)."""
+    fields: dict[str, str] = {}
+    async for line in lines:
+        if line == "":
+            if "data" in fields:
+                return fields
+            fields = {}
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        fields[name] = value[1:] if value.startswith(" ") else value
+    raise AssertionError("stream ended")
+
+
+async def test_sse_stream_delivers_new_events_and_stops_on_disconnect(
+    api_cluster: ApiCluster, client: httpx.AsyncClient
+) -> None:
+    await api_cluster.settled()
+    i = api_cluster.index_of(api_cluster.follower())
+    ctx: ApiContext = api_cluster.servers[i].app.state.ctx
+    url = api_cluster.url(i) + "/events/stream"
+    async with client.stream("GET", url, params={"type": "dynamic_config_changed"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.aiter_lines()
+        # Produced after connecting, through another node.
+        r = await client.patch(api_cluster.url((i + 1) % 3) + "/config", json={"sse_probe": time.time()})
+        assert r.status_code == 200
+        async with asyncio.timeout(10):
+            event = await _next_event(lines)
+        assert event["event"] == "dynamic_config_changed"
+        position, _, sub = event["id"].partition(".")
+        assert int(position) == r.json()["write"]["index"] and sub == "0"
+        data = json.loads(event["data"])
+        assert "sse_probe" in data["data"]["changes"]
+        assert len(ctx.streams) == 1
+    # The client went away: the server side ends its follow() and releases its connection.
+    deadline = time.monotonic() + 5
+    while ctx.streams and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert not ctx.streams
+
+
+async def test_sse_resumes_after_last_event_id(api_cluster: ApiCluster, client: httpx.AsyncClient) -> None:
+    events = (await client.get(api_cluster.url(0) + "/events", params={"limit": 1000})).json()["events"]
+    assert len(events) >= 2
+    first, second = events[0], events[1]
+    async with client.stream(
+        "GET", api_cluster.url(0) + "/events/stream", headers={"Last-Event-ID": first["id"]}
+    ) as response:
+        async with asyncio.timeout(10):
+            event = await _next_event(response.aiter_lines())
+    assert event["id"] == second["id"]
+
+
+# ----------------------------------------------------------------------------------- health
+
+
+CHECKS = ["/primary", "/read-write", "/replica", "/read-only", "/sync", "/async", "/health", "/liveness", "/readiness"]
+
+
+async def _codes(client: httpx.AsyncClient, base: str, path: str) -> int:
+    got = await client.get(base + path)
+    head = await client.head(base + path)
+    assert head.status_code == got.status_code, f"HEAD {path} {head.status_code} != GET {got.status_code}"
+    assert head.content == b""
+    body = got.json()
+    assert body["ok"] is (got.status_code == 200)
+    assert {"role", "state", "name", "raft_role"} <= set(body)
+    return got.status_code
+
+
+async def test_health_checks_follow_the_state(api_cluster: ApiCluster, client: httpx.AsyncClient) -> None:
+    await api_cluster.settled()
+    # No primary and no health reports yet (the HA layer is not running): only Raft-level checks pass.
+    for i in range(3):
+        codes = {p: await _codes(client, api_cluster.url(i), p) for p in CHECKS}
+        assert codes == {p: 200 if p in ("/health", "/liveness", "/readiness") else 503 for p in CHECKS}, codes
+
+    # Give the projection a primary and health reports (what the HA layer will commit) and check again.
+    names = [n.config.name for n in api_cluster.nodes]
+    originals = [n.state for n in api_cluster.nodes]
+    try:
+        for node in api_cluster.nodes:
+            s = node.state
+            members = dict(s.members)
+            members[names[1]] = dataclasses.replace(
+                members[names[1]], healthy=True, pg_running=True, reported_role="replica", lag_bytes=1000
+            )
+            members[names[2]] = dataclasses.replace(
+                members[names[2]], healthy=True, pg_running=True, reported_role="replica", lag_bytes=50 * 1024**2
+            )
+            node.state = dataclasses.replace(
+                s, members=members, primary=names[0], timeline=3, sync_mode="on", num_sync=1, sync_standbys=(names[1],)
+            )
+        expected = {
+            0: {"/primary": 200, "/read-write": 200, "/replica": 503, "/read-only": 200, "/sync": 503, "/async": 503},
+            1: {"/primary": 503, "/read-write": 503, "/replica": 200, "/read-only": 200, "/sync": 200, "/async": 503},
+            2: {"/primary": 503, "/read-write": 503, "/replica": 200, "/read-only": 200, "/sync": 503, "/async": 200},
+        }
+        for i, want in expected.items():
+            got = {p: await _codes(client, api_cluster.url(i), p) for p in want}
+            assert got == want, (i, got)
+        assert await _codes(client, api_cluster.url(1), "/replica?lag=512") == 503
+        assert await _codes(client, api_cluster.url(1), "/replica?lag=1kB") == 200
+        assert await _codes(client, api_cluster.url(2), "/replica?lag=16MB") == 503
+        assert await _codes(client, api_cluster.url(2), "/async?lag=1GB") == 200
+        assert await _codes(client, api_cluster.url(0), "/read-only?lag=1") == 200  # the primary has no lag
+        body = (await client.get(api_cluster.url(0) + "/primary")).json()
+        assert body["role"] == "primary"
+        cluster = (await client.get(api_cluster.url(2) + "/cluster")).json()
+        roles = {m["name"]: m["role"] for m in cluster["members"]}
+        assert roles == {names[0]: "primary", names[1]: "replica", names[2]: "replica"}
+        assert cluster["primary"] == names[0] and cluster["synchronous"]["standbys"] == [names[1]]
+    finally:
+        for node, pool, original in zip(api_cluster.nodes, api_cluster.pools, originals, strict=True):
+            if node.state is not original:
+                async with pool.acquire() as conn:
+                    node.state = await load_state(conn)
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+async def test_metrics_parse_and_name_the_essentials(api_cluster: ApiCluster, client: httpx.AsyncClient) -> None:
+    await api_cluster.settled()
+    leaders = 0.0
+    for i, node in enumerate(api_cluster.nodes):
+        assert (await client.get(api_cluster.url(i) + "/cluster")).status_code == 200
+        r = await client.get(api_cluster.url(i) + "/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(r.text)}
+        for name in ("ram_raft_term", "ram_raft_commit_index", "ram_raft_applied_index", "ram_raft_is_leader",
+                     "ram_pg_role", "ram_pg_timeline", "ram_replication_lag_bytes", "ram_lease_seconds_left",
+                     "ram_failovers", "ram_api_request_duration_seconds"):
+            assert name in families, name
+        samples = {s.name: s for f in families.values() for s in f.samples if not s.labels}
+        assert samples["ram_raft_term"].value >= 1
+        assert samples["ram_failovers_total"].value == 0
+        leaders += samples["ram_raft_is_leader"].value
+        assert samples["ram_raft_is_leader"].value == (1.0 if node.role is Role.LEADER else 0.0)
+        roles = {s.labels["role"]: s.value for s in families["ram_pg_role"].samples}
+        assert roles == {"primary": 0.0, "replica": 0.0, "unknown": 1.0}
+        counted = [
+            s for s in families["ram_api_request_duration_seconds"].samples
+            if s.name.endswith("_count") and s.labels == {"route": "/cluster", "method": "GET", "status": "200"}
+        ]
+        assert counted and counted[0].value >= 1
+    assert leaders == 1.0
+
+
+# ------------------------------------------------------------------------------- the server
+
+
+async def test_serve_refuses_a_busy_port_and_stops_cleanly(api_cluster: ApiCluster) -> None:
+    busy = api_cluster.servers[0]
+    with pytest.raises(OSError):
+        await serve(busy.app, "127.0.0.1", busy.port)
+    node, pool, dsn = api_cluster.nodes[0], api_cluster.pools[0], api_cluster.dsns[0]
+    from ram.api import create_app
+
+    server = await serve(create_app(node, store_dsn=dsn, pool=pool), "127.0.0.1", 0)
+    async with httpx.AsyncClient(timeout=5) as c:
+        assert (await c.get(server.url + "/liveness")).status_code == 200
+        schema = (await c.get(server.url + "/schema/openapi.json")).json()
+        assert schema["info"]["title"] == "RAM"
+        # An open event stream does not hold up the stop.
+        async with c.stream("GET", server.url + "/events/stream") as response:
+            assert response.status_code == 200
+            started = time.monotonic()
+            await server.stop()
+            assert time.monotonic() - started < 3
+    assert server.task.done()
+
+
+# ------------------------------------------------------------------------------ schemathesis
+
+
+def _fuzz_one(base_url: str, operation: Any, max_examples: int, checks: list[Any], is_check: bool) -> Any:
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(
+        max_examples=max_examples, deadline=None, database=None, derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy())
+    def run(case: Any) -> None:
+        response = case.call(base_url=base_url, timeout=15)
+        assert response.status_code < 500 or (is_check and response.status_code == 503), response.text
+        case.validate_response(response, checks=checks)
+
+    return run
+
+
+def _fuzz(base_url: str, max_examples: int) -> list[str]:
+    """Schema-driven requests (GET endpoints and PATCH /config) against a running node; returns failures."""
+    import schemathesis
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    schema = schemathesis.openapi.from_url(base_url + "/schema/openapi.json")
+    schema = schema.include(method=["GET", "PATCH"]).exclude(path="/events/stream")  # the stream never ends
+    conformance = [status_code_conformance, content_type_conformance, response_schema_conformance]
+    failures: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 15, [op.label for op in operations]
+    for operation in operations:
+        # A health check answers 503 when false (documented); anything else must never be a 5xx.
+        is_check = "health" in (operation.tags or [])
+        run = _fuzz_one(base_url, operation, max_examples, conformance if is_check else [not_a_server_error,
+                                                                                          *conformance], is_check)
+        try:
+            run()
+        except BaseException as exc:  # schemathesis reports a group of failures
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            failures.append(f"{operation.label}: {' '.join(str(exc).split())[:2000]}")
+    return failures
+
+
+async def test_schemathesis_get_endpoints_and_config_patch(api_cluster: ApiCluster) -> None:
+    await api_cluster.settled()
+    i = api_cluster.index_of(api_cluster.follower())
+    failures = await asyncio.to_thread(_fuzz, api_cluster.url(i), 20)
+    assert not failures, "\n".join(failures)

@@ -1,4 +1,4 @@
-"""pgraft: one-round-trip functions for the two hot paths (persisting a Ready, applying entries).
+"""pgraft: one-round-trip functions for the hot path (persisting a Ready together with its applies).
 
 Revision ID: 0003
 Revises: 0002
@@ -51,9 +51,6 @@ def upgrade() -> None:
         DECLARE
             current bigint;
         BEGIN
-            -- The Raft log already holds these entries durably: losing this transaction's tail in a
-            -- crash only means applying them again, so it need not wait for its own fsync.
-            PERFORM set_config('synchronous_commit', 'off', true);
             SELECT applied_index INTO current FROM pgraft.applied FOR UPDATE;
             IF p_last <= current THEN
                 RETURN current;  -- already applied: re-applying after a crash writes nothing
@@ -72,11 +69,32 @@ def upgrade() -> None:
         COMMENT ON FUNCTION pgraft.append_entries IS
             'Apply committed entries (first..last): their events, the projections and the applied index, '
             'exactly once.';
+
+        CREATE FUNCTION pgraft.save_ready(
+            p_idx bigint[], p_term bigint[], p_type smallint[], p_data bytea[],
+            p_hs_term bigint, p_hs_vote integer, p_hs_commit bigint,
+            p_first bigint, p_last bigint,
+            p_position bigint[], p_sub integer[], p_etype text[], p_version integer[], p_payload jsonb[],
+            p_eterm bigint[], p_proposer integer[], p_ts timestamptz[]) RETURNS bigint
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pgraft.save_log(p_idx, p_term, p_type, p_data, p_hs_term, p_hs_vote, p_hs_commit);
+            IF p_last IS NULL THEN
+                RETURN NULL;
+            END IF;
+            RETURN pgraft.append_entries(p_first, p_last, p_position, p_sub, p_etype, p_version, p_payload,
+                                         p_eterm, p_proposer, p_ts);
+        END $$;
+        COMMENT ON FUNCTION pgraft.save_ready IS
+            'One Raft Ready in one transaction: log entries, hard state, and the committed entries applied.';
         """
     )
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION IF EXISTS pgraft.save_ready(bigint[], bigint[], smallint[], bytea[], bigint, integer, "
+               "bigint, bigint, bigint, bigint[], integer[], text[], integer[], jsonb[], bigint[], integer[], "
+               "timestamptz[])")
     op.execute("DROP FUNCTION IF EXISTS pgraft.append_entries(bigint, bigint, bigint[], integer[], text[], "
                "integer[], jsonb[], bigint[], integer[], timestamptz[])")
     op.execute("DROP FUNCTION IF EXISTS pgraft.save_log(bigint[], bigint[], smallint[], bytea[], bigint, integer, "

@@ -18,7 +18,7 @@ class UserError(click.ClickException):
 
 def friendly_errors(*kinds: type[BaseException]) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Report the given exception kinds (plus OSError) as a one-line :class:`UserError`."""
-    caught = (OSError, *kinds)
+    caught: tuple[type[BaseException], ...] = (OSError, *kinds)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(func)

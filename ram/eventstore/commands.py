@@ -194,17 +194,17 @@ def _decide(state: ClusterState, command: _Command, ts: datetime, term: int) -> 
             raise Rejected(f"node id {spec.node_id} is already used by {_member_name(state, spec.node_id)!r}")
         return [MemberAdded(**spec.model_dump(), as_learner=command.as_learner)]
     if isinstance(command, PromoteLearner):
-        name = _member_name(state, command.node_id)
-        if name is None:
+        learner = _member_name(state, command.node_id)
+        if learner is None:
             raise Rejected(f"no member with node id {command.node_id}")
-        if not state.members[name].is_learner:
-            raise Rejected(f"member {name!r} is already a voter")
-        return [LearnerPromoted(name=name, node_id=command.node_id)]
+        if not state.members[learner].is_learner:
+            raise Rejected(f"member {learner!r} is already a voter")
+        return [LearnerPromoted(name=learner, node_id=command.node_id)]
     if isinstance(command, RemoveMember):
-        name = _member_name(state, command.node_id)
-        if name is None:
+        removed = _member_name(state, command.node_id)
+        if removed is None:
             raise Rejected(f"no member with node id {command.node_id}")
-        return [MemberRemoved(name=name, node_id=command.node_id, reason=command.reason)]
+        return [MemberRemoved(name=removed, node_id=command.node_id, reason=command.reason)]
     if isinstance(command, SetMaintenance):
         if state.maintenance == command.enabled:
             return []

@@ -52,6 +52,19 @@ async def append_entries(conn: asyncpg.Connection, batch: Sequence[EntryEvents])
     """
     if not batch:
         return int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
+    return int(
+        await conn.fetchval(
+            "SELECT pgraft.append_entries($1, $2, $3, $4, $5, $6, $7::jsonb[], $8, $9, $10)",
+            batch[0].position,
+            batch[-1].position,
+            *batch_columns(batch),
+        )
+    )
+
+
+def batch_columns(batch: Sequence[EntryEvents]) -> tuple[list[Any], ...]:
+    """The events of consecutive entries as column arrays (position, sub, type, schema_version,
+    payload JSON text, term, proposer, ts) for one ``unnest`` insert."""
     for previous, entry in itertools.pairwise(batch):
         if entry.position != previous.position + 1:
             raise ValueError(
@@ -67,14 +80,7 @@ async def append_entries(conn: asyncpg.Connection, batch: Sequence[EntryEvents])
                 strict=True,
             ):
                 column.append(value)
-    return int(
-        await conn.fetchval(
-            "SELECT pgraft.append_entries($1, $2, $3, $4, $5, $6, $7::jsonb[], $8, $9, $10)",
-            batch[0].position,
-            batch[-1].position,
-            *columns,
-        )
-    )
+    return columns
 
 
 def _row_to_event(row: asyncpg.Record) -> StoredEvent:

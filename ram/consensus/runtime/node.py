@@ -5,10 +5,11 @@ persist (one transaction) → send → apply (one transaction) → advance. Ever
 a batch is being persisted lands in the next batch, which is the group commit: under load one
 fsync carries many entries, with no per-entry round trip anywhere.
 
-Applying is exactly-once across crashes: the events of a batch, the projection rows and the applied
-index commit together (:func:`ram.eventstore.store.append_entries`), and entries at or below the
-applied index are skipped on replay. The apply transaction may use ``synchronous_commit = off``:
-losing its tail in a crash only means re-applying entries the durable log still holds.
+Applying is exactly-once across crashes: a Ready's log entries and hard state AND the events,
+projection rows and applied index of its committed entries are written in ONE transaction
+(``pgraft.save_ready``), so the log and what was applied from it can never disagree — not after a
+crash of the node, nor after a crash of the store while the node lives on. Entries at or below the
+applied index are skipped on replay.
 
 When the store is down or slow, persisting fails; the node then sends nothing that would promise
 durability (no vote, no append acknowledgement), retries with backoff and resumes once the store is
@@ -24,7 +25,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,7 +43,7 @@ from ram.consensus.runtime.codec import (
     decode_payload,
     encode_payload,
 )
-from ram.consensus.runtime.storage import RaftStorage, StoreUnavailable
+from ram.consensus.runtime.storage import STORE_ERRORS, RaftStorage, StoreUnavailable
 from ram.consensus.runtime.transport import PeerAddress, Transport
 from ram.consensus.types import (
     ConfChange,
@@ -114,12 +115,24 @@ class _Pending:
 
 
 @dataclass
+class _Applying:
+    """Committed entries decided in memory, waiting to be stored with the Ready that carries them."""
+
+    state: ClusterState
+    batch: list[EntryEvents] = field(default_factory=list)
+    results: dict[int, tuple[int, tuple[Event, ...]]] = field(default_factory=dict)
+    conf_entries: list[Entry] = field(default_factory=list)
+
+
+@dataclass
 class _Stats:
     persisted_batches: int = 0
     persisted_entries: int = 0
     applied_entries: int = 0
     store_failures: int = 0
     elections_seen: int = 0
+    snapshots_installed: int = 0
+    snapshots_taken: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -530,11 +543,13 @@ class RaftNode:
                 early = rd.role is Role.LEADER and rd.snapshot is None
                 if early:
                     self._send(rd)
-                await self._persist(rd)
+                if rd.snapshot is not None:
+                    await self._install_snapshot(rd)
+                applying = self._prepare_apply(rd.committed_entries)
+                await self._persist(rd, applying)
                 if not early:
                     self._send(rd)
-                if rd.committed_entries:
-                    await self._apply_with_retry(rd.committed_entries)
+                self._finish_apply(applying)
                 core.advance(rd)
                 self._after_ready(rd)
 
@@ -542,26 +557,54 @@ class RaftNode:
         for message in rd.messages:
             self.transport.send(message.to, encode_payload(RaftPayload(message)))
 
-    async def _persist(self, rd: Ready) -> None:
+    async def _retry_store(self, what: str, operation: Callable[[], Awaitable[None]]) -> None:
+        """Retry a store write until it succeeds. While it fails nothing that depends on it leaves
+        the node: no vote, no acknowledgement, no applied result — and the node does not crash."""
         delay = 0.05
         while True:
             try:
-                await self._storage.save(hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot)
-                if rd.snapshot is not None:
-                    async with self._pool.acquire() as conn:
-                        await self._restore_snapshot_events(conn, rd.snapshot)
-                        self.applied_index = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
-                        self.state = await load_state(conn)
-                    self._snapshot_index = rd.snapshot.index
-                    self._wake_applied()
-                break
-            except (StoreUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                await operation()
+                return
+            except StoreUnavailable as exc:
                 self.stats.store_failures += 1
-                log.warning("store write failed; not voting or acknowledging until it is back error=%s", exc)
+                log.warning("store write failed; not voting or acknowledging until it is back what=%s error=%s",
+                            what, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _persist(self, rd: Ready, applying: _Applying) -> None:
+        """One transaction, one round trip: the Ready's entries and hard state AND the events,
+        projections and applied index of its committed entries. The log and what was applied from it
+        can never disagree, whatever crashes when."""
+
+        async def save() -> None:
+            await self._storage.save(
+                hard_state=rd.hard_state, entries=rd.entries, snapshot=None, applied=applying.batch
+            )
+
+        await self._retry_store("ready", save)
         self.stats.persisted_batches += 1
         self.stats.persisted_entries += len(rd.entries)
+
+    async def _install_snapshot(self, rd: Ready) -> None:
+        """A leader's snapshot replaces our log; the events up to it come from the snapshot data."""
+        snapshot = rd.snapshot
+        assert snapshot is not None
+
+        async def save() -> None:
+            await self._storage.save(hard_state=None, entries=(), snapshot=snapshot)
+            try:
+                async with self._pool.acquire() as conn:
+                    await self._restore_snapshot_events(conn, snapshot)
+                    self.applied_index = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
+                    self.state = await load_state(conn)
+            except STORE_ERRORS as exc:
+                raise StoreUnavailable(f"store unavailable: {exc}") from exc
+
+        await self._retry_store("snapshot", save)
+        self._snapshot_index = snapshot.index
+        self.stats.snapshots_installed += 1
+        self._wake_applied()
 
     def _after_ready(self, rd: Ready) -> None:
         core = self.core
@@ -643,21 +686,10 @@ class RaftNode:
 
     # ----------------------------------------------------------------------------- applying
 
-    async def _apply_with_retry(self, entries: Sequence[Entry]) -> None:
-        delay = 0.05
-        while True:
-            try:
-                await self._apply(entries)
-                return
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-                log.warning("apply failed; retrying error=%s", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-
-    async def _apply(self, entries: Sequence[Entry]) -> None:
+    def _prepare_apply(self, entries: Sequence[Entry]) -> _Applying:
+        """Decide what committed entries yield (pure, in memory); nothing is visible until stored."""
         state = self.state
-        batch: list[EntryEvents] = []
-        results: dict[int, tuple[int, tuple[Event, ...]]] = {}
+        applying = _Applying(state=state)
         for entry in entries:
             if entry.index <= self.applied_index:
                 continue
@@ -668,17 +700,22 @@ class RaftNode:
                     for i, ev in enumerate(events)
                 ]
                 state = fold(state, stored)
-            batch.append(EntryEvents(entry.index, entry.term, proposer, ts, events))
-            results[entry.index] = (entry.term, tuple(events))
-            self._note_conf_change(entry)
-        if not batch:
+            applying.batch.append(EntryEvents(entry.index, entry.term, proposer, ts, events))
+            applying.results[entry.index] = (entry.term, tuple(events))
+            applying.conf_entries.extend([entry] if entry.type is EntryType.CONF_CHANGE else [])
+        applying.state = state
+        return applying
+
+    def _finish_apply(self, applying: _Applying) -> None:
+        """The batch is durable: make it visible and answer the proposers."""
+        if not applying.batch:
             return
-        async with self._pool.acquire() as conn:
-            await append_entries(conn, batch)
-        self.state = state
-        self.applied_index = batch[-1].position
-        self.stats.applied_entries += len(batch)
-        for index, (term, events) in results.items():
+        self.state = applying.state
+        self.applied_index = applying.batch[-1].position
+        self.stats.applied_entries += len(applying.batch)
+        for entry in applying.conf_entries:
+            self._note_conf_change(entry)
+        for index, (term, events) in applying.results.items():
             pending = self._pending.pop(index, None)
             if pending is None or pending.future.done():
                 continue
@@ -690,7 +727,7 @@ class RaftNode:
                 )
         self._wake_applied()
         if self._on_applied is not None:
-            self._on_applied(state)
+            self._on_applied(self.state)
 
     def _decide_entry(self, state: ClusterState, entry: Entry) -> tuple[int, datetime, list[Event]]:
         epoch = datetime.fromtimestamp(0, UTC)
@@ -742,7 +779,8 @@ class RaftNode:
             if not pending.future.done():
                 pending.future.set_exception(error)
         self._pending.clear()
-        for fut in [*self._forwards.values(), *self._reads.values()]:
+        waiting: list[asyncio.Future[Any]] = [*self._forwards.values(), *self._reads.values()]
+        for fut in waiting:
             if not fut.done():
                 fut.set_exception(error)
 
@@ -765,6 +803,7 @@ class RaftNode:
             snapshot = core.snapshot
             if snapshot is not None:
                 await self._storage.compact(snapshot)
+            self.stats.snapshots_taken += 1
             log.info("snapshot taken index=%d events=%d bytes=%d", index, len(rows), len(data))
         except (StoreUnavailable, OSError, asyncpg.PostgresError, ValueError) as exc:
             log.warning("snapshot failed index=%d error=%s", index, exc)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from ram.consensus.types import ConfState, Entry, EntryType, HardState, PersistedState, Snapshot
+from ram.eventstore.store import EntryEvents, batch_columns
 
 
 class StoreUnavailable(RuntimeError):
@@ -29,6 +30,10 @@ class StoreIdentityMismatch(RuntimeError):
 
 
 _SAVE_LOG = "SELECT pgraft.save_log($1::bigint[], $2::bigint[], $3::smallint[], $4::bytea[], $5, $6, $7)"
+_SAVE_READY = (
+    "SELECT pgraft.save_ready($1::bigint[], $2::bigint[], $3::smallint[], $4::bytea[], $5, $6, $7, "
+    "$8, $9, $10, $11, $12, $13, $14::jsonb[], $15, $16, $17)"
+)
 
 _UPSERT_SNAPSHOT = """
 INSERT INTO pgraft.snapshot (id, idx, term, voters, learners, data, created_at)
@@ -37,14 +42,17 @@ ON CONFLICT (id) DO UPDATE SET idx = EXCLUDED.idx, term = EXCLUDED.term, voters 
     learners = EXCLUDED.learners, data = EXCLUDED.data, created_at = EXCLUDED.created_at
 """
 
-_STORE_ERRORS = (
+#: Errors that mean "the store is not reachable right now" (down, restarting, shutting down, too slow),
+#: as opposed to a bug in our SQL: these make the node wait and retry, never crash.
+STORE_ERRORS = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
 )
+_STORE_ERRORS = STORE_ERRORS
 
 
 async def open_store_pool(dsn: str, *, size: int = 4) -> asyncpg.Pool:
@@ -117,12 +125,14 @@ class RaftStorage:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
+        applied: Sequence[EntryEvents] = (),
     ) -> None:
-        """Make one Ready's durable part durable, atomically (snapshot, then entries, then hard state)."""
-        if hard_state is None and not entries and snapshot is None:
+        """Make one Ready durable atomically: snapshot, then entries, then hard state — and, in the same
+        transaction, the events/projections/applied index of the committed entries in ``applied``."""
+        if hard_state is None and not entries and snapshot is None and not applied:
             return
         hs = hard_state
-        args = (
+        log_args = (
             [e.index for e in entries],
             [e.term for e in entries],
             [int(e.type) for e in entries],
@@ -131,17 +141,22 @@ class RaftStorage:
             hs.vote if hs else None,
             hs.commit if hs else None,
         )
+        apply_args = (
+            applied[0].position if applied else None,
+            applied[-1].position if applied else None,
+            *batch_columns(applied),
+        )
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 if snapshot is None:
                     # The hot path: one statement, one round trip, one fsync.
-                    await conn.execute(_SAVE_LOG, *args, timeout=self._timeout)
+                    await conn.execute(_SAVE_READY, *log_args, *apply_args, timeout=self._timeout)
                     return
                 async with conn.transaction():
                     # An installed snapshot replaces the whole log: the core restarts its log at it.
                     await self._write_snapshot(conn, snapshot)
                     await conn.execute("DELETE FROM pgraft.log")
-                    await conn.execute(_SAVE_LOG, *args, timeout=self._timeout)
+                    await conn.execute(_SAVE_READY, *log_args, *apply_args, timeout=self._timeout)
         except _STORE_ERRORS as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc
 

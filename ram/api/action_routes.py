@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, delete, get, patch, post
-from litestar.params import Body, QueryParameter
+from litestar.params import Body, FromPath, JSONBody, QueryParameter
 from pydantic import JsonValue
 
-from ram.api.context import Ctx
+from ram.api.context import ApiContext, Ctx
 from ram.api.errors import ApiError, error_responses
 from ram.api.pgparams import needs_restart, parameter_name, valid_parameter_name
 from ram.api.schemas import (
@@ -56,7 +56,7 @@ def _who(request: Request[Any, Any, Any], by: str) -> str:
     responses=error_responses(*WRITE_ERRORS),
 )
 async def maintenance_on(
-    ctx: Ctx, request: Request[Any, Any, Any], data: MaintenanceRequest | None = None
+    ctx: Ctx, request: Request[Any, Any, Any], data: JSONBody[MaintenanceRequest | None] = None
 ) -> MaintenanceOut:
     body = data or MaintenanceRequest()
     by = _who(request, body.by)
@@ -167,7 +167,7 @@ async def patch_config(
     status_code=201,
     responses=error_responses(*WRITE_ERRORS),
 )
-async def add_member(ctx: Ctx, data: AddMemberRequest) -> MemberWriteOut:
+async def add_member(ctx: Ctx, data: JSONBody[AddMemberRequest]) -> MemberWriteOut:
     state = ctx.node.state
     if data.name in state.members:
         raise ApiError(409, f"member {data.name!r} already exists")
@@ -188,7 +188,7 @@ async def add_member(ctx: Ctx, data: AddMemberRequest) -> MemberWriteOut:
 )
 async def remove_member(
     ctx: Ctx,
-    name: str,
+    name: FromPath[str],
     reason: Annotated[str, QueryParameter(name="reason", max_length=1000, required=False)] = "",
 ) -> MemberWriteOut:
     state = ctx.node.state
@@ -219,7 +219,7 @@ _HA_ERRORS = error_responses(400, 404, 409, 501, 503)
 
 
 @post("/switchover", summary="Planned switchover", tags=["actions"], status_code=202, responses=_HA_ERRORS)
-async def switchover(ctx: Ctx, data: SwitchoverRequest | None = None) -> OperationAcceptedOut:
+async def switchover(ctx: Ctx, data: JSONBody[SwitchoverRequest | None] = None) -> OperationAcceptedOut:
     body = data or SwitchoverRequest()
     state = ctx.node.state
     if body.candidate is not None:
@@ -230,26 +230,26 @@ async def switchover(ctx: Ctx, data: SwitchoverRequest | None = None) -> Operati
 
 
 @post("/failover", summary="Manual failover", tags=["actions"], status_code=202, responses=_HA_ERRORS)
-async def failover(ctx: Ctx, data: FailoverRequest) -> OperationAcceptedOut:
+async def failover(ctx: Ctx, data: JSONBody[FailoverRequest]) -> OperationAcceptedOut:
     _known(ctx.node.state, data.candidate, "candidate")
     raise _not_yet("failover is")
 
 
-def _member_or_404(ctx: Ctx, name: str) -> None:
+def _member_or_404(ctx: ApiContext, name: str) -> None:
     if name not in ctx.node.state.members:
         raise ApiError(404, f"no member named {name!r}")
 
 
 @post("/members/{name:str}/restart", summary="Restart a member's PostgreSQL", tags=["members"], status_code=202,
       responses=_HA_ERRORS)
-async def restart_member(ctx: Ctx, name: str) -> OperationAcceptedOut:
+async def restart_member(ctx: Ctx, name: FromPath[str]) -> OperationAcceptedOut:
     _member_or_404(ctx, name)
     raise _not_yet("restart is")
 
 
 @post("/members/{name:str}/reinit", summary="Re-clone a member from the primary", tags=["members"],
       status_code=202, responses=_HA_ERRORS)
-async def reinit_member(ctx: Ctx, name: str) -> OperationAcceptedOut:
+async def reinit_member(ctx: Ctx, name: FromPath[str]) -> OperationAcceptedOut:
     _member_or_404(ctx, name)
     raise _not_yet("reinit is")
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from litestar import get
-from litestar.params import HeaderParameter, QueryParameter
+from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ram.api.context import Ctx
@@ -91,7 +91,7 @@ def get_cluster(ctx: Ctx) -> ClusterOut:
     sync_to_thread=False,
     responses=error_responses(400, 404),
 )
-def get_member(ctx: Ctx, name: str) -> MemberOut:
+def get_member(ctx: Ctx, name: FromPath[str]) -> MemberOut:
     state = ctx.node.state
     member = state.members.get(name)
     if member is None:

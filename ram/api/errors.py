@@ -60,12 +60,12 @@ def _describe_validation(exc: ValidationException) -> str:
             message = str(item.get("message", "invalid value"))
             key = item.get("key")
             source = getattr(item.get("source"), "value", item.get("source"))
-            if key and source == "body":
+            if key == "data" and source in (None, "body"):
+                parts.append(f"request body: {message}")
+            elif key and source in (None, "body"):
                 parts.append(f"body field {key!r}: {message}")
-            elif key and source:
-                parts.append(f"{source} parameter {key!r}: {message}")
             elif key:
-                parts.append(f"{key!r}: {message}")
+                parts.append(f"{source} parameter {key!r}: {message}")
             else:
                 parts.append(message)
     if not parts:
@@ -86,7 +86,7 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
         message = f"method {request.method} is not allowed on {request.url.path}"
     else:
         message = exc.detail or "request failed"
-        if "Malformed" in message or "decode" in message.lower():
+        if status == 400 and request.method in ("POST", "PUT", "PATCH", "DELETE"):
             message = f"request body is not valid JSON: {message}"
     headers = dict(exc.headers or {})
     return error_response(status, message, headers=headers or None)

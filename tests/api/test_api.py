@@ -168,8 +168,8 @@ async def test_ha_operations_are_validated_then_not_available(
 
 
 BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
-    ("PATCH", "/config", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, ""),
-    ("POST", "/maintenance", {"content": b'{"reason": ', "headers": {"content-type": "application/json"}}, 400, ""),
+    ("PATCH", "/config", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "JSON"),
+    ("POST", "/maintenance", {"content": b'{"reason": ', "headers": {"content-type": "application/json"}}, 400, "JSON"),
     ("POST", "/maintenance", {"json": {"reason": 5}}, 400, "reason"),
     ("POST", "/maintenance", {"json": {"reasn": "typo"}}, 400, "reasn"),
     ("POST", "/maintenance", {"json": ["x"]}, 400, ""),

@@ -181,13 +181,14 @@ def edge_case_log() -> list[e.StoredEvent]:
         *log(e.MaintenanceModeChanged(enabled=True, reason="r", by="b")),
         *log(e.CommandRejected(command="remove_member", reason="no such member")),
         *log(e.PrimaryPromoted(name="n1", timeline=4, lsn=50)),
+        *log(e.PrimaryPromoted(name="n3", timeline=4, lsn=60)),  # same timeline, other primary: a new row
     ]
 
 
 async def test_edge_cases_sql_equals_python(conn: asyncpg.Connection) -> None:
     seq = edge_case_log()
     expected = fold(ClusterState.empty(), seq)
-    assert (expected.raft_leader, expected.primary, expected.cluster_id) == ("n2", "n1", "c-1")
+    assert (expected.raft_leader, expected.primary, expected.cluster_id) == ("n2", "n3", "c-1")
     assert [o.outcome for o in expected.operations] == [
         "failed",
         "failed",
@@ -197,7 +198,7 @@ async def test_edge_cases_sql_equals_python(conn: asyncpg.Connection) -> None:
         "failed",
     ]
     assert expected.operations[0].candidate == "n2"
-    assert len(expected.timeline_history) == 4
+    assert len(expected.timeline_history) == 5
     assert not expected.members["n3"].fenced and expected.members["n3"].tags.nofailover
     assert "n4" not in expected.members and "n9" not in expected.members
     assert expected.sync_standbys == ("n3",)

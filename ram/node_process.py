@@ -1,4 +1,5 @@
-"""``ram node run``: bring up the store, migrate it, start the Raft node, stop cleanly on SIGTERM."""
+"""``ram node run``: bring up the store, migrate it, start the Raft node and its HTTP API, stop cleanly
+on SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import signal
 
 import asyncpg
 
-from ram.config import NodeConfig
+from ram.api.app import ApiServer, create_app, serve
+from ram.config import NodeConfig, api_address, parse_address
 from ram.consensus.runtime.node import RaftNode
 from ram.consensus.runtime.storage import open_store_pool
 from ram.eventstore import schema
@@ -58,8 +60,12 @@ async def run_node(config: NodeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    api: ApiServer | None = None
     try:
         await node.start()
+        api_host, api_port = parse_address(api_address(config))
+        api = await serve(create_app(node, store_dsn=dsn, pool=pool), api_host, api_port)
+        log.info("api listening url=%s", api.url)
         stop_wait = asyncio.ensure_future(stop.wait())
         fail_wait = asyncio.ensure_future(node.failed.wait())
         await asyncio.wait({stop_wait, fail_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -69,6 +75,8 @@ async def run_node(config: NodeConfig) -> None:
             raise NodeFailed("the Raft node failed; see the log above")
         log.info("stop requested; shutting down")
     finally:
+        if api is not None:
+            await api.stop()
         await node.stop(transfer=True)
         await pool.close()
         if server is not None:

@@ -26,7 +26,7 @@ from ram.api.schemas import (
 )
 from ram.consensus.runtime.node import ApplyResult
 from ram.eventstore.commands import AddMember, PatchConfig, RemoveMember, SetMaintenance
-from ram.eventstore.events import MemberSpec, _check_json
+from ram.eventstore.events import MemberSpec, check_json_value
 from ram.projections.state import ClusterState
 
 WRITE_ERRORS = (400, 409, 503)
@@ -109,7 +109,7 @@ def validate_patch(changes: object) -> dict[str, JsonValue]:
         if name is not None and not valid_parameter_name(name):
             raise ApiError(400, f"config key {key[:80]!r}: {name[:60]!r} is not a PostgreSQL parameter name")
         try:
-            _check_json(value, key)
+            check_json_value(value, key)
         except ValueError as exc:
             raise ApiError(400, f"config key {key[:80]!r}: {exc}") from None
         out[key] = value

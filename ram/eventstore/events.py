@@ -105,7 +105,7 @@ Address = Annotated[str, StringConstraints(min_length=3, max_length=300, pattern
 ConfigKey = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
 
 
-def _check_json(value: JsonValue, where: str = "value") -> JsonValue:
+def check_json_value(value: JsonValue, where: str = "value") -> JsonValue:
     """Reject what PostgreSQL jsonb can not hold: NUL in strings/keys, NaN and infinities."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where}: non-finite number {value!r} is not JSON")
@@ -113,16 +113,16 @@ def _check_json(value: JsonValue, where: str = "value") -> JsonValue:
         raise ValueError(f"{where}: string contains NUL")
     if isinstance(value, list):
         for i, item in enumerate(value):
-            _check_json(item, f"{where}[{i}]")
+            check_json_value(item, f"{where}[{i}]")
     if isinstance(value, dict):
         for k, item in value.items():
             if "\x00" in k:
                 raise ValueError(f"{where}: key contains NUL")
-            _check_json(item, f"{where}.{k}")
+            check_json_value(item, f"{where}.{k}")
     return value
 
 
-ConfigValue = Annotated[JsonValue, AfterValidator(_check_json)]
+ConfigValue = Annotated[JsonValue, AfterValidator(check_json_value)]
 
 
 def lsn_to_text(lsn: int) -> str:

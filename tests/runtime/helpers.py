@@ -44,6 +44,7 @@ def cluster_configs(
 ) -> list[NodeConfig]:
     """Configs for a bootstrapping cluster, one node per store DSN, on free loopback ports."""
     ports = [free_port() for _ in dsns]
+    api_ports = [free_port() for _ in dsns]
     names = [f"node{i + 1}" for i in range(len(dsns))]
     configs = []
     for i, dsn in enumerate(dsns):
@@ -60,6 +61,7 @@ def cluster_configs(
                     "bootstrap": True,
                     "raft": {"listen": f"127.0.0.1:{ports[i]}", "peers": peers, **raft},
                     "store": {"dsn": dsn},
+                    "api": {"listen": f"127.0.0.1:{api_ports[i]}"},
                 }
             )
         )

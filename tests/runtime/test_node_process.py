@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 import yaml
 
@@ -127,6 +129,59 @@ async def test_kill_leader_new_leader_within_two_election_timeouts(procs: Proces
             break
         await asyncio.sleep(0.1)
     assert logs[0] == logs[1] == logs[2]
+
+
+async def test_kill_leader_mid_load_loses_no_acknowledged_write(procs: ProcessCluster) -> None:
+    """Writers go through every node's HTTP API; a write answered 2xx is committed, so it must be in
+    every store afterwards, even though the leader was killed with SIGKILL in the middle of the load."""
+    for i in range(3):
+        procs.start(i)
+    term, leader = await procs.wait_agreed_leader([0, 1, 2])
+    apis = [f"http://{c.api.listen}" for c in procs.configs]
+    acked: dict[str, int] = {}
+    stop = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        value = 0
+        async with httpx.AsyncClient(timeout=5) as client:
+            while not stop.is_set():
+                value += 1
+                for attempt in range(len(apis)):
+                    url = apis[(w + attempt + value) % len(apis)]
+                    try:
+                        reply = await client.patch(f"{url}/config", json={f"load.w{w}": value})
+                    except httpx.HTTPError:
+                        continue
+                    if reply.status_code == 200:
+                        acked[f"load.w{w}"] = value
+                        break
+                    await asyncio.sleep(0.02)
+
+    writers = [asyncio.create_task(writer(w)) for w in range(4)]
+    try:
+        await asyncio.sleep(1.5)
+        procs.kill(leader - 1)
+        await asyncio.sleep(3.0)
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    assert len(acked) == 4 and min(acked.values()) > 5, f"too few writes acknowledged: {acked}"
+    procs.start(leader - 1)
+    await procs.wait_agreed_leader([0, 1, 2], newer_than=term)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        logs = [await procs.events(i) for i in range(3)]
+        if logs[0] == logs[1] == logs[2]:
+            break
+        await asyncio.sleep(0.1)
+    assert logs[0] == logs[1] == logs[2], "stores differ after recovery"
+    written: dict[str, set[int]] = {}
+    for _, _, kind, payload, _ in logs[0]:
+        if kind == "dynamic_config_changed":
+            for key, change in json.loads(str(payload))["changes"].items():
+                written.setdefault(key, set()).add(change["new"])
+    for key, value in acked.items():
+        assert value in written.get(key, set()), f"acknowledged write {key}={value} is missing"
 
 
 async def test_kill_all_then_restart_keeps_everything(procs: ProcessCluster) -> None:

@@ -34,11 +34,10 @@ Rules (the SQL must match them exactly):
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import JsonValue
 
@@ -74,6 +73,40 @@ __all__ = ["ClusterState", "Member", "OperationRecord", "TimelineRecord", "fold"
 Role = Literal["primary", "replica", "unknown"]
 OperationKind = Literal["failover", "switchover"]
 Outcome = Literal["in_progress", "succeeded", "failed", "superseded"]
+
+
+_T = TypeVar("_T")
+
+
+def replace(obj: _T, **changes: Any) -> _T:
+    """``dataclasses.replace`` without re-running ``__init__``: the fold runs once per event on every
+    node, and the generic version dominated the apply path. Field names are checked, types are
+    the caller's (the fold's) responsibility, as they were built from validated events."""
+    names = _field_names(type(obj))
+    new = _copy(obj, names)
+    for name, value in changes.items():
+        if name not in names:
+            raise TypeError(f"{type(obj).__name__} has no field {name!r}")
+        object.__setattr__(new, name, value)
+    return new
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    return names
+
+
+def _copy(obj: _T, names: tuple[str, ...]) -> _T:
+    """A shallow copy of a frozen slots dataclass (``copy.copy`` goes through pickle's slow path)."""
+    new = object.__new__(type(obj))
+    for name in names:
+        object.__setattr__(new, name, getattr(obj, name))
+    return new
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +232,7 @@ def _update_member(state: ClusterState, name: str, **changes: object) -> Cluster
     m = state.members.get(name)
     if m is None:
         return state
-    return _with_member(state, replace(m, **changes))  # type: ignore[arg-type]
+    return _with_member(state, replace(m, **changes))
 
 
 def _set_primary(state: ClusterState, name: str, timeline: int, lsn: int, se: StoredEvent) -> ClusterState:
@@ -236,7 +269,7 @@ def _close_operation(
         outcome=outcome,
         completed_position=se.position,
         completed_at=se.ts,
-        **changes,  # type: ignore[arg-type]
+        **changes,
     )
     return replace(state, operations=tuple(ops))
 
@@ -421,6 +454,10 @@ def _apply(state: ClusterState, se: StoredEvent) -> ClusterState:
 def fold(state: ClusterState, events: Iterable[StoredEvent]) -> ClusterState:
     """Apply ``events`` (in log order) to ``state``; returns a new state, ``state`` is unchanged."""
     for se in events:
-        state = _apply(state, se)
-        state = dataclasses.replace(state, last_position=se.position, events_applied=state.events_applied + 1)
+        applied = _apply(state, se)
+        if applied is state:
+            applied = _copy(state, _field_names(ClusterState))
+        object.__setattr__(applied, "last_position", se.position)
+        object.__setattr__(applied, "events_applied", state.events_applied + 1)
+        state = applied
     return state

@@ -695,8 +695,11 @@ class RaftNode:
                 continue
             proposer, ts, events = self._decide_entry(state, entry)
             if events:
+                # Built from values we just validated: model_construct skips re-validating them.
                 stored = [
-                    StoredEvent(position=entry.index, sub=i, term=entry.term, proposer=proposer, ts=ts, event=ev)
+                    StoredEvent.model_construct(
+                        position=entry.index, sub=i, term=entry.term, proposer=proposer, ts=ts, event=ev
+                    )
                     for i, ev in enumerate(events)
                 ]
                 state = fold(state, stored)

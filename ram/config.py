@@ -146,10 +146,24 @@ class ApiSettings(_Strict):
 class PostgresSettings(_Strict):
     """The PostgreSQL instance this node manages."""
 
+    manage: Annotated[
+        bool, Field(description="Manage a PostgreSQL instance on this node (off: consensus and API only).")
+    ] = False
     listen: Annotated[
         str | None,
         Field(description="Where the managed PostgreSQL listens, host:port (default: the Raft host, port 5432)."),
     ] = None
+    data_dir: Annotated[
+        Path | None, Field(description="PostgreSQL data directory (default: <data_dir>/pgdata).")
+    ] = None
+    replication_password: Annotated[
+        str | None,
+        Field(description="Password of the replication user, the same on every member (required to manage)."),
+    ] = None
+    parameters: Annotated[
+        dict[str, str],
+        Field(default_factory=dict, description="Extra postgresql.conf parameters for the managed instance."),
+    ]
 
     @field_validator("listen")
     @classmethod
@@ -178,12 +192,14 @@ class NodeConfig(_Strict):
     raft: RaftSettings
     store: StoreSettings = StoreSettings()
     api: ApiSettings = ApiSettings()
-    postgres: PostgresSettings = PostgresSettings()
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     log_format: Annotated[str, Field(pattern="^(json|kv)$", description="Log lines as json or key=value.")] = "kv"
     log_level: Annotated[str, Field(pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")] = "INFO"
 
     @model_validator(mode="after")
     def _consistent(self) -> NodeConfig:
+        if self.postgres.manage and not self.postgres.replication_password:
+            raise ValueError("postgres.replication_password is required when postgres.manage is true")
         if self.bootstrap and self.join:
             raise ValueError("bootstrap and join are exclusive: bootstrap starts a new cluster, join enters one")
         for peer in self.raft.peers:
@@ -194,6 +210,11 @@ class NodeConfig(_Strict):
         for address in self.join:
             parse_address(address)
         return self
+
+
+def pg_data_dir(config: NodeConfig) -> Path:
+    """The managed PostgreSQL's data directory."""
+    return config.postgres.data_dir or config.data_dir / "pgdata"
 
 
 def api_address(config: NodeConfig) -> str:
@@ -262,7 +283,7 @@ def reference_markdown() -> str:
             if info.is_required():
                 default = "required"
             elif info.default_factory is not None:
-                default = "`[]`"
+                default = f"`{info.default_factory()!r}`"  # type: ignore[call-arg]
             else:
                 default = f"`{info.default!r}`" if info.default is not None else "empty"
             description = (info.description or "").replace("|", "\\|")

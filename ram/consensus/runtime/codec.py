@@ -48,7 +48,16 @@ class ProposalOutcome(msgspec.Struct, tag="outcome", frozen=True):
     leader_id: int = 0
 
 
-PeerPayload = RaftPayload | ForwardedProposal | ProposalOutcome
+class MemberReport(msgspec.Struct, tag="report", frozen=True):
+    """A member's observation of its own PostgreSQL, sent to the Raft leader (the arbiter).
+
+    The body is the HA layer's business (JSON); the Raft node only routes it.
+    """
+
+    body: bytes
+
+
+PeerPayload = RaftPayload | ForwardedProposal | ProposalOutcome | MemberReport
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(PeerPayload)

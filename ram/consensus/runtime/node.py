@@ -37,6 +37,7 @@ from ram.config import NodeConfig, api_address, parse_address, pg_address
 from ram.consensus.core import ConfChangeInProgress, NotLeader, ProposalDropped, RaftCore
 from ram.consensus.runtime.codec import (
     ForwardedProposal,
+    MemberReport,
     PayloadError,
     ProposalOutcome,
     RaftPayload,
@@ -187,6 +188,13 @@ class RaftNode:
         self._leader_changed = asyncio.Event()
         #: Set when a core loop died unexpectedly; the process must exit (fail-stop, never limp on).
         self.failed = asyncio.Event()
+        #: Monotonic time this node last became leader (0 when it is not the leader).
+        self.leader_since = 0.0
+        #: HA hooks. ``on_report(node_id, body)``: a member's report reached this (leader) node.
+        #: ``on_leadership_confirmed(node_id, now)``: as leader, a quorum just confirmed our leadership
+        #: for a read barrier requested by ``node_id`` (the primary's lease renewal).
+        self.on_report: Callable[[int, bytes], None] | None = None
+        self.on_leadership_confirmed: Callable[[int, float], None] | None = None
 
     # ----------------------------------------------------------------------------------- life
 
@@ -435,6 +443,7 @@ class RaftNode:
         try:
             if request.read_only:
                 index = await self._read_index_local(timeout)
+                self._confirmed(peer)
                 outcome = ProposalOutcome(request.request_id, True, index=index)
             elif self.role is not Role.LEADER:
                 outcome = ProposalOutcome(request.request_id, False, error="not the leader", leader_id=self.leader_id)
@@ -457,10 +466,26 @@ class RaftNode:
         timeout = timeout or self.config.raft.proposal_timeout_s
         if self.role is Role.LEADER:
             index = await self._read_index_local(timeout)
+            self._confirmed(self.config.node_id)
             await self.wait_applied(index, timeout)
             return index
         result = await self._forward(b"", timeout, read_only=True)
         return result.index
+
+    def _confirmed(self, node_id: int) -> None:
+        if self.on_leadership_confirmed is not None and self.role is Role.LEADER:
+            self.on_leadership_confirmed(node_id, time.monotonic())
+
+    def send_report(self, body: bytes) -> bool:
+        """Hand a member report to the current leader (directly when we lead). False: no leader known."""
+        leader = self.leader_id
+        if not leader:
+            return False
+        if leader == self.config.node_id:
+            if self.on_report is not None:
+                self.on_report(self.config.node_id, body)
+            return True
+        return self.transport.send(leader, encode_payload(MemberReport(body)))
 
     async def _read_index_local(self, timeout: float) -> int:
         core = self.core
@@ -509,6 +534,9 @@ class RaftNode:
                 self._wake.set()
         elif isinstance(payload, ForwardedProposal):
             self._spawn(self._serve_forward(peer, payload), "ram.raft.forward")
+        elif isinstance(payload, MemberReport):
+            if self.on_report is not None and self.role is Role.LEADER:
+                self.on_report(peer, payload.body)
         else:
             future = self._forwards.get(payload.request_id)
             if future is not None and not future.done():
@@ -620,7 +648,10 @@ class RaftNode:
             self._leader_changed.set()
             log.info("raft leader changed term=%d leader=%d role=%s", rd.term, rd.leader_id, rd.role.value)
             if became_leader:
+                self.leader_since = time.monotonic()
                 self._spawn(self._announce_leadership(rd.term), "ram.raft.announce")
+            elif rd.role is not Role.LEADER:
+                self.leader_since = 0.0
         if core.role is Role.LEADER:
             self._maybe_promote_learners()
         if self.applied_index - self._snapshot_index >= self.config.raft.snapshot_entries:

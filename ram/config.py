@@ -161,9 +161,8 @@ class PostgresSettings(_Strict):
         Field(description="Password of the replication user, the same on every member (required to manage)."),
     ] = None
     parameters: Annotated[
-        dict[str, str],
-        Field(default_factory=dict, description="Extra postgresql.conf parameters for the managed instance."),
-    ]
+        dict[str, str], Field(description="Extra postgresql.conf parameters for the managed instance.")
+    ] = {}  # noqa: RUF012 - pydantic copies mutable defaults per instance
 
     @field_validator("listen")
     @classmethod
@@ -192,7 +191,7 @@ class NodeConfig(_Strict):
     raft: RaftSettings
     store: StoreSettings = StoreSettings()
     api: ApiSettings = ApiSettings()
-    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    postgres: PostgresSettings = PostgresSettings()
     log_format: Annotated[str, Field(pattern="^(json|kv)$", description="Log lines as json or key=value.")] = "kv"
     log_level: Annotated[str, Field(pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")] = "INFO"
 

@@ -162,7 +162,7 @@ class PostgresSettings(_Strict):
     ] = None
     parameters: Annotated[
         dict[str, str], Field(description="Extra postgresql.conf parameters for the managed instance.")
-    ] = {}  # noqa: RUF012 - pydantic copies mutable defaults per instance
+    ] = {}  # pydantic copies mutable defaults per instance
 
     @field_validator("listen")
     @classmethod

@@ -15,19 +15,32 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ram.eventstore.events import (
+    CandidateInfo,
     ClusterBootstrapped,
     CommandRejected,
     ConfigChange,
     DynamicConfigChanged,
     Event,
+    FailoverCompleted,
+    FailoverFailed,
+    FailoverStarted,
     LearnerPromoted,
     MaintenanceModeChanged,
     MemberAdded,
+    MemberHealthChanged,
     MemberRemoved,
     MemberSpec,
     MemberTags,
     MemberTagsChanged,
+    NodeFenced,
+    PrimaryPromoted,
     RaftLeaderElected,
+    ReplicaFollowing,
+    ReplicaRejoined,
+    SwitchoverCompleted,
+    SwitchoverFailed,
+    SwitchoverRequested,
+    SynchronousStandbysChanged,
 )
 from ram.projections.state import ClusterState
 
@@ -100,9 +113,85 @@ class PatchConfig(_Command):
     by: str = ""
 
 
+class DesignatePrimary(_Command):
+    """Name the first primary of a new cluster (the arbiter's bootstrap decision)."""
+
+    kind: Literal["designate_primary"] = "designate_primary"
+    name: str
+    timeline: int = 1
+    lsn: int = 0
+
+
+class StartFailover(_Command):
+    """The arbiter (or an operator, ``forced``) starts a failover to ``candidate``."""
+
+    kind: Literal["start_failover"] = "start_failover"
+    old_primary: str | None
+    candidate: str
+    candidates: tuple[CandidateInfo, ...] = ()
+    reason: str
+    forced: bool = False
+
+
+class RequestSwitchover(_Command):
+    """A planned switchover from the current primary to ``candidate``."""
+
+    kind: Literal["request_switchover"] = "request_switchover"
+    candidate: str
+    scheduled_at: AwareDatetime | None = None
+    requested_by: str = ""
+
+
+class CompleteOperation(_Command):
+    """The candidate of the running failover/switchover reports it is primary now."""
+
+    kind: Literal["complete_operation"] = "complete_operation"
+    operation: Literal["failover", "switchover"]
+    new_primary: str
+    timeline: int
+    lsn: int
+    duration_ms: int
+
+
+class FailOperation(_Command):
+    """The running failover/switchover could not finish; the reason is recorded."""
+
+    kind: Literal["fail_operation"] = "fail_operation"
+    operation: Literal["failover", "switchover"]
+    reason: str
+
+
+FactEvent = Annotated[
+    Union[  # noqa: UP007
+        MemberHealthChanged, ReplicaFollowing, ReplicaRejoined, NodeFenced, SynchronousStandbysChanged
+    ],
+    Field(discriminator="type"),
+]
+
+
+class ReportFact(_Command):
+    """A fact a node observed about itself or the arbiter decided (health, following, fenced, sync set)."""
+
+    kind: Literal["report_fact"] = "report_fact"
+    event: FactEvent
+
+
 Command = Annotated[
     Union[  # noqa: UP007 - a discriminated union needs the Union form for pydantic
-        BootstrapCluster, RecordLeader, AddMember, PromoteLearner, RemoveMember, SetMaintenance, SetTags, PatchConfig
+        BootstrapCluster,
+        RecordLeader,
+        AddMember,
+        PromoteLearner,
+        RemoveMember,
+        SetMaintenance,
+        SetTags,
+        PatchConfig,
+        DesignatePrimary,
+        StartFailover,
+        RequestSwitchover,
+        CompleteOperation,
+        FailOperation,
+        ReportFact,
     ],
     Field(discriminator="kind"),
 ]
@@ -222,4 +311,84 @@ def _decide(state: ClusterState, command: _Command, ts: datetime, term: int) -> 
         if not changes:
             return []
         return [DynamicConfigChanged(changes=changes, pending_restart=command.pending_restart, by=command.by)]
+    if isinstance(command, (DesignatePrimary, StartFailover, RequestSwitchover, CompleteOperation, FailOperation)):
+        return _decide_operation(state, command)
+    if isinstance(command, ReportFact):
+        fact = command.event
+        subject: str | None = getattr(fact, "name", None)
+        if subject is not None and subject not in state.members:
+            raise Rejected(f"no member named {subject!r}")
+        return [fact]
     raise Rejected(f"unknown command {type(command).__name__}")
+
+
+def _eligible_target(state: ClusterState, name: str, *, forced: bool) -> None:
+    member = state.members.get(name)
+    if member is None:
+        raise Rejected(f"no member named {name!r}")
+    if member.is_learner:
+        raise Rejected(f"member {name!r} is a learner (not yet a voter)")
+    if member.tags.nofailover and not forced:
+        raise Rejected(f"member {name!r} is tagged nofailover")
+
+
+def _decide_operation(state: ClusterState, command: _Command) -> list[Event]:
+    """Failover and switchover bookkeeping: at most one operation runs at a time."""
+    current = state.current_operation
+    if isinstance(command, DesignatePrimary):
+        if state.primary is not None:
+            raise Rejected(f"the cluster already has a primary ({state.primary!r})")
+        _eligible_target(state, command.name, forced=True)
+        return [PrimaryPromoted(name=command.name, timeline=command.timeline, lsn=command.lsn)]
+    if isinstance(command, StartFailover):
+        if state.maintenance and not command.forced:
+            raise Rejected("maintenance mode is on: no automatic failover")
+        if current is not None and not command.forced:
+            raise Rejected(f"a {current.kind} is already in progress (to {current.candidate!r})")
+        if command.candidate == state.primary:
+            raise Rejected(f"{command.candidate!r} is already the primary")
+        _eligible_target(state, command.candidate, forced=command.forced)
+        return [
+            FailoverStarted(
+                old_primary=command.old_primary, reason=command.reason, candidates=command.candidates,
+                chosen=command.candidate,
+            )
+        ]
+    if isinstance(command, RequestSwitchover):
+        if state.primary is None:
+            raise Rejected("the cluster has no primary to switch over from")
+        if current is not None:
+            raise Rejected(f"a {current.kind} is already in progress (to {current.candidate!r})")
+        if command.candidate == state.primary:
+            raise Rejected(f"{command.candidate!r} is already the primary")
+        _eligible_target(state, command.candidate, forced=False)
+        return [
+            SwitchoverRequested(
+                primary=state.primary, candidate=command.candidate, scheduled_at=command.scheduled_at,
+                requested_by=command.requested_by,
+            )
+        ]
+    if isinstance(command, CompleteOperation):
+        if current is None or current.kind != command.operation or current.candidate != command.new_primary:
+            raise Rejected(f"no {command.operation} to {command.new_primary!r} is in progress")
+        if command.operation == "failover":
+            return [
+                FailoverCompleted(
+                    old_primary=current.old_primary, new_primary=command.new_primary, timeline=command.timeline,
+                    lsn=command.lsn, duration_ms=command.duration_ms,
+                )
+            ]
+        return [
+            SwitchoverCompleted(
+                old_primary=current.old_primary or command.new_primary, new_primary=command.new_primary,
+                timeline=command.timeline, lsn=command.lsn, duration_ms=command.duration_ms,
+            )
+        ]
+    assert isinstance(command, FailOperation)
+    if current is None or current.kind != command.operation:
+        raise Rejected(f"no {command.operation} is in progress")
+    if command.operation == "failover":
+        return [FailoverFailed(old_primary=current.old_primary, reason=command.reason)]
+    return [
+        SwitchoverFailed(primary=current.old_primary or "", candidate=current.candidate, reason=command.reason)
+    ]

@@ -1,0 +1,98 @@
+"""The pure rule from committed commands to events: HA operations keep one operation at a time and
+refuse targets that may not take over."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from ram.eventstore.commands import (
+    BootstrapCluster,
+    CompleteOperation,
+    DesignatePrimary,
+    FailOperation,
+    ReportFact,
+    RequestSwitchover,
+    SetMaintenance,
+    SetTags,
+    StartFailover,
+    decide,
+)
+from ram.eventstore.events import MemberHealthChanged, MemberSpec, MemberTags, StoredEvent
+from ram.projections.state import ClusterState, fold
+
+TS = datetime(2026, 11, 26, tzinfo=UTC)
+
+
+def apply(state: ClusterState, command: object, position: int) -> tuple[ClusterState, list[str]]:
+    events = decide(state, command, TS, 2)  # type: ignore[arg-type]
+    stored = [StoredEvent(position=position, sub=i, term=2, proposer=1, ts=TS, event=e) for i, e in enumerate(events)]
+    return fold(state, stored), [e.type for e in events]
+
+
+def cluster() -> ClusterState:
+    members = tuple(
+        MemberSpec(name=f"pg{i}", node_id=i, raft_address=f"127.0.0.1:{7400 + i}", api_address=f"127.0.0.1:{8000 + i}",
+                   pg_host="127.0.0.1", pg_port=5432 + i)
+        for i in (1, 2, 3)
+    )
+    state, _ = apply(ClusterState.empty(), BootstrapCluster(cluster_id="c", cluster_name="c", members=members), 1)
+    state, types = apply(state, DesignatePrimary(name="pg1"), 2)
+    assert types == ["primary_promoted"] and state.primary == "pg1"
+    return state
+
+
+def test_designate_only_once() -> None:
+    state, types = apply(cluster(), DesignatePrimary(name="pg2"), 3)
+    assert types == ["command_rejected"] and state.primary == "pg1"
+
+
+def test_failover_lifecycle() -> None:
+    state, types = apply(cluster(), StartFailover(old_primary="pg1", candidate="pg2", reason="lease expired"), 3)
+    assert types == ["failover_started"]
+    state, types = apply(state, StartFailover(old_primary="pg1", candidate="pg3", reason="again"), 4)
+    assert types == ["command_rejected"], "one operation at a time"
+    state, types = apply(state, CompleteOperation(operation="failover", new_primary="pg3", timeline=2, lsn=1,
+                                                  duration_ms=5), 5)
+    assert types == ["command_rejected"], "only the chosen candidate completes it"
+    state, types = apply(state, CompleteOperation(operation="failover", new_primary="pg2", timeline=2, lsn=1,
+                                                  duration_ms=5), 6)
+    assert types == ["failover_completed"] and state.primary == "pg2" and state.timeline == 2
+    assert state.current_operation is None
+
+
+def test_failover_refusals() -> None:
+    state = cluster()
+    maint, _ = apply(state, SetMaintenance(enabled=True), 3)
+    _, types = apply(maint, StartFailover(old_primary="pg1", candidate="pg2", reason="x"), 4)
+    assert types == ["command_rejected"]
+    _, types = apply(maint, StartFailover(old_primary="pg1", candidate="pg2", reason="x", forced=True), 4)
+    assert types == ["failover_started"], "a forced (manual) failover ignores maintenance"
+    tagged, _ = apply(state, SetTags(name="pg2", tags=MemberTags(nofailover=True)), 3)
+    _, types = apply(tagged, StartFailover(old_primary="pg1", candidate="pg2", reason="x"), 4)
+    assert types == ["command_rejected"]
+    _, types = apply(state, StartFailover(old_primary="pg1", candidate="pg1", reason="x"), 4)
+    assert types == ["command_rejected"]
+
+
+@pytest.mark.parametrize("target", ["pg1", "nope"])
+def test_switchover_refusals(target: str) -> None:
+    _, types = apply(cluster(), RequestSwitchover(candidate=target), 3)
+    assert types == ["command_rejected"]
+
+
+def test_switchover_fail_then_retry() -> None:
+    state, types = apply(cluster(), RequestSwitchover(candidate="pg3"), 3)
+    assert types == ["switchover_requested"]
+    state, types = apply(state, FailOperation(operation="switchover", reason="target lagging"), 4)
+    assert types == ["switchover_failed"] and state.primary == "pg1"
+    state, types = apply(state, RequestSwitchover(candidate="pg3"), 5)
+    assert types == ["switchover_requested"]
+
+
+def test_facts_need_a_known_member() -> None:
+    ok = MemberHealthChanged(name="pg2", healthy=True, pg_running=True, role="replica")
+    bad = MemberHealthChanged(name="ghost", healthy=True, pg_running=True, role="replica")
+    _, types = apply(cluster(), ReportFact(event=ok), 3)
+    assert types == ["member_health_changed"]
+    _, types = apply(cluster(), ReportFact(event=bad), 3)
+    assert types == ["command_rejected"]

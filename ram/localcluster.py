@@ -1,0 +1,273 @@
+"""A local cluster on this machine: one store instance, N nodes each managing its own PostgreSQL.
+
+Used by ``ram cluster up/down`` and by the end-to-end tests, so both exercise the same path. Each
+node gets its own loopback address (127.0.0.11, .12, …) so that a test can cut the network between
+two nodes with iptables; ports derive from one base port. ``DIR/cluster.json`` describes the result
+(member names, API URLs, PostgreSQL host and port, data directories, process ids) for tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from ram.eventstore import schema
+from ram.postgres.server import PostgresServer
+
+CLUSTER_FILE = "cluster.json"
+
+
+@dataclass
+class MemberInfo:
+    """One member of a local cluster as tools and scripts see it."""
+
+    name: str
+    node_id: int
+    host: str
+    pg_port: int
+    api_port: int
+    raft_port: int
+    node_dir: str
+    pg_data_dir: str
+    config_file: str
+    log_file: str
+    pid: int | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+    def as_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["api_url"] = self.api_url
+        return doc
+
+
+@dataclass
+class ClusterInfo:
+    name: str
+    cluster_id: str
+    dir: str
+    store_port: int
+    replication_password: str
+    members: list[MemberInfo] = field(default_factory=list)
+
+    def save(self) -> None:
+        path = Path(self.dir) / CLUSTER_FILE
+        doc = {
+            "name": self.name,
+            "cluster_id": self.cluster_id,
+            "dir": self.dir,
+            "store_port": self.store_port,
+            "replication_password": self.replication_password,
+            "members": [m.as_json() for m in self.members],
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, directory: Path) -> ClusterInfo:
+        path = directory / CLUSTER_FILE
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no local cluster in {directory} ({CLUSTER_FILE} not found)") from None
+        members = []
+        for m in doc["members"]:
+            m = dict(m)
+            m.pop("api_url", None)
+            members.append(MemberInfo(**m))
+        return cls(
+            name=doc["name"], cluster_id=doc["cluster_id"], dir=doc["dir"], store_port=doc["store_port"],
+            replication_password=doc["replication_password"], members=members,
+        )
+
+
+def member_host(index: int) -> str:
+    """Node ``index`` (1-based) listens on its own loopback address: 127.0.0.11, .12, …"""
+    return f"127.0.0.{10 + index}"
+
+
+def plan(directory: Path, nodes: int, base_port: int, name: str = "ram") -> ClusterInfo:
+    """Lay out a new cluster: addresses, ports, directories (nothing is created yet)."""
+    if not 1 <= nodes <= 9:
+        raise ValueError(f"--nodes must be between 1 and 9, got {nodes}")
+    if not 1024 <= base_port <= 65535 - 300:
+        raise ValueError(f"--base-port must be between 1024 and {65535 - 300}, got {base_port}")
+    directory = directory.absolute()
+    info = ClusterInfo(
+        name=name,
+        cluster_id=f"{name}-{secrets.token_hex(4)}",
+        dir=str(directory),
+        store_port=base_port + 299,
+        replication_password=secrets.token_urlsafe(18),
+    )
+    for i in range(1, nodes + 1):
+        node_dir = directory / f"node{i}"
+        info.members.append(
+            MemberInfo(
+                name=f"pg{i}",
+                node_id=i,
+                host=member_host(i),
+                pg_port=base_port + i - 1,
+                api_port=base_port + 100 + i - 1,
+                raft_port=base_port + 200 + i - 1,
+                node_dir=str(node_dir),
+                pg_data_dir=str(node_dir / "pgdata"),
+                config_file=str(node_dir / "node.toml"),
+                log_file=str(node_dir / "ram.log"),
+            )
+        )
+    return info
+
+
+def store_server(info: ClusterInfo) -> PostgresServer:
+    """The store instance shared by the local nodes (one database each), unix socket only."""
+    base = Path(info.dir) / "store"
+    return PostgresServer(datadir=base / "data", port=info.store_port, socket_dir=base / "run")
+
+
+def node_config_toml(info: ClusterInfo, member: MemberInfo, store_dsn: str, ha: dict[str, Any] | None = None) -> str:
+    """The TOML configuration of one local node (commented, as an operator would write it)."""
+    lines = [
+        f"# RAM node {member.name} of local cluster {info.name!r} (generated by ram cluster up)",
+        f'cluster_id = "{info.cluster_id}"',
+        f'cluster_name = "{info.name}"',
+        f"node_id = {member.node_id}",
+        f'name = "{member.name}"',
+        f'data_dir = "{member.node_dir}"',
+        "bootstrap = true",
+        "",
+        "[raft]",
+        f'listen = "{member.host}:{member.raft_port}"',
+        "peers = [",
+    ]
+    for other in info.members:
+        if other.name != member.name:
+            lines.append(
+                f'  {{ id = {other.node_id}, name = "{other.name}", address = "{other.host}:{other.raft_port}", '
+                f'api_address = "{other.host}:{other.api_port}", pg_address = "{other.host}:{other.pg_port}" }},'
+            )
+    lines += [
+        "]",
+        "",
+        "[api]",
+        f'listen = "{member.host}:{member.api_port}"',
+        "",
+        "[store]",
+        f'dsn = "{store_dsn}"',
+        "",
+        "[postgres]",
+        "manage = true",
+        f'listen = "{member.host}:{member.pg_port}"',
+        f'data_dir = "{member.pg_data_dir}"',
+        f'replication_password = "{info.replication_password}"',
+    ]
+    if ha:
+        lines += ["", "[ha]"] + [f"{key} = {json.dumps(value)}" for key, value in ha.items()]
+    text = "\n".join(lines) + "\n"
+    tomllib.loads(text)  # what we write must parse
+    return text
+
+
+def _write_layout(info: ClusterInfo, dsns: dict[str, str], ha: dict[str, Any] | None) -> None:
+    for member in info.members:
+        node_dir = Path(member.node_dir)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(node_dir, 0o755)
+        Path(member.config_file).write_text(node_config_toml(info, member, dsns[member.name], ha))
+        os.chmod(member.config_file, 0o600)
+    info.save()
+
+
+async def prepare(info: ClusterInfo, ha: dict[str, Any] | None = None) -> None:
+    """Create directories, the store instance and one migrated database per node, and node configs."""
+    await asyncio.to_thread(Path(info.dir).mkdir, parents=True, exist_ok=True)
+    os.chmod(info.dir, 0o755)
+    server = store_server(info)
+    await server.init()
+    await server.start()
+    dsns = {member.name: server.dsn(f"ram_{member.name}") for member in info.members}
+    conn = await asyncpg.connect(server.dsn())
+    try:
+        for member in info.members:
+            db = f"ram_{member.name}"
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db):
+                await conn.execute(f'CREATE DATABASE "{db}"')
+    finally:
+        await conn.close()
+    for dsn in dsns.values():
+        await asyncio.to_thread(schema.upgrade, dsn)
+    await asyncio.to_thread(_write_layout, info, dsns, ha)
+
+
+def start_node(info: ClusterInfo, member: MemberInfo) -> int:
+    """Start ``ram node run`` for one member in the background; returns its pid."""
+    log = open(member.log_file, "ab")  # noqa: SIM115 - handed to the child process
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ram.cli.ram_cmd", "node", "run", "--config", member.config_file],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=member.node_dir,
+        )
+    finally:
+        log.close()
+    member.pid = proc.pid
+    info.save()
+    return proc.pid
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not reaped) is not alive.
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if status == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            return False
+    return True
+
+
+def stop_node(member: MemberInfo, *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> bool:
+    """Stop one node process by pid (SIGTERM, then SIGKILL after ``timeout``). True if it was running."""
+    pid = member.pid
+    if not pid_alive(pid):
+        return False
+    assert pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while pid_alive(pid):
+            time.sleep(0.02)
+    return True

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ram.ha.settings import HASettings
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 DEFAULT_API_PORT = 8008
 DEFAULT_PG_PORT = 5432
@@ -192,6 +194,7 @@ class NodeConfig(_Strict):
     store: StoreSettings = StoreSettings()
     api: ApiSettings = ApiSettings()
     postgres: PostgresSettings = PostgresSettings()
+    ha: HASettings = HASettings()
     log_format: Annotated[str, Field(pattern="^(json|kv)$", description="Log lines as json or key=value.")] = "kv"
     log_level: Annotated[str, Field(pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")] = "INFO"
 

@@ -1,0 +1,251 @@
+"""The primary lease: when the primary must fence itself and when the arbiter may promote another node.
+
+Model
+=====
+
+Real time is ``t``. Every node ``X`` has a monotonic clock ``C_X`` whose rate against real time stays
+within ``[1 - rho, 1 + rho]`` (``rho = HASettings.clock_drift``), so for ``a <= b``::
+
+    (1 - rho)(b - a)  <=  C_X(b) - C_X(a)  <=  (1 + rho)(b - a)                                  (D)
+
+Clocks of different nodes are never compared; only durations measured on one clock are used.
+``lease = lease_s``, ``m = safety_margin_s``, ``d = fence_duration_s`` (an upper bound, on the
+holder's clock, from "start fencing" to "PostgreSQL accepts no more writes").
+
+Protocol
+========
+
+1. The holder P reads ``t_sent = C_P(s)`` BEFORE sending a renewal at real time ``s``
+   (:meth:`HolderLease.on_renew_sent`).
+2. The Raft leader L, on RECEIVING the request, starts a ReadIndex round (a heartbeat to a quorum in
+   its current term, begun after the request arrived), waits until it has applied its commit index,
+   evaluates the grant policy on that state (``ram.ha.arbiter.lease_designee``) and, if it grants,
+   records ``t_granted = C_L(g)`` at real time ``g`` after the quorum confirmed
+   (:meth:`ArbiterLeaseView.try_grant`), then answers.
+3. On the answer P extends its lease to ``t_sent + lease`` (:meth:`HolderLease.on_renew_ok`) and
+   starts fencing at ``C_P = t_sent + lease - fence_early`` with ``fence_early = rho * lease + d``
+   (:meth:`HolderLease.must_fence`; the runtime arms a timer at :meth:`HolderLease.fence_at`, and
+   also fences when that timer fires late).
+4. L treats P's lease as expired when ``C_L(now) >= t_granted + lease * (1 + rho) + m``
+   (:meth:`ArbiterLeaseView.expired`); a new leader that recorded no grant uses the instant it
+   learned it was elected, ``leader_since``, in place of ``t_granted``.
+
+Claim: no real instant exists at which P may still accept writes and L considers P's lease expired.
+========================================================================================
+
+*Holder side.* Let ``w`` be the real instant after which P accepts no write. P starts fencing when
+``C_P`` reaches ``t_sent + lease - rho*lease - d`` and is done ``d`` later on its own clock, so
+``C_P(w) - C_P(s) <= lease - rho*lease = (1 - rho) lease``. By (D), ``w - s <= lease``.
+
+*Arbiter side.* Let ``e`` be the first real instant at which L says "expired":
+``C_L(e) - C_L(g) = lease (1 + rho) + m``. By (D), ``e - g >= lease + m / (1 + rho)``.
+
+*Ordering.* ``g >= s``: L answers a request after receiving it, and P read its clock before sending.
+Hence ``e >= g + lease + m/(1+rho) >= s + lease + m/(1+rho) >= w + m/(1+rho) > w`` (for ``m > 0``;
+``m = 0`` still gives ``e >= w``). The margin ``m`` is slack for a fence timer that fires late
+(scheduling, GC): up to ``m / (1 + rho)`` real seconds of lateness are tolerated. Several renewals
+only help: P uses the latest acknowledged ``t_sent``, and every acknowledged ``t_sent`` was granted
+at some ``g >= s``; L uses its latest ``t_granted``.
+
+*A new leader (no grant record).* Let L' learn of its election at real ``u`` (``leader_since =
+C_L'(u)``). Any grant by a leader of an older term T was preceded by a quorum of acks to a heartbeat
+round that L started after receiving the request, so the request was sent at ``s < a_v`` where
+``a_v`` is the ack of some voter ``v`` that also voted for L' (two quorums intersect). A voter that
+has voted in a higher term rejects term-T heartbeats, so ``a_v`` precedes v's vote, which precedes
+``u``. Thus ``s < u``, and the bound above holds with ``u`` in place of ``g``: L' may assume a grant
+at ``leader_since``. (The grant's answer itself may reach P after ``u``; the proof never needed it
+earlier, only ``s``.) Grants from leaders of NEWER terms than L' cannot be known to L'; but L' is
+then deposed: its proposals do not commit and its own grants fail their ReadIndex round.
+
+Who may hold the lease
+======================
+
+The view grants to one holder at a time: a grant to H is refused while any other possible holder's
+lease is not expired. A new leader presumes a grant at ``leader_since`` either to the committed
+primary (only when the committed state is *steady*: a primary and no failover/switchover in
+progress, see ``ram.ha.arbiter.steady_holder``) or, otherwise, to an unknown holder, which delays
+every grant by ``arbiter_wait_s`` after the election. The steady presumption is sound because a
+designee change away from H is proposed only when H's lease is expired in the proposer's view, and
+from the proposal on the proposer refuses H (:meth:`ArbiterLeaseView.revoke`), so no leader holds an
+unexpired grant for a former designee once the change is committed and a later steady state is
+reached. A holder that stopped writing on its own (clean demotion) calls :meth:`HolderLease.release`
+and the leader :meth:`ArbiterLeaseView.on_released`, which ends the wait early.
+
+Requirements on the runtime: the ReadIndex round of a grant starts after the request arrives (do not
+reuse an older confirmation); grants are evaluated on state applied up to the read index; a leader
+builds its view (``on_became_leader``) only after applying the first entry of its term; the fence
+timer acts even while other HA work is in progress.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ram.ha.settings import HASettings
+
+__all__ = ["WILDCARD", "ArbiterLeaseView", "GrantVerdict", "HolderLease", "RenewToken"]
+
+#: Key of a presumed grant to an unknown holder (new leader, non-steady state).
+WILDCARD = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class RenewToken:
+    """One renewal request: ``seq`` orders them, ``t_sent`` is the holder's clock before sending."""
+
+    seq: int
+    t_sent: float
+    epoch: int
+
+
+class HolderLease:
+    """The holder's side (the primary, or the candidate about to promote)."""
+
+    def __init__(self, settings: HASettings) -> None:
+        self._settings = settings
+        self._seq = 0
+        self._epoch = 0
+        self._valid_until: float | None = None
+        self._last_sent: float | None = None
+
+    def on_renew_sent(self, now: float) -> RenewToken:
+        if self._last_sent is not None and now < self._last_sent:
+            raise ValueError(f"monotonic clock went backwards: {now} < {self._last_sent}")
+        self._seq += 1
+        self._last_sent = now
+        return RenewToken(self._seq, now, self._epoch)
+
+    def on_renew_ok(self, token: RenewToken) -> None:
+        """The leader granted ``token``; a late or duplicated answer never shortens the lease."""
+        if token.epoch != self._epoch or token.seq > self._seq:
+            return  # issued before a release, or not ours
+        until = token.t_sent + self._settings.lease_s
+        if self._valid_until is None or until > self._valid_until:
+            self._valid_until = until
+
+    def release(self) -> None:
+        """Give the lease up (clean demotion); answers to requests sent before are ignored."""
+        self._epoch += 1
+        self._valid_until = None
+
+    @property
+    def valid_until(self) -> float | None:
+        return self._valid_until
+
+    def fence_at(self) -> float | None:
+        """Own-clock instant at which fencing must start (None: holds no lease, fence now)."""
+        if self._valid_until is None:
+            return None
+        return self._valid_until - self._settings.fence_early_s
+
+    def must_fence(self, now: float) -> bool:
+        at = self.fence_at()
+        return at is None or now >= at
+
+    def holds(self, now: float) -> bool:
+        return not self.must_fence(now)
+
+    def time_left(self, now: float) -> float:
+        """Seconds (own clock) until fencing must start; 0 when it must fence now."""
+        at = self.fence_at()
+        return 0.0 if at is None else max(0.0, at - now)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantVerdict:
+    granted: bool
+    reason: str
+
+
+class ArbiterLeaseView:
+    """The Raft leader's record of grants. Not leader (``on_became_leader`` not called): nothing expires."""
+
+    def __init__(self, settings: HASettings) -> None:
+        self._settings = settings
+        self._leader_since: float | None = None
+        self._grants: dict[str, float] = {}
+        self._revoked: dict[str, int | None] = {}
+
+    @property
+    def leader_since(self) -> float | None:
+        return self._leader_since
+
+    def on_became_leader(self, now: float, steady_holder: str | None = None) -> None:
+        """Start a fresh view, presuming a grant at ``now`` to ``steady_holder`` or to anyone (None)."""
+        self._leader_since = now
+        self._grants = {steady_holder if steady_holder is not None else WILDCARD: now}
+        self._revoked = {}
+
+    def on_lost_leadership(self) -> None:
+        self._leader_since = None
+        self._grants = {}
+        self._revoked = {}
+
+    def on_grant(self, holder: str, now: float) -> None:
+        """Record a grant (``now``: after the quorum confirmed). Prefer :meth:`try_grant`."""
+        if self._leader_since is None:
+            raise RuntimeError("on_grant while not leader")
+        prev = self._grants.get(holder)
+        self._grants[holder] = now if prev is None else max(prev, now)
+
+    def on_released(self, holder: str) -> None:
+        """``holder`` stopped accepting writes by itself and gave the lease up."""
+        self._grants.pop(holder, None)
+
+    def revoke(self, holder: str, until_position: int | None = None) -> None:
+        """Refuse ``holder`` from now on (a decision moving the lease away from it is being proposed).
+
+        With ``until_position`` (the proposal's log index) the refusal ends once the state passed to
+        :meth:`try_grant` has applied that position; otherwise it lasts until :meth:`restore`.
+        """
+        self._revoked[holder] = until_position
+
+    def restore(self, holder: str) -> None:
+        self._revoked.pop(holder, None)
+
+    def revoked(self, holder: str) -> bool:
+        return holder in self._revoked
+
+    def deadline(self, holder: str) -> float:
+        """Leader-clock instant from which ``holder``'s lease is expired (inf when not leader)."""
+        if self._leader_since is None:
+            return math.inf
+        last = max(self._leader_since, self._grants.get(holder, self._leader_since), self._grants.get(WILDCARD, 0.0))
+        return last + self._settings.arbiter_wait_s
+
+    def expired(self, holder: str, now: float) -> bool:
+        return now >= self.deadline(holder)
+
+    def seconds_until_expired(self, holder: str, now: float) -> float:
+        return max(0.0, self.deadline(holder) - now)
+
+    def all_expired(self, now: float) -> bool:
+        """No node may hold a lease from this leader or an older one."""
+        return all(self.expired(h, now) for h in self._grants) and self.expired(WILDCARD, now)
+
+    def holders(self, now: float) -> list[str]:
+        """Holders (possibly ``WILDCARD``) whose lease is not expired."""
+        return sorted(h for h in self._grants if not self.expired(h, now))
+
+    def try_grant(self, holder: str, now: float, *, applied_position: int = 0) -> GrantVerdict:
+        """Grant ``holder`` (already checked against the grant policy) if no other lease may be valid."""
+        if self._leader_since is None:
+            return GrantVerdict(False, "not the Raft leader")
+        if holder in self._revoked:
+            until = self._revoked[holder]
+            if until is not None and applied_position >= until:
+                del self._revoked[holder]
+            else:
+                return GrantVerdict(False, f"lease of {holder} is being revoked")
+        others = [h for h in self._grants if h != holder and not self.expired(h, now)]
+        if others:
+            h = others[0]
+            who = "an unknown holder (presumed at election)" if h == WILDCARD else h
+            return GrantVerdict(
+                False, f"lease of {who} may be valid for {self.seconds_until_expired(h, now):.2f} s more"
+            )
+        for h in [h for h in self._grants if h != holder]:
+            del self._grants[h]
+        self.on_grant(holder, now)
+        return GrantVerdict(True, f"granted to {holder}")

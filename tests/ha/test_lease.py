@@ -1,0 +1,302 @@
+"""Lease timing: unit tests and the safety property over arbitrary delays, drifts and schedules."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from ram.ha.lease import WILDCARD, ArbiterLeaseView, HolderLease, RenewToken
+from ram.ha.settings import HASettings
+
+S = HASettings()
+
+
+def test_settings_defaults_and_derived() -> None:
+    assert S.fence_early_s == pytest.approx(2.0 * 0.01 + 0.5)
+    assert S.arbiter_wait_s == pytest.approx(2.0 * 1.01 + 0.2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"renew_interval_s": 1.0}, "renew_interval_s (1.0) * 3 must be <= lease_s"),
+        ({"fence_duration_s": 1.6}, "lease_s is too short for fence_duration_s"),
+        ({"report_timeout_s": 0.3}, "report_interval_s (0.25) * 2 must be <= report_timeout_s"),
+        ({"clock_drift": 0.5}, "clock_drift"),
+        ({"synchronous_mode": "sometimes"}, "synchronous_mode"),
+        ({"lease_s": -1}, "lease_s"),
+        ({"unknown_key": 1}, "unknown_key"),
+    ],
+)
+def test_settings_validation_names_keys(kwargs: dict[str, object], needle: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        HASettings(**kwargs)
+    assert needle in str(exc.value)
+
+
+def test_settings_frozen() -> None:
+    with pytest.raises(ValidationError):
+        S.lease_s = 3.0  # type: ignore[misc]
+
+
+def test_holder_lease_basics() -> None:
+    h = HolderLease(S)
+    assert h.must_fence(0.0) and h.time_left(0.0) == 0.0 and h.fence_at() is None
+    tok = h.on_renew_sent(10.0)
+    assert h.must_fence(10.0)  # not granted yet
+    h.on_renew_ok(tok)
+    assert h.valid_until == 12.0
+    assert h.fence_at() == pytest.approx(12.0 - S.fence_early_s)
+    assert not h.must_fence(11.0)
+    assert h.time_left(11.0) == pytest.approx(12.0 - S.fence_early_s - 11.0)
+    assert h.must_fence(12.0 - S.fence_early_s)
+    # A late answer to an older request never shortens the lease.
+    t1 = h.on_renew_sent(10.5)
+    t2 = h.on_renew_sent(10.75)
+    h.on_renew_ok(t2)
+    h.on_renew_ok(t1)
+    assert h.valid_until == 12.75
+    # Release: answers to requests sent before are ignored.
+    t3 = h.on_renew_sent(11.0)
+    h.release()
+    h.on_renew_ok(t3)
+    assert h.must_fence(11.0)
+    with pytest.raises(ValueError, match="backwards"):
+        h.on_renew_sent(1.0)
+
+
+def test_arbiter_view_not_leader_never_expires() -> None:
+    v = ArbiterLeaseView(S)
+    assert not v.expired("p", 1e9)
+    assert v.seconds_until_expired("p", 0) == math.inf
+    assert not v.try_grant("p", 0).granted
+    with pytest.raises(RuntimeError):
+        v.on_grant("p", 0.0)
+
+
+def test_arbiter_view_new_leader_presumes_grant_at_election() -> None:
+    v = ArbiterLeaseView(S)
+    v.on_became_leader(100.0)  # unknown holder
+    assert not v.expired("p", 100.0 + S.arbiter_wait_s - 0.01)
+    assert v.expired("p", 100.0 + S.arbiter_wait_s)
+    verdict = v.try_grant("p", 101.0)
+    assert not verdict.granted and "unknown holder" in verdict.reason
+    assert v.try_grant("p", 100.0 + S.arbiter_wait_s).granted
+
+
+def test_arbiter_view_steady_holder_renews_at_once_others_wait() -> None:
+    v = ArbiterLeaseView(S)
+    v.on_became_leader(100.0, steady_holder="p")
+    assert v.try_grant("p", 100.1).granted
+    r = v.try_grant("x", 101.0)
+    assert not r.granted and r.reason.startswith("lease of p may be valid for")
+    assert v.seconds_until_expired("p", 101.0) == pytest.approx(100.1 + S.arbiter_wait_s - 101.0)
+    assert v.try_grant("x", 100.1 + S.arbiter_wait_s).granted
+    assert v.holders(100.1 + S.arbiter_wait_s) == ["x"]
+    # p must now wait for x
+    assert not v.try_grant("p", 100.2 + S.arbiter_wait_s).granted
+
+
+def test_arbiter_view_release_and_revoke() -> None:
+    v = ArbiterLeaseView(S)
+    v.on_became_leader(0.0, steady_holder="p")
+    t = S.arbiter_wait_s + 1
+    assert v.try_grant("p", t).granted
+    v.revoke("p", until_position=10)
+    r = v.try_grant("p", t + 0.1, applied_position=9)
+    assert not r.granted and "being revoked" in r.reason
+    assert v.try_grant("p", t + 0.1, applied_position=10).granted
+    v.revoke("p")
+    assert not v.try_grant("p", t + 0.2, applied_position=99).granted
+    v.restore("p")
+    assert v.try_grant("p", t + 0.2).granted
+    v.on_released("p")
+    assert v.expired("p", t + 0.3)
+    assert v.try_grant("x", t + 0.3).granted
+    assert WILDCARD not in v.holders(t + 0.3)
+    v.on_lost_leadership()
+    assert not v.expired("x", 1e9)
+
+
+# ------------------------------------------------------------------------------------------------
+# The safety property: no real instant where P may still write and the arbiter says "expired".
+
+
+@dataclass(frozen=True)
+class Clock:
+    offset: float
+    rate: float
+
+    def at(self, t: float) -> float:
+        return self.offset + self.rate * t
+
+    def real(self, c: float) -> float:
+        return (c - self.offset) / self.rate
+
+
+settings_st = st.builds(
+    HASettings,
+    lease_s=st.floats(1.0, 10.0),
+    renew_interval_s=st.just(0.25),
+    clock_drift=st.floats(0.0, 0.1),
+    safety_margin_s=st.floats(0.0, 0.5),
+    fence_duration_s=st.floats(0.0, 0.4),
+)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[HASettings, Clock, Clock, Clock, float, list[tuple[float, float, float, bool]]]:
+    s = draw(settings_st)
+    rho = s.clock_drift
+    rate = st.floats(1 - rho, 1 + rho)
+    cp = Clock(draw(st.floats(-1e4, 1e4)), draw(rate))
+    cl = Clock(draw(st.floats(-1e4, 1e4)), draw(rate))
+    cl2 = Clock(draw(st.floats(-1e4, 1e4)), draw(rate))
+    n = draw(st.integers(1, 25))
+    gaps = draw(st.lists(st.floats(0.0, 3.0), min_size=n, max_size=n))
+    reqs = []
+    t = 0.0
+    for g in gaps:
+        t += g
+        reqs.append((t, draw(st.floats(0.0, 4.0)), draw(st.floats(0.0, 4.0)), draw(st.booleans())))
+    u = draw(st.floats(0.0, t + 5.0))  # real instant the second leader learns it was elected
+    return s, cp, cl, cl2, u, reqs
+
+
+def _check(
+    s: HASettings,
+    cp: Clock,
+    leaders: list[tuple[Clock, float, float, str | None]],
+    reqs: list[tuple[float, float, float, bool]],
+) -> None:
+    """``leaders``: (clock, elected_at_real, deposed_at_real, steady_holder); requests sent in
+    [elected, deposed) go to that leader. Checks every interval between events exactly."""
+    holder = HolderLease(s)
+    views = []
+    for clock, elected, _deposed, steady in leaders:
+        v = ArbiterLeaseView(s)
+        views.append(v)
+        if elected == 0.0:
+            v.on_became_leader(clock.at(0.0), steady_holder=steady)
+    events: list[tuple[float, int, str, object]] = []
+    for i, (_clock, elected, _, _) in enumerate(leaders):
+        if elected > 0.0:
+            events.append((elected, 0, "elect", i))
+    for k, req in enumerate(reqs):
+        events.append((req[0], 1, "send", k))
+    tokens: dict[int, RenewToken] = {}
+    timeline: list[float] = [0.0]
+    # Process in real-time order, generating grant/answer events as we go.
+    heap: list[tuple[float, int, int, str, Any]] = [(e[0], e[1], n, e[2], e[3]) for n, e in enumerate(events)]
+    heapq.heapify(heap)
+    seqn = len(heap)
+    while heap:
+        t, _, _, kind, arg = heapq.heappop(heap)
+        # Before applying this event, check the open interval [last, t).
+        _check_interval(s, cp, leaders, views, holder, timeline[-1], t)
+        timeline.append(t)
+        if kind == "elect":
+            i = int(arg)
+            clock, _, _, steady = leaders[i]
+            views[i].on_became_leader(clock.at(t), steady_holder=steady)
+        elif kind == "send":
+            k = int(arg)
+            _sent, d1, d2, ok = reqs[k]
+            tokens[k] = holder.on_renew_sent(cp.at(t))
+            li = _leader_at(leaders, t)
+            if li is not None and ok:
+                heapq.heappush(heap, (t + d1, 2, seqn, "grant", (k, li, d2)))
+                seqn += 1
+        elif kind == "grant":
+            k, li, d2 = arg
+            clock = leaders[li][0]
+            if views[li].try_grant("p", clock.at(t)).granted:
+                heapq.heappush(heap, (t + d2, 3, seqn, "ok", k))
+                seqn += 1
+        elif kind == "ok":
+            holder.on_renew_ok(tokens[int(arg)])
+    _check_interval(s, cp, leaders, views, holder, timeline[-1], timeline[-1] + 100.0)
+
+
+def _leader_at(leaders: list[tuple[Clock, float, float, str | None]], t: float) -> int | None:
+    for i, (_, elected, deposed, _) in enumerate(leaders):
+        if elected <= t < deposed:
+            return i
+    return None
+
+
+def _check_interval(
+    s: HASettings,
+    cp: Clock,
+    leaders: list[tuple[Clock, float, float, str | None]],
+    views: list[ArbiterLeaseView],
+    holder: HolderLease,
+    a: float,
+    b: float,
+) -> None:
+    if b <= a:
+        return
+    fence = holder.fence_at()
+    if fence is None:
+        return
+    writes_end = cp.real(fence + s.fence_duration_s)  # P may write strictly before this real instant
+    for (clock, elected, deposed, _), view in zip(leaders, views, strict=True):
+        if view.leader_since is None:
+            continue
+        lo, hi = max(a, elected), min(b, deposed)
+        expired_from = clock.real(view.deadline("p"))
+        start = max(lo, expired_from)
+        end = min(hi, writes_end)
+        assert not start < end - 1e-9, (
+            f"P may write until {writes_end:.6f} but leader says expired from {expired_from:.6f} (interval {a}..{b})"
+        )
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenarios())
+def test_lease_safety_single_leader(
+    sc: tuple[HASettings, Clock, Clock, Clock, float, list[tuple[float, float, float, bool]]],
+) -> None:
+    s, cp, cl, _cl2, _u, reqs = sc
+    _check(s, cp, [(cl, 0.0, math.inf, "p")], reqs)
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenarios(), st.sampled_from([None, "p"]))
+def test_lease_safety_across_leader_change(
+    sc: tuple[HASettings, Clock, Clock, Clock, float, list[tuple[float, float, float, bool]]],
+    steady: str | None,
+) -> None:
+    """Requests sent before ``u`` are answered by the old leader (possibly after ``u``: its quorum
+    acks preceded the election); the new leader knows nothing of those grants."""
+    s, cp, cl, cl2, u, reqs = sc
+    if u <= 0.0:
+        u = 1e-3
+    _check(s, cp, [(cl, 0.0, u, "p"), (cl2, u, math.inf, steady)], reqs)
+
+
+def test_safety_checker_detects_a_broken_rule() -> None:
+    """Sanity: with the arbiter waiting only lease * (1 - drift), a slow arbiter clock breaks safety."""
+    s = HASettings(clock_drift=0.1, safety_margin_s=0.0, fence_duration_s=0.0, lease_s=2.0)
+
+    class Broken(ArbiterLeaseView):
+        def deadline(self, holder: str) -> float:
+            return super().deadline(holder) - s.lease_s * 0.25
+
+    cp = Clock(0.0, 0.9)  # slow holder clock: it fences late in real time
+    cl = Clock(0.0, 1.1)
+    holder = HolderLease(s)
+    view = Broken(s)
+    view.on_became_leader(0.0, "p")
+    tok = holder.on_renew_sent(cp.at(1.0))
+    assert view.try_grant("p", cl.at(1.0)).granted
+    holder.on_renew_ok(tok)
+    with pytest.raises(AssertionError):
+        _check_interval(s, cp, [(cl, 0.0, math.inf, "p")], [view], holder, 1.0, 100.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ram import __version__
+from ram.cli.cluster_cmd import cluster_group
 from ram.cli.node_cmd import node_group
 from ram.cli.store_cmd import store_group
 
@@ -20,6 +21,7 @@ def cli() -> None:
     """
 
 
+cli.add_command(cluster_group)
 cli.add_command(node_group)
 cli.add_command(store_group)
 

@@ -1,0 +1,193 @@
+"""Operations: maintenance on/off, switchover, failover, restart and reinit of a member.
+
+Each is one write the API commits through Raft; the high-availability layer then carries it out.
+Those that move the primary or touch a running PostgreSQL ask first, unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from ram.cli.ctl_context import client, confirm, force_option
+from ram.cli.ctl_http import ApiClient, CtlError
+
+#: A scheduled switchover this far in the past is a typo, not a plan.
+PAST_TOLERANCE = timedelta(minutes=1)
+
+
+def operator() -> str:
+    """Who asked, recorded with the event (``ramctrl:alice@laptop``)."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (containers): the host still says something
+        user = "unknown"
+    return f"ramctrl:{user}@{socket.gethostname()}"[:200]
+
+
+def parse_at(text: str, now: datetime | None = None) -> tuple[datetime, bool]:
+    """ISO 8601 (``2025-06-01T02:00``, ``...Z``, ``...+02:00``) -> aware datetime, and whether it was naive.
+
+    A time without zone is taken as local time: the operator's own clock is the least surprising.
+    """
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CtlError(f"--at {text!r}: expected an ISO 8601 time such as 2025-06-01T02:00:00+02:00") from None
+    naive = moment.tzinfo is None
+    moment = moment.astimezone() if naive else moment
+    now = now or datetime.now().astimezone()
+    if moment < now - PAST_TOLERANCE:
+        raise CtlError(f"--at {moment.isoformat()} is in the past")
+    return moment, naive
+
+
+def _accepted(answer: Mapping[str, Any], what: str) -> None:
+    write = answer.get("write") or {}
+    click.echo(f"{what} accepted (operation {answer.get('operation', '?')}, committed at index {write.get('index')}).")
+
+
+def _cluster(api: ApiClient) -> Mapping[str, Any]:
+    body = api.request("GET", "/cluster")
+    if not isinstance(body, dict):
+        raise CtlError("GET /cluster: unexpected answer")
+    return body
+
+
+def _member_names(cluster: Mapping[str, Any]) -> list[str]:
+    return [str(m.get("name")) for m in cluster.get("members") or []]
+
+
+def _require_member(cluster: Mapping[str, Any], name: str) -> None:
+    names = _member_names(cluster)
+    if name not in names:
+        raise CtlError(f"no member named {name!r}; members: {', '.join(names) or '(none)'}")
+
+
+@click.command()
+@click.option("--reason", default="", help="Why (recorded with the event).")
+def pause(reason: str) -> None:
+    """Turn maintenance mode on: no automatic failover until 'ramctrl resume'.
+
+    PostgreSQL keeps running; use it around planned work on the hosts.
+
+    \b
+    Example:
+      ramctrl pause --reason "kernel upgrade"
+    """
+    answer = client().request("POST", "/maintenance", json={"reason": reason, "by": operator()})
+    changed = bool((answer.get("write") or {}).get("events"))
+    click.echo("Maintenance mode: on" + ("" if changed else " (it already was)"))
+
+
+@click.command()
+def resume() -> None:
+    """Turn maintenance mode off: automatic failover is active again.
+
+    \b
+    Example:
+      ramctrl resume
+    """
+    answer = client().request("DELETE", "/maintenance")
+    changed = bool((answer.get("write") or {}).get("events"))
+    click.echo("Maintenance mode: off" + ("" if changed else " (it already was)"))
+
+
+@click.command()
+@click.option("--to", "candidate", metavar="NAME", help="The member to promote (default: the cluster picks the best).")
+@click.option("--at", "at", metavar="TIME", help="When, ISO 8601; without a zone it is local time.")
+@click.option("--reason", default="", help="Why (recorded with the event).")
+@force_option
+def switchover(candidate: str | None, at: str | None, reason: str, force: bool) -> None:
+    """Planned switchover: the primary hands over to a healthy replica.
+
+    \b
+    Example:
+      ramctrl switchover --to node2
+      ramctrl switchover --to node2 --at 2025-06-01T02:00:00+02:00 --force
+    """
+    body: dict[str, Any] = {"reason": reason}
+    if candidate:
+        body["candidate"] = candidate
+    when = "now"
+    if at:
+        moment, naive = parse_at(at)
+        body["scheduled_at"] = moment.isoformat()
+        when = moment.isoformat() + (" (no zone given: local time)" if naive else "")
+        if naive:
+            click.echo(f"Note: --at has no time zone; taking it as local time: {moment.isoformat()}", err=True)
+    api = client()
+    if not force:
+        cluster = _cluster(api)
+        if candidate:
+            _require_member(cluster, candidate)
+        click.echo(f"Current primary: {cluster.get('primary') or 'none'}", err=True)
+        click.echo(f"Candidate: {candidate or '(chosen by the cluster)'}", err=True)
+        click.echo(f"When: {when}", err=True)
+        confirm("Switch over?", force)
+    _accepted(api.request("POST", "/switchover", json=body), "Switchover")
+
+
+@click.command()
+@click.option("--to", "candidate", metavar="NAME", required=True, help="The member to promote.")
+@click.option("--reason", default="", help="Why (recorded with the event).")
+@force_option
+def failover(candidate: str, reason: str, force: bool) -> None:
+    """Manual failover: promote NAME now, even if the primary is not healthy.
+
+    Use switchover when the primary is healthy; a failover may lose transactions not yet
+    replicated to NAME (in asynchronous mode).
+
+    \b
+    Example:
+      ramctrl failover --to node3
+      ramctrl failover --to node3 --force
+    """
+    api = client()
+    if not force:
+        cluster = _cluster(api)
+        _require_member(cluster, candidate)
+        click.echo(f"Current primary: {cluster.get('primary') or 'none'}; candidate: {candidate}", err=True)
+        confirm(f"Fail over to {candidate}? Unreplicated transactions may be lost.", force)
+    _accepted(api.request("POST", "/failover", json={"candidate": candidate, "reason": reason}), "Failover")
+
+
+def _member_operation(name: str, force: bool, action: str, question: str) -> None:
+    api = client()
+    if not force:
+        _require_member(_cluster(api), name)
+        confirm(question, force)
+    answer = api.request("POST", f"/members/{quote(name, safe='')}/{action}")
+    _accepted(answer, f"{action.capitalize()} of {name}")
+
+
+@click.command()
+@click.argument("name")
+@force_option
+def restart(name: str, force: bool) -> None:
+    """Restart NAME's PostgreSQL (e.g. to apply parameters pending restart).
+
+    \b
+    Example:
+      ramctrl restart node2
+    """
+    _member_operation(name, force, "restart", f"Restart PostgreSQL on {name}?")
+
+
+@click.command()
+@click.argument("name")
+@force_option
+def reinit(name: str, force: bool) -> None:
+    """Re-clone NAME from the primary, discarding its data directory.
+
+    \b
+    Example:
+      ramctrl reinit node3 --force
+    """
+    _member_operation(name, force, "reinit", f"Discard {name}'s data and clone it again from the primary?")

@@ -1,0 +1,298 @@
+"""ramctrl end to end: real HTTP to a real in-process 3-node cluster (real Raft, real stores)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.api.conftest import ApiCluster
+from tests.cli.conftest import ctl, ctl_process, one_error_line
+from tests.conftest import free_port
+
+
+async def _get(cluster: ApiCluster, path: str, i: int = 0) -> Any:
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.get(cluster.url(i) + path)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def _dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+# ------------------------------------------------------------------------------------- reads
+
+
+async def test_status_table_and_json(api_cluster: ApiCluster) -> None:
+    leader = await api_cluster.settled()
+    run = await ctl(api_cluster, "status")
+    assert run.exit_code == 0, run
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("Cluster: ram (test)") and f"Raft leader: {leader.config.name}" in lines[0]
+    assert lines[1].split() == ["Member", "Host", "Role", "State", "TL", "Lag", "Raft"]
+    rows = {line.split()[0]: line.split() for line in lines[3:6]}
+    assert sorted(rows) == ["node1", "node2", "node3"]
+    for name, row in rows.items():
+        assert row[-1] == ("leader" if name == leader.config.name else "voter")
+        assert "unknown" in row  # no HA layer yet: role and state unknown
+    run = await ctl(api_cluster, "status", "--json")
+    assert run.exit_code == 0
+    body = json.loads(run.stdout)
+    assert body["raft_leader"] == leader.config.name and len(body["members"]) == 3
+
+
+async def test_pause_and_resume_show_in_status(api_cluster: ApiCluster) -> None:
+    run = await ctl(api_cluster, "pause", "--reason", "kernel upgrade")
+    assert run.exit_code == 0 and "Maintenance mode: on" in run.stdout, run
+    await api_cluster.barrier()
+    status = await ctl(api_cluster, "status")
+    assert "Maintenance mode: on (kernel upgrade)" in status.stdout
+    again = await ctl(api_cluster, "pause")
+    assert again.exit_code == 0 and "already" in again.stdout
+    run = await ctl(api_cluster, "resume")
+    assert run.exit_code == 0 and "Maintenance mode: off" in run.stdout
+    await api_cluster.barrier()
+    assert "Maintenance mode" not in (await ctl(api_cluster, "status")).stdout
+    events = await ctl(api_cluster, "events", "--type", "maintenance_mode_changed", "--json")
+    records = [json.loads(line) for line in events.stdout.splitlines()]
+    assert records and all(r["type"] == "maintenance_mode_changed" for r in records)
+    assert records[-1]["data"]["enabled"] is False
+    assert any(r["data"]["reason"] == "kernel upgrade" and r["data"]["by"].startswith("ramctrl:") for r in records)
+
+
+async def test_config_set_and_show_roundtrip(api_cluster: ApiCluster) -> None:
+    run = await ctl(
+        api_cluster, "config", "set", "cli.number=42", "cli.flag=true", "cli.text=8MB", 'cli.obj={"a": [1, 2]}',
+        "postgresql.parameters.max_connections=300",
+    )
+    assert run.exit_code == 0, run
+    assert "Pending restart" in run.stdout and "postgresql.parameters.max_connections" in run.stdout
+    config = (await _get(api_cluster, "/config", 2))["config"]
+    assert config["cli.number"] == 42 and config["cli.flag"] is True and config["cli.text"] == "8MB"
+    assert config["cli.obj"] == {"a": [1, 2]}
+    show = await ctl(api_cluster, "config", "show")
+    assert show.exit_code == 0
+    assert any(line.split() == ["cli.number", "42"] for line in show.stdout.splitlines())
+    assert any(line.split() == ["cli.text", '"8MB"'] for line in show.stdout.splitlines())
+    shown = json.loads((await ctl(api_cluster, "config", "show", "--json")).stdout)
+    assert shown["config"]["cli.obj"] == {"a": [1, 2]}
+    same = await ctl(api_cluster, "config", "set", "cli.number=42")
+    assert same.exit_code == 0 and "Nothing changed" in same.stdout
+    removed = await ctl(api_cluster, "config", "set", "cli.flag=null")
+    assert removed.exit_code == 0 and "cli.flag removed" in removed.stdout
+    assert "cli.flag" not in (await _get(api_cluster, "/config"))["config"]
+
+
+async def test_config_set_bad_input(api_cluster: ApiCluster) -> None:
+    before = await _get(api_cluster, "/config")
+    for args, needle in [
+        (("novalue",), "KEY=VALUE"),
+        (("=5",), "key"),
+        (("a=1", "a=2"), "twice"),
+        (("postgresql.parameters.bad-name=1",), "not a PostgreSQL parameter name"),  # refused by the API
+    ]:
+        run = await ctl(api_cluster, "config", "set", *args)
+        assert run.exit_code == 1, run
+        assert needle in one_error_line(run)
+    assert await _get(api_cluster, "/config") == before
+
+
+async def test_config_edit_sends_only_changes(api_cluster: ApiCluster, editor: Path) -> None:
+    setup = await ctl(api_cluster, "config", "set", "edit.keep=1", "edit.change=old", "edit.drop=true")
+    assert setup.exit_code == 0, setup
+    current = (await _get(api_cluster, "/config"))["config"]
+    new = {k: v for k, v in current.items() if k != "edit.drop"}
+    new["edit.change"] = "new"
+    new["edit.added"] = [1, 2]
+    (editor.parent / "edited").write_text(json.dumps(new))  # JSON is YAML too
+    run = await ctl(api_cluster, "config", "edit", input="y\n", env={"EDITOR": str(editor)})
+    assert run.exit_code == 0, run
+    assert '+ edit.change: "new"' in run.stdout and "- edit.drop: true" in run.stdout
+    assert "edit.keep" not in run.stdout.split("Changed")[0]
+    await api_cluster.barrier()
+    assert (await _get(api_cluster, "/config", 1))["config"] == new
+    last = (await ctl(api_cluster, "events", "--type", "dynamic_config_changed", "--json", "--limit", "1000"))
+    changes = json.loads(last.stdout.splitlines()[-1])["data"]["changes"]
+    assert sorted(changes) == ["edit.added", "edit.change", "edit.drop"]
+    # Saving the same document again: nothing to send.
+    (editor.parent / "edited").write_text(json.dumps(new))
+    run = await ctl(api_cluster, "config", "edit", "--format", "json", env={"EDITOR": str(editor)})
+    assert run.exit_code == 0 and "Nothing changed" in run.stdout
+
+
+async def test_config_edit_invalid_sends_nothing(api_cluster: ApiCluster, editor: Path) -> None:
+    before = await _get(api_cluster, "/config")
+    applied = api_cluster.nodes[0].applied_index
+    for content, needle in [
+        ("key: [unclosed\n", "not valid YAML"),
+        ("- a\n- list\n", "must be a mapping"),
+        ("", "must be a mapping"),
+        ("when: 2024-01-01\n", "not a JSON value"),
+    ]:
+        (editor.parent / "edited").write_text(content)
+        run = await ctl(api_cluster, "config", "edit", "--force", env={"EDITOR": str(editor)})
+        message = one_error_line(run)
+        assert run.exit_code == 1 and needle in message and "nothing was sent" in message, run
+    run = await ctl(api_cluster, "config", "edit", "--format", "json", "--force", env={"EDITOR": "false"})
+    assert run.exit_code == 1 and "editor" in one_error_line(run)
+    await api_cluster.barrier()
+    assert await _get(api_cluster, "/config") == before
+    assert api_cluster.nodes[0].applied_index == applied  # no entry was proposed
+
+
+async def test_events_table_type_and_paging(api_cluster: ApiCluster) -> None:
+    run = await ctl(api_cluster, "events", "--limit", "1000")
+    assert run.exit_code == 0, run
+    lines = run.stdout.splitlines()
+    assert lines[0].split() == ["Pos", "Time", "Type", "Summary"]
+    assert any("raft_leader_elected" in line for line in lines[2:])
+    run = await ctl(api_cluster, "events", "-t", "cluster_bootstrapped", "-t", "raft_leader_elected", "--json")
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert {r["type"] for r in records} == {"cluster_bootstrapped", "raft_leader_elected"}
+    assert [r["position"] for r in records] == sorted(r["position"] for r in records)
+    page = await ctl(api_cluster, "events", "--limit", "1")
+    assert page.exit_code == 0 and "--after" in page.stderr
+    bad = await ctl(api_cluster, "events", "--type", "no_such_type")
+    assert bad.exit_code == 1 and "unknown event type" in one_error_line(bad)
+    far = await ctl(api_cluster, "events", "--after", "999999999")
+    assert far.exit_code == 0 and "No events" in far.stdout
+
+
+async def test_events_follow_receives_a_new_event(api_cluster: ApiCluster) -> None:
+    after = api_cluster.nodes[0].applied_index
+    urls = [a for i in (2, 0) for a in ("--api", api_cluster.url(i))]
+    proc = await ctl_process(*urls, "events", "--follow", "--json", "--after", str(after),
+                             "--type", "dynamic_config_changed")
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.patch(api_cluster.url(1) + "/config", json={"follow.marker": 7})
+            assert r.status_code == 200, r.text
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        event = json.loads(line)
+        assert event["type"] == "dynamic_config_changed" and "follow.marker" in event["data"]["changes"]
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean end, exit 0
+        code = await asyncio.wait_for(proc.wait(), 10)
+    stderr = (await proc.stderr.read()).decode()
+    assert code == 0 and "Traceback" not in stderr, stderr
+
+
+async def test_history_empty(api_cluster: ApiCluster) -> None:
+    run = await ctl(api_cluster, "history")
+    assert run.exit_code == 0 and "No failovers or switchovers recorded." in run.stdout
+    assert json.loads((await ctl(api_cluster, "history", "--json")).stdout) == {"operations": [], "timelines": []}
+
+
+async def test_dsn(api_cluster: ApiCluster) -> None:
+    cluster = await _get(api_cluster, "/cluster")
+    hosts = ",".join(dict.fromkeys(m["pg_address"] for m in cluster["members"]))  # same host once
+    run = await ctl(api_cluster, "dsn")
+    assert run.exit_code == 0, run
+    assert run.stdout.splitlines() == [
+        f"writers: postgresql://{hosts}/postgres?target_session_attrs=read-write",
+        f"readers: postgresql://{hosts}/postgres?target_session_attrs=any&load_balance_hosts=random",
+    ]
+    body = json.loads((await ctl(api_cluster, "dsn", "--json", "--user", "app", "--dbname", "shop")).stdout)
+    assert body["writers"] == f"postgresql://app@{hosts}/shop?target_session_attrs=read-write"
+
+
+async def test_health(api_cluster: ApiCluster) -> None:
+    await api_cluster.settled()
+    run = await ctl(api_cluster, "health")
+    assert run.exit_code == 0, run
+    assert run.stdout.count(" ok ") == 3
+    dead = _dead_url()
+    run = await ctl(api_cluster, "health", "--json", apis=[api_cluster.url(0), dead])
+    results = json.loads(run.stdout)
+    assert run.exit_code == 1 and [r["ok"] for r in results] == [True, False]
+    assert dead in one_error_line(run)
+
+
+# ------------------------------------------------------------------------------ membership
+
+
+async def test_add_and_remove_node(api_cluster: ApiCluster) -> None:
+    raft = f"127.0.0.1:{free_port()}"
+    run = await ctl(api_cluster, "add-node", "node7", "--node-id", "7", "--raft", raft, "--api", "127.0.0.1:8017",
+                    "--pg", "127.0.0.1:5437", "--nofailover")
+    assert run.exit_code == 0 and "learner" in run.stdout, run
+    member = await _get(api_cluster, "/members/node7")
+    assert member["pg_address"] == "127.0.0.1:5437" and member["tags"]["nofailover"] is True
+    status = await ctl(api_cluster, "status")
+    assert any(line.startswith("node7") and "learner" in line and "nofailover" in line
+               for line in status.stdout.splitlines())
+    dup = await ctl(api_cluster, "add-node", "node7", "--node-id", "8", "--raft", raft, "--api", "h:1", "--pg", "h:2")
+    assert "already exists" in one_error_line(dup)
+    bad = await ctl(api_cluster, "add-node", "node8", "--node-id", "8", "--raft", raft, "--api", "h:1", "--pg", "h")
+    assert "--pg" in one_error_line(bad)
+    declined = await ctl(api_cluster, "remove-node", "node7", input="n\n")
+    assert declined.exit_code == 1 and "aborted" in one_error_line(declined, only=False)
+    await _get(api_cluster, "/members/node7")  # still there
+    removed = await ctl(api_cluster, "remove-node", "node7", input="y\n")
+    assert removed.exit_code == 0 and "removed" in removed.stdout, removed
+    await api_cluster.barrier()
+    assert all(m["name"] != "node7" for m in (await _get(api_cluster, "/cluster", 2))["members"])
+
+
+async def test_remove_unknown_member(api_cluster: ApiCluster) -> None:
+    for args in (("remove-node", "ghost"), ("remove-node", "ghost", "--force")):
+        run = await ctl(api_cluster, *args)
+        assert run.exit_code == 1 and "no member named 'ghost'" in one_error_line(run), run
+
+
+# --------------------------------------------------------------------- HA operations (501)
+
+
+async def test_ha_operations_show_the_api_error(api_cluster: ApiCluster) -> None:
+    for args in (
+        ("switchover", "--force"),
+        ("switchover", "--to", "node2", "--at", "2999-01-01T00:00:00+00:00", "--force"),
+        ("failover", "--to", "node3", "--force"),
+        ("restart", "node2", "--force"),
+        ("reinit", "node2", "--force"),
+    ):
+        run = await ctl(api_cluster, *args)
+        message = one_error_line(run)
+        assert run.exit_code == 1 and "not available yet" in message, (args, run)
+    asked = await ctl(api_cluster, "switchover", "--to", "node2", input="y\n")
+    assert "Current primary: none" in asked.stderr and "Candidate: node2" in asked.stderr
+    assert asked.exit_code == 1 and "not available yet" in one_error_line(asked, only=False)
+    unknown = await ctl(api_cluster, "failover", "--to", "ghost", "--force")
+    assert "ghost" in one_error_line(unknown)
+    past = await ctl(api_cluster, "switchover", "--at", "2001-01-01T00:00", "--force")
+    assert "in the past" in one_error_line(past, only=False)
+
+
+# ------------------------------------------------------------------------- connections
+
+
+async def test_all_apis_unreachable_exit_2() -> None:
+    dead = [_dead_url(), _dead_url()]
+    proc = await ctl_process("--api", dead[0], "--api", dead[1], "status")
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: no RAM API reachable"), err
+    assert all(url in lines[0] for url in dead) and out == b""
+
+
+async def test_dead_first_url_fails_over_to_the_next(api_cluster: ApiCluster) -> None:
+    run = await ctl(api_cluster, "status", "--json", apis=[_dead_url(), api_cluster.url(1)])
+    assert run.exit_code == 0, run
+    assert json.loads(run.stdout)["node"] == api_cluster.nodes[1].config.name
+    write = await ctl(api_cluster, "config", "set", "failover.ok=1", apis=[_dead_url(), api_cluster.url(2)])
+    assert write.exit_code == 0, write
+
+
+async def test_ram_api_environment_variable(api_cluster: ApiCluster) -> None:
+    run = await ctl(None, "status", "--json", env={"RAM_API": f"{_dead_url()},{api_cluster.url(2)}"})
+    assert run.exit_code == 0, run
+    assert json.loads(run.stdout)["node"] == api_cluster.nodes[2].config.name

@@ -1,0 +1,756 @@
+"""The arbiter: the Raft leader's decision function, and its lease grant policy.
+
+:func:`arbitrate` is pure: committed state + latest member reports + the leader's lease view + time
+in, a list of decisions out. Each decision carries a ``reason`` (logged and stored in its event) and
+:meth:`Decision.to_events` gives the events the runtime proposes. A decision that moves the lease
+away from a node names it in ``revokes``: the runtime calls ``ArbiterLeaseView.revoke(name,
+until_position=<proposal index>)`` BEFORE proposing (see :mod:`ram.ha.lease`). A ``ChangeSyncSet``
+with ``guard_position`` must be rejected by the apply loop unless ``state.last_position`` equals it.
+
+Per tick: :data:`HEALTH_RULES` give zero or more ``MarkHealth``; then the first matching row of
+:data:`RULES` gives the main decision (or none when the primary is healthy); then, when the primary
+is healthy and nothing is in progress, the sync-set step (:func:`ram.ha.syncset.plan_sync_change`).
+
+Lease designee (who may be granted, :func:`grant_policy`):
+
+* failover in progress to X: X only;
+* accepted switchover P -> X: P (it keeps its lease while it demotes cleanly), and X once X has
+  caught up with P's last reported position and is an eligible candidate (the view still waits for
+  P's lease to end or be released before granting X);
+* otherwise the committed primary, unless its PostgreSQL has been down longer than
+  ``primary_start_timeout_s`` (then its lease runs out and a failover can happen).
+
+A switchover request (``SwitchoverRequested`` from the API) is validated first; the arbiter accepts
+it by proposing a second ``SwitchoverRequested`` naming the chosen candidate, whose ``reason`` starts
+with :data:`ACCEPTED_PREFIX` (the event catalogue has no "switchover started" event; see the open
+questions in the report). Scheduled switchovers: the runtime passes the operation only once due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ram.eventstore.events import (
+    Event,
+    FailoverCompleted,
+    FailoverFailed,
+    FailoverStarted,
+    MemberHealthChanged,
+    PrimaryPromoted,
+    SwitchoverCompleted,
+    SwitchoverFailed,
+    SwitchoverRequested,
+    SynchronousStandbysChanged,
+)
+from ram.ha.candidates import CandidateChoice, CandidateVerdict, MemberObservation, choose_candidate, is_fresh
+from ram.ha.lease import ArbiterLeaseView, GrantVerdict
+from ram.ha.settings import HASettings
+from ram.ha.syncset import SyncConfig, parse_standby_names, plan_sync_change
+from ram.projections.state import ClusterState, OperationRecord
+
+__all__ = [
+    "ACCEPTED_PREFIX",
+    "HEALTH_RULES",
+    "RULES",
+    "AcceptSwitchover",
+    "ArbiterInput",
+    "BootstrapPrimary",
+    "ChangeSyncSet",
+    "CompleteFailover",
+    "CompleteSwitchover",
+    "Decision",
+    "FailFailover",
+    "FailSwitchover",
+    "MarkHealth",
+    "RecordPromotion",
+    "StartFailover",
+    "Wait",
+    "arbitrate",
+    "decide_grant",
+    "grant_policy",
+    "steady_holder",
+    "switchover_accepted",
+]
+
+ACCEPTED_PREFIX = "accepted by the arbiter: "
+
+
+# -- decisions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    reason: str
+
+    @property
+    def revokes(self) -> str | None:
+        return None
+
+    def to_events(self) -> list[Event]:
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class Wait(Decision):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapPrimary(Decision):
+    name: str
+
+    def to_events(self) -> list[Event]:
+        return [PrimaryPromoted(name=self.name, timeline=1, lsn=0)]
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailover(Decision):
+    old_primary: str | None
+    candidate: str
+    candidates: tuple[CandidateVerdict, ...] = ()
+
+    @property
+    def revokes(self) -> str | None:
+        return self.old_primary
+
+    def to_events(self) -> list[Event]:
+        return [
+            FailoverStarted(
+                old_primary=self.old_primary,
+                reason=self.reason[:1000],
+                candidates=tuple(v.to_info() for v in self.candidates),
+                chosen=self.candidate,
+            )
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteFailover(Decision):
+    old_primary: str | None
+    new_primary: str
+    timeline: int
+    lsn: int
+    duration_ms: int
+
+    def to_events(self) -> list[Event]:
+        return [
+            FailoverCompleted(
+                old_primary=self.old_primary,
+                new_primary=self.new_primary,
+                timeline=self.timeline,
+                lsn=self.lsn,
+                duration_ms=self.duration_ms,
+            )
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class FailFailover(Decision):
+    old_primary: str | None
+    candidate: str | None
+
+    @property
+    def revokes(self) -> str | None:
+        return self.candidate
+
+    def to_events(self) -> list[Event]:
+        return [FailoverFailed(old_primary=self.old_primary, reason=self.reason[:1000])]
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptSwitchover(Decision):
+    primary: str
+    candidate: str
+    requested_by: str = ""
+
+    def to_events(self) -> list[Event]:
+        return [
+            SwitchoverRequested(
+                primary=self.primary,
+                candidate=self.candidate,
+                requested_by=self.requested_by[:1000],
+                reason=(ACCEPTED_PREFIX + self.reason)[:1000],
+            )
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteSwitchover(Decision):
+    old_primary: str
+    new_primary: str
+    timeline: int
+    lsn: int
+    duration_ms: int
+
+    def to_events(self) -> list[Event]:
+        return [
+            SwitchoverCompleted(
+                old_primary=self.old_primary,
+                new_primary=self.new_primary,
+                timeline=self.timeline,
+                lsn=self.lsn,
+                duration_ms=self.duration_ms,
+            )
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class FailSwitchover(Decision):
+    primary: str
+    candidate: str | None
+    accepted: bool = False
+
+    @property
+    def revokes(self) -> str | None:
+        return self.candidate if self.accepted else None
+
+    def to_events(self) -> list[Event]:
+        return [SwitchoverFailed(primary=self.primary, candidate=self.candidate, reason=self.reason[:1000])]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPromotion(Decision):
+    name: str
+    timeline: int
+    lsn: int
+
+    def to_events(self) -> list[Event]:
+        return [PrimaryPromoted(name=self.name, timeline=self.timeline, lsn=self.lsn)]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSyncSet(Decision):
+    config: SyncConfig
+    guard_position: int | None = None
+    degraded: bool = False
+
+    def to_events(self) -> list[Event]:
+        return [
+            SynchronousStandbysChanged(
+                mode=self.config.mode,
+                num_sync=self.config.num_sync,
+                standbys=self.config.standbys,
+                reason=self.reason[:1000],
+            )
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class MarkHealth(Decision):
+    name: str
+    healthy: bool
+    pg_running: bool = False
+    role: Literal["primary", "replica", "unknown"] = "unknown"
+    timeline: int | None = None
+    lsn: int | None = None
+    lag_bytes: int | None = None
+
+    def to_events(self) -> list[Event]:
+        return [
+            MemberHealthChanged(
+                name=self.name,
+                healthy=self.healthy,
+                pg_running=self.pg_running,
+                role=self.role,
+                timeline=self.timeline,
+                lsn=self.lsn,
+                lag_bytes=self.lag_bytes,
+                reason=self.reason[:1000],
+            )
+        ]
+
+
+# -- input and context ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArbiterInput:
+    """``primary_down_since``: arbiter-clock instant the committed primary was first seen down (not
+    reachable / PostgreSQL not running), None while it is up. ``operation_since``: arbiter-clock
+    instant this leader first saw the current operation in progress. ``pending_switchover``: the
+    in-progress switchover once it is due (default: taken from ``state``)."""
+
+    now: float
+    state: ClusterState
+    observations: Mapping[str, MemberObservation]
+    lease: ArbiterLeaseView
+    settings: HASettings
+    primary_down_since: float | None = None
+    pending_switchover: OperationRecord | None = None
+    operation_since: float | None = None
+
+
+def steady_holder(state: ClusterState) -> str | None:
+    """The holder a new leader may presume (``ArbiterLeaseView.on_became_leader``); None: anyone."""
+    return state.primary if state.current_operation is None else None
+
+
+def switchover_accepted(op: OperationRecord | None) -> bool:
+    return op is not None and op.kind == "switchover" and op.reason.startswith(ACCEPTED_PREFIX)
+
+
+@dataclass
+class Ctx:
+    inp: ArbiterInput
+    op: OperationRecord | None
+    _choices: dict[tuple[tuple[str, ...], str | None], CandidateChoice] = field(default_factory=dict)
+
+    @property
+    def state(self) -> ClusterState:
+        return self.inp.state
+
+    @property
+    def now(self) -> float:
+        return self.inp.now
+
+    def obs(self, name: str | None) -> MemberObservation | None:
+        return None if name is None else self.inp.observations.get(name)
+
+    def fresh(self, name: str | None) -> bool:
+        return is_fresh(self.obs(name), self.now, self.inp.settings)
+
+    def choice(self, exclude: tuple[str, ...], required: str | None = None) -> CandidateChoice:
+        key = (exclude, required)
+        if key not in self._choices:
+            self._choices[key] = choose_candidate(
+                self.state, self.inp.observations, self.inp.settings, exclude=exclude, required=required, now=self.now
+            )
+        return self._choices[key]
+
+    def failover_choice(self) -> CandidateChoice:
+        p = self.state.primary
+        return self.choice((p,) if p else ())
+
+    def primary_ok(self) -> bool:
+        o = self.obs(self.state.primary)
+        return (
+            self.state.primary is not None
+            and self.fresh(self.state.primary)
+            and o is not None
+            and (o.pg_running and o.role == "primary")
+        )
+
+    def primary_lease_expired(self) -> bool:
+        p = self.state.primary
+        return self.inp.lease.all_expired(self.now) if p is None else self.inp.lease.expired(p, self.now)
+
+    def promoted(self, name: str | None) -> MemberObservation | None:
+        """``name``'s report if it runs as a primary on a timeline newer than the committed one."""
+        o = self.obs(name)
+        if o is None or not self.fresh(name) or not o.pg_running or o.role != "primary" or o.timeline is None:
+            return None
+        return o if o.timeline > (self.state.timeline or 0) else None
+
+    def elapsed_ms(self) -> int:
+        since = self.inp.operation_since
+        return 0 if since is None else max(0, int((self.now - since) * 1000))
+
+    def timed_out(self) -> bool:
+        since = self.inp.operation_since
+        return since is not None and self.now - since > self.inp.settings.primary_start_timeout_s
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    when: Callable[[Ctx], bool]
+    build: Callable[[Ctx, str], Decision | None]
+    reason: str
+
+
+def _pos(o: MemberObservation | None) -> int:
+    return 0 if o is None or o.wal_position is None else o.wal_position
+
+
+# -- builders -------------------------------------------------------------------------------------
+
+
+def _bootstrap(c: Ctx, reason: str) -> Decision:
+    pool = [
+        m
+        for m in c.state.members.values()
+        if not m.is_learner and not m.tags.nofailover and m.tags.failover_priority > 0 and c.fresh(m.name)
+    ]
+    with_data = [m for m in pool if (o := c.obs(m.name)) is not None and o.pg_running and o.role == "primary"]
+    if with_data:
+        best = max(with_data, key=lambda m: (_pos(c.obs(m.name)), -m.node_id))
+        return BootstrapPrimary(f"{reason}: {best.name} already runs a primary with the most WAL", best.name)
+    if not pool:
+        return Wait(f"{reason}: no reachable voter without nofailover yet")
+    first = min(pool, key=lambda m: m.node_id)
+    return BootstrapPrimary(f"{reason}: {first.name} has the lowest node id among reachable voters", first.name)
+
+
+def _complete_failover(c: Ctx, reason: str) -> Decision:
+    assert c.op is not None and c.op.candidate is not None
+    o = c.promoted(c.op.candidate)
+    assert o is not None and o.timeline is not None
+    return CompleteFailover(
+        f"{reason}: {c.op.candidate} runs as primary on timeline {o.timeline}",
+        c.op.old_primary,
+        c.op.candidate,
+        o.timeline,
+        _pos(o),
+        c.elapsed_ms(),
+    )
+
+
+def _fail_failover(c: Ctx, reason: str) -> Decision:
+    assert c.op is not None
+    return FailFailover(f"{reason}: {c.op.candidate}", c.op.old_primary, c.op.candidate)
+
+
+def _candidate_lease_expired(c: Ctx) -> bool:
+    return c.op is not None and c.op.candidate is not None and c.inp.lease.expired(c.op.candidate, c.now)
+
+
+def _switchover_problem(c: Ctx) -> str | None:
+    op = c.op
+    assert op is not None
+    if op.old_primary != c.state.primary:
+        return f"{op.old_primary} is not the primary (the primary is {c.state.primary})"
+    if not c.primary_ok():
+        return f"the primary {op.old_primary} is not healthy"
+    if op.candidate == op.old_primary:
+        return f"{op.candidate} already is the primary"
+    ch = c.choice((op.old_primary or "",), op.candidate)
+    return None if ch.chosen else ch.reason
+
+
+def _refuse_switchover(c: Ctx, reason: str) -> Decision:
+    assert c.op is not None and c.op.old_primary is not None
+    return FailSwitchover(f"{reason}: {_switchover_problem(c)}", c.op.old_primary, c.op.candidate)
+
+
+def _accept_switchover(c: Ctx, reason: str) -> Decision:
+    op = c.op
+    assert op is not None and op.old_primary is not None
+    ch = c.choice((op.old_primary,), op.candidate)
+    assert ch.chosen is not None  # checked by _switchover_problem
+    return AcceptSwitchover(f"{reason}: {ch.chosen} ({ch.reason})", op.old_primary, ch.chosen, op.requested_by)
+
+
+def _complete_switchover(c: Ctx, reason: str) -> Decision:
+    op = c.op
+    assert op is not None and op.candidate is not None and op.old_primary is not None
+    o = c.promoted(op.candidate)
+    assert o is not None and o.timeline is not None
+    return CompleteSwitchover(
+        f"{reason}: {op.candidate} runs as primary on timeline {o.timeline}",
+        op.old_primary,
+        op.candidate,
+        o.timeline,
+        _pos(o),
+        c.elapsed_ms(),
+    )
+
+
+def _fail_switchover(c: Ctx, reason: str) -> Decision:
+    op = c.op
+    assert op is not None and op.old_primary is not None
+    return FailSwitchover(f"{reason}: {op.candidate}", op.old_primary, op.candidate, accepted=True)
+
+
+def _record_promotion(c: Ctx, reason: str) -> Decision:
+    o = c.promoted(c.state.primary)
+    assert o is not None and o.timeline is not None and c.state.primary is not None
+    return RecordPromotion(f"{reason}: timeline {o.timeline}", c.state.primary, o.timeline, _pos(o))
+
+
+def _lease_wait(c: Ctx, reason: str) -> Decision:
+    p = c.state.primary
+    if p is None:
+        holders = ", ".join(c.inp.lease.holders(c.now)) or "none"
+        return Wait(f"{reason}: no primary; leases possibly valid: {holders}")
+    left = c.inp.lease.seconds_until_expired(p, c.now)
+    return Wait(f"{reason}: {_down(c)}; lease of {p} expires in {left:.1f} s")
+
+
+def _down(c: Ctx) -> str:
+    p = c.state.primary
+    o = c.obs(p)
+    since = c.inp.primary_down_since
+    ago = "" if since is None else f" for {c.now - since:.1f} s"
+    if o is None or not c.fresh(p):
+        return f"primary {p} unreachable{ago}"
+    if not o.pg_running:
+        return f"PostgreSQL of primary {p} is down{ago}"
+    return f"primary {p} reports role {o.role}{ago}"
+
+
+def _start_failover(c: Ctx, reason: str) -> Decision:
+    ch = c.failover_choice()
+    assert ch.chosen is not None
+    detail = _down(c) if c.state.primary is not None else "no primary"
+    return StartFailover(f"{reason}: {detail}; {ch.reason}", c.state.primary, ch.chosen, ch.verdicts)
+
+
+def _no_candidate(c: Ctx, reason: str) -> Decision:
+    return Wait(f"{reason}: {_down(c)}; {c.failover_choice().reason}")
+
+
+def _const_wait(c: Ctx, reason: str) -> Decision:
+    op = c.op
+    extra = f" ({op.kind} {op.old_primary} -> {op.candidate})" if op is not None else ""
+    return Wait(reason + extra)
+
+
+def _nothing(c: Ctx, reason: str) -> None:
+    return None
+
+
+def _failover_op(c: Ctx) -> bool:
+    return c.op is not None and c.op.kind == "failover"
+
+
+def _switch_op(c: Ctx) -> bool:
+    return c.op is not None and c.op.kind == "switchover"
+
+
+RULES: list[Rule] = [
+    Rule("not-bootstrapped", lambda c: c.state.cluster_id is None, _const_wait, "cluster not bootstrapped yet"),
+    Rule(
+        "bootstrap",
+        lambda c: c.state.primary is None and not c.state.timeline_history and c.op is None,
+        _bootstrap,
+        "choose the initial primary",
+    ),
+    Rule(
+        "failover-completed",
+        lambda c: _failover_op(c) and c.promoted(c.op.candidate if c.op else None) is not None,
+        _complete_failover,
+        "failover completed",
+    ),
+    Rule(
+        "failover-candidate-lost",
+        lambda c: _failover_op(c) and not c.fresh(c.op.candidate if c.op else None) and _candidate_lease_expired(c),
+        _fail_failover,
+        "failover failed: candidate unreachable and its lease expired",
+    ),
+    Rule(
+        "failover-timeout",
+        lambda c: _failover_op(c) and c.timed_out() and _candidate_lease_expired(c),
+        _fail_failover,
+        "failover failed: no promotion within primary_start_timeout_s",
+    ),
+    Rule("failover-in-progress", _failover_op, _const_wait, "failover in progress: waiting for the promotion"),
+    Rule(
+        "switchover-refused",
+        lambda c: _switch_op(c) and not switchover_accepted(c.op) and _switchover_problem(c) is not None,
+        _refuse_switchover,
+        "switchover refused",
+    ),
+    Rule(
+        "switchover-accepted",
+        lambda c: _switch_op(c) and not switchover_accepted(c.op),
+        _accept_switchover,
+        "switchover accepted",
+    ),
+    Rule(
+        "switchover-completed",
+        lambda c: _switch_op(c) and c.promoted(c.op.candidate if c.op else None) is not None,
+        _complete_switchover,
+        "switchover completed",
+    ),
+    Rule(
+        "switchover-timeout",
+        lambda c: _switch_op(c) and c.timed_out() and _candidate_lease_expired(c),
+        _fail_switchover,
+        "switchover failed: no promotion within primary_start_timeout_s",
+    ),
+    Rule("switchover-in-progress", _switch_op, _const_wait, "switchover in progress: demote, catch up, promote"),
+    Rule(
+        "promotion-recorded",
+        lambda c: c.promoted(c.state.primary) is not None,
+        _record_promotion,
+        "the primary promoted itself onto a new timeline",
+    ),
+    Rule("primary-healthy", lambda c: c.primary_ok(), _nothing, "primary healthy"),
+    Rule("maintenance", lambda c: c.state.maintenance, _const_wait, "maintenance mode: no automatic failover"),
+    Rule("lease-valid", lambda c: not c.primary_lease_expired(), _lease_wait, "waiting for the primary's lease"),
+    Rule("no-candidate", lambda c: c.failover_choice().chosen is None, _no_candidate, "no failover possible"),
+    Rule("failover", lambda c: True, _start_failover, "failover"),
+]
+
+
+# -- health ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HealthRule:
+    name: str
+    when: Callable[[Ctx, str, MemberObservation | None], bool]
+    healthy: bool
+    reason: str
+
+
+def _expected_primary(c: Ctx, n: str) -> bool:
+    return n == c.state.primary or (c.op is not None and c.op.candidate == n and c.promoted(n) is not None)
+
+
+HEALTH_RULES: list[HealthRule] = [
+    HealthRule("unreachable", lambda c, n, o: not c.fresh(n), False, "unreachable: no recent report"),
+    HealthRule("pg-down", lambda c, n, o: o is not None and not o.pg_running, False, "PostgreSQL is down"),
+    HealthRule(
+        "primary-ok",
+        lambda c, n, o: _expected_primary(c, n) and o is not None and o.role == "primary",
+        True,
+        "running as primary",
+    ),
+    HealthRule(
+        "primary-not-primary", lambda c, n, o: _expected_primary(c, n), False, "expected primary, reports another role"
+    ),
+    HealthRule(
+        "unexpected-primary",
+        lambda c, n, o: o is not None and o.role == "primary",
+        False,
+        "reports primary but is not the primary",
+    ),
+    HealthRule(
+        "timeline",
+        lambda c, n, o: o is not None and c.state.timeline is not None and o.timeline != c.state.timeline,
+        False,
+        "not on the cluster's timeline",
+    ),
+    HealthRule("role-unknown", lambda c, n, o: o is not None and o.role != "replica", False, "role unknown"),
+    HealthRule("replica-ok", lambda c, n, o: True, True, "replica on the cluster's timeline"),
+]
+
+
+def _health(c: Ctx) -> list[Decision]:
+    out: list[Decision] = []
+    for name in sorted(c.state.members):
+        m = c.state.members[name]
+        o = c.obs(name)
+        rule = next(r for r in HEALTH_RULES if r.when(c, name, o))
+        fresh = c.fresh(name)
+        pg_running = bool(fresh and o is not None and o.pg_running)
+        role = o.role if fresh and o is not None else "unknown"
+        timeline = o.timeline if fresh and o is not None else m.timeline
+        if (m.healthy, m.pg_running, m.reported_role, m.timeline) == (rule.healthy, pg_running, role, timeline):
+            continue
+        detail = rule.reason
+        if rule.name == "unreachable":
+            detail = (
+                "unreachable: no report" if o is None else f"unreachable: last report {c.now - o.observed_at:.1f} s ago"
+            )
+        elif o is not None and rule.name in ("timeline", "primary-not-primary", "unexpected-primary"):
+            detail = f"{rule.reason} (role {o.role}, timeline {o.timeline}, cluster timeline {c.state.timeline})"
+        out.append(
+            MarkHealth(
+                f"{name} {'healthy' if rule.healthy else 'unhealthy'}: {detail}",
+                name,
+                rule.healthy,
+                pg_running,
+                role,
+                timeline,
+                o.wal_position if o is not None and fresh else m.lsn,
+                o.lag_bytes if o is not None and fresh else None,
+            )
+        )
+    return out
+
+
+def _sync(c: Ctx, health_changed: bool) -> list[Decision]:
+    if c.op is not None or not c.primary_ok():
+        return []
+    o = c.obs(c.state.primary)
+    enforces = None if o is None or o.sync_standby_names is None else parse_standby_names(o.sync_standby_names)
+    step = plan_sync_change(c.state, c.inp.settings, enforces, None if o is None else o.state_position)
+    if step.kind != "commit" or step.config is None:
+        return []
+    if step.guard_position is not None and health_changed:
+        return []  # the guard would reject it: health events are proposed first
+    return [ChangeSyncSet(step.reason, step.config, step.guard_position, step.degraded)]
+
+
+def arbitrate(inp: ArbiterInput) -> list[Decision]:
+    """The decisions for this tick, in proposal order (health, main, sync set)."""
+    op = inp.state.current_operation
+    if (
+        op is not None
+        and op.kind == "switchover"
+        and op.scheduled_at is not None
+        and not switchover_accepted(op)
+        and inp.pending_switchover is None
+    ):
+        op = None  # scheduled and not due yet: the runtime passes it as pending_switchover when due
+    c = Ctx(inp, op)
+    out: list[Decision] = []
+    if inp.state.cluster_id is not None:
+        out.extend(_health(c))
+    for rule in RULES:
+        if rule.when(c):
+            d = rule.build(c, rule.reason)
+            if d is not None:
+                out.append(d)
+            break
+    if inp.state.cluster_id is not None:
+        out.extend(_sync(c, any(isinstance(d, MarkHealth) for d in out)))
+    return out
+
+
+# -- lease grants ---------------------------------------------------------------------------------
+
+
+def grant_policy(
+    state: ClusterState,
+    observations: Mapping[str, MemberObservation],
+    settings: HASettings,
+    holder: str,
+    now: float,
+    primary_down_since: float | None = None,
+) -> GrantVerdict:
+    """May ``holder`` be granted the lease per committed state (the view's timing check comes after)?"""
+    op = state.current_operation
+    if op is not None and op.kind == "failover":
+        if holder == op.candidate:
+            return GrantVerdict(True, f"{holder} is the failover candidate")
+        return GrantVerdict(False, f"failover to {op.candidate} in progress")
+    if switchover_accepted(op):
+        assert op is not None
+        if holder == op.old_primary:
+            return GrantVerdict(True, f"{holder} is demoting for the switchover")
+        if holder != op.candidate:
+            return GrantVerdict(False, f"switchover {op.old_primary} -> {op.candidate} in progress")
+        po = observations.get(op.old_primary or "")
+        co = observations.get(holder)
+        ch = choose_candidate(state, observations, settings, exclude=(op.old_primary or "",), required=holder, now=now)
+        if ch.chosen != holder:
+            return GrantVerdict(False, ch.reason)
+        if is_fresh(po, now, settings) and po is not None:
+            if po.role == "primary" and po.pg_running and not po.lease_released:
+                return GrantVerdict(False, f"{op.old_primary} has not demoted yet")
+            if _pos(co) < _pos(po):
+                return GrantVerdict(
+                    False, f"{holder} has not caught up with {op.old_primary} ({_pos(co)} < {_pos(po)})"
+                )
+        return GrantVerdict(True, f"{holder} is the switchover candidate and has caught up")
+    if state.primary is None:
+        return GrantVerdict(False, "no primary")
+    if holder != state.primary:
+        return GrantVerdict(False, f"{holder} is not the primary ({state.primary} is)")
+    o = observations.get(holder)
+    if (
+        primary_down_since is not None
+        and o is not None
+        and is_fresh(o, now, settings)
+        and not o.pg_running
+        and now - primary_down_since > settings.primary_start_timeout_s
+    ):
+        return GrantVerdict(
+            False,
+            f"PostgreSQL of {holder} down for {now - primary_down_since:.1f} s > primary_start_timeout_s "
+            f"{settings.primary_start_timeout_s}",
+        )
+    return GrantVerdict(True, f"{holder} is the primary")
+
+
+def decide_grant(inp: ArbiterInput, holder: str) -> GrantVerdict:
+    """Policy, then the view's one-holder timing rule (records the grant when given)."""
+    policy = grant_policy(inp.state, inp.observations, inp.settings, holder, inp.now, inp.primary_down_since)
+    if not policy.granted:
+        return policy
+    return inp.lease.try_grant(holder, inp.now, applied_position=inp.state.last_position)

@@ -56,6 +56,13 @@ def normalize_url(url: str) -> str:
         url = "http://" + url
     if not url.startswith(("http://", "https://")):
         raise CtlError(f"API URL {url!r}: only http:// and https:// are supported")
+    try:
+        parsed = httpx.URL(url)
+        _ = parsed.port  # a bad port is only noticed when read
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise CtlError(f"API URL {url!r}: {exc}") from None
+    if not parsed.host:
+        raise CtlError(f"API URL {url!r}: no host")
     return url
 
 
@@ -84,12 +91,12 @@ class ApiClient:
     """Tries each API URL in turn; remembers the one that answered for the rest of the command."""
 
     def __init__(self, urls: Sequence[str], *, connect_timeout: float = CONNECT_TIMEOUT_S,
-                 read_timeout: float = READ_TIMEOUT_S) -> None:
+                 read_timeout: float = READ_TIMEOUT_S, transport: httpx.BaseTransport | None = None) -> None:
         if not urls:
             raise CtlError("no API URL given")
         self.urls = list(urls)
         self.timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
-        self._http = httpx.Client(timeout=self.timeout, headers={"User-Agent": "ramctrl"})
+        self._http = httpx.Client(timeout=self.timeout, headers={"User-Agent": "ramctrl"}, transport=transport)
 
     def close(self) -> None:
         self._http.close()

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ram.cli.ctl_context import Settings, client, json_option, print_json
-from ram.cli.ctl_http import ApiClient, CtlError, HttpError, Unreachable, normalize_url
+from ram.cli.ctl_http import ApiClient, CtlError, normalize_url
 from ram.cli.ctl_table import human_bytes, render_table
 
 
@@ -133,7 +133,7 @@ def _probe(url: str, settings: Settings) -> dict[str, Any]:
         with ApiClient([url], connect_timeout=settings.connect_timeout, read_timeout=10.0) as api:
             health = _check(api, "/health")
             ready = _check(api, "/readiness")
-    except (Unreachable, HttpError, CtlError) as exc:
+    except CtlError as exc:  # unreachable, or an error answer
         result.update(ok=False, reachable=False, reason=exc.message)
         return result
     reasons = [r for r in (health.get("reason"), ready.get("reason")) if r]

@@ -6,6 +6,8 @@ with failover across APIs (ctl_http), rendering (ctl_table), and the commands th
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from ram import __version__
@@ -50,6 +52,8 @@ for command in (
 
 
 def main() -> None:
+    # httpx logs every request at INFO; an operator's terminal gets only our own output.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     cli(prog_name="ramctrl")
 
 

@@ -1,0 +1,355 @@
+"""Arbiter rules: one row per rule (main table, health table), grant policy, event mapping."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from ram.eventstore.events import FailoverStarted, MemberHealthChanged, SwitchoverRequested
+from ram.ha.arbiter import (
+    ACCEPTED_PREFIX,
+    HEALTH_RULES,
+    RULES,
+    AcceptSwitchover,
+    ArbiterInput,
+    BootstrapPrimary,
+    ChangeSyncSet,
+    CompleteFailover,
+    CompleteSwitchover,
+    Decision,
+    FailFailover,
+    FailSwitchover,
+    MarkHealth,
+    RecordPromotion,
+    StartFailover,
+    Wait,
+    arbitrate,
+    decide_grant,
+    grant_policy,
+    steady_holder,
+)
+from ram.ha.candidates import MemberObservation
+from ram.ha.lease import ArbiterLeaseView
+from ram.ha.settings import HASettings
+from ram.projections.state import ClusterState
+
+from .helpers import cluster, observations, operation
+
+S = HASettings()
+NOW = 100.5
+
+
+def view(expired: bool = True, holder: str | None = "pg1") -> ArbiterLeaseView:
+    v = ArbiterLeaseView(S)
+    v.on_became_leader(0.0 if expired else NOW - 0.1, steady_holder=holder)
+    return v
+
+
+def run(
+    state: ClusterState, ob: dict[str, MemberObservation], *, expired: bool = True, settings: HASettings = S, **kw: Any
+) -> list[Decision]:
+    return arbitrate(ArbiterInput(now=NOW, state=state, observations=ob, lease=view(expired), settings=settings, **kw))
+
+
+def main(ds: list[Decision]) -> Decision | None:
+    rest = [d for d in ds if not isinstance(d, (MarkHealth, ChangeSyncSet))]
+    assert len(rest) <= 1, rest
+    return rest[0] if rest else None
+
+
+PRIMARY_DOWN = {"pg1": {"pg_running": False}}
+FAILOVER = cluster(operations=(operation("failover", "pg1", "pg2"),))
+SWITCH_REQ = cluster(operations=(operation("switchover", "pg1", "pg3"),))
+SWITCH_ANY = cluster(operations=(operation("switchover", "pg1", None),))
+SWITCH_OK = cluster(operations=(operation("switchover", "pg1", "pg2", reason=ACCEPTED_PREFIX + "x"),))
+
+ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], type | None, str]] = [
+    ("not-bootstrapped", ClusterState(), {}, {}, Wait, "cluster not bootstrapped yet"),
+    (
+        "bootstrap-lowest-id",
+        cluster(primary=None),
+        {},
+        {},
+        BootstrapPrimary,
+        "choose the initial primary: pg1 has the lowest node id among reachable voters",
+    ),
+    (
+        "bootstrap-existing-data",
+        cluster(primary=None),
+        {"pg3": {"role": "primary"}},
+        {},
+        BootstrapPrimary,
+        "choose the initial primary: pg3 already runs a primary with the most WAL",
+    ),
+    (
+        "bootstrap-nobody",
+        cluster(primary=None),
+        {n: {"reachable": False} for n in ("pg1", "pg2", "pg3")},
+        {},
+        Wait,
+        "choose the initial primary: no reachable voter",
+    ),
+    (
+        "failover-completed",
+        FAILOVER,
+        {"pg2": {"role": "primary", "timeline": 2}, **PRIMARY_DOWN},
+        {"operation_since": NOW - 1},
+        CompleteFailover,
+        "failover completed: pg2 runs as primary on timeline 2",
+    ),
+    (
+        "failover-candidate-lost",
+        FAILOVER,
+        {"pg2": {"reachable": False}, **PRIMARY_DOWN},
+        {},
+        FailFailover,
+        "failover failed: candidate unreachable and its lease expired: pg2",
+    ),
+    (
+        "failover-timeout",
+        FAILOVER,
+        PRIMARY_DOWN,
+        {"operation_since": NOW - 31},
+        FailFailover,
+        "failover failed: no promotion within primary_start_timeout_s: pg2",
+    ),
+    (
+        "failover-in-progress",
+        FAILOVER,
+        PRIMARY_DOWN,
+        {"operation_since": NOW - 1},
+        Wait,
+        "failover in progress: waiting for the promotion (failover pg1 -> pg2)",
+    ),
+    (
+        "switchover-refused-target",
+        SWITCH_REQ,
+        {"pg3": {"pg_running": False}},
+        {},
+        FailSwitchover,
+        "switchover refused: pg3 is not eligible: not running: PostgreSQL is down",
+    ),
+    (
+        "switchover-refused-primary",
+        SWITCH_REQ,
+        PRIMARY_DOWN,
+        {},
+        FailSwitchover,
+        "switchover refused: the primary pg1 is not healthy",
+    ),
+    ("switchover-accepted", SWITCH_REQ, {}, {}, AcceptSwitchover, "switchover accepted: pg3"),
+    (
+        "switchover-accepted-best",
+        SWITCH_ANY,
+        {"pg3": {"received_lsn": 2000}},
+        {},
+        AcceptSwitchover,
+        "switchover accepted: pg3",
+    ),
+    (
+        "switchover-completed",
+        SWITCH_OK,
+        {"pg2": {"role": "primary", "timeline": 2}, "pg1": {"role": "replica"}},
+        {},
+        CompleteSwitchover,
+        "switchover completed: pg2 runs as primary on timeline 2",
+    ),
+    (
+        "switchover-timeout",
+        SWITCH_OK,
+        {"pg1": {"role": "replica"}},
+        {"operation_since": NOW - 40},
+        FailSwitchover,
+        "switchover failed: no promotion within primary_start_timeout_s: pg2",
+    ),
+    ("switchover-in-progress", SWITCH_OK, {}, {}, Wait, "switchover in progress: demote, catch up, promote"),
+    (
+        "promotion-recorded",
+        cluster(),
+        {"pg1": {"timeline": 2}},
+        {},
+        RecordPromotion,
+        "the primary promoted itself onto a new timeline: timeline 2",
+    ),
+    ("primary-healthy", cluster(), {}, {}, None, ""),
+    ("maintenance", cluster(maintenance=True), PRIMARY_DOWN, {}, Wait, "maintenance mode: no automatic failover"),
+    (
+        "lease-valid",
+        cluster(),
+        PRIMARY_DOWN,
+        {"expired": False, "primary_down_since": NOW - 0.5},
+        Wait,
+        "waiting for the primary's lease: PostgreSQL of primary pg1 is down for 0.5 s; lease of pg1 expires in 2.1 s",
+    ),
+    (
+        "no-candidate",
+        cluster(members={"pg2": {"nofailover": True}, "pg3": {"is_learner": True}}),
+        {"pg1": {"reachable": False}},
+        {},
+        Wait,
+        "no failover possible: primary pg1 unreachable; no eligible candidate: pg1: excluded",
+    ),
+    (
+        "failover",
+        cluster(),
+        {"pg1": {"reachable": False}, "pg3": {"received_lsn": 1001}},
+        {},
+        StartFailover,
+        "failover: primary pg1 unreachable; pg3 has the most WAL (1001) among 2 eligible",
+    ),
+    ("failover-no-primary", replace(cluster(), primary=None), {}, {}, StartFailover, "failover: no primary; pg1 has"),
+]
+
+
+@pytest.mark.parametrize(("state", "per", "kw", "cls", "reason"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_arbiter_rule(
+    state: ClusterState, per: dict[str, dict[str, Any]], kw: dict[str, Any], cls: type | None, reason: str
+) -> None:
+    expired = kw.pop("expired", True)
+    ob = observations(primary=state.primary, **per) if state.cluster_id else {}
+    d = main(run(state, ob, expired=expired, **kw))
+    if cls is None:
+        assert d is None
+        return
+    assert type(d) is cls, d
+    assert d is not None and d.reason.startswith(reason), d.reason
+
+
+def test_every_main_rule_is_exercised() -> None:
+    covered = {r[0] for r in ROWS}
+    assert not {r.name for r in RULES if not any(c.startswith(r.name) for c in covered)}
+
+
+def test_failover_decision_contents_and_events() -> None:
+    ds = run(cluster(), observations(pg1={"reachable": False}, pg3={"received_lsn": 1001}))
+    d = main(ds)
+    assert isinstance(d, StartFailover)
+    assert d.candidate == "pg3" and d.old_primary == "pg1" and d.revokes == "pg1"
+    (ev,) = d.to_events()
+    assert isinstance(ev, FailoverStarted) and ev.chosen == "pg3"
+    assert [(c.name, c.eligible) for c in ev.candidates] == [("pg1", False), ("pg2", True), ("pg3", True)]
+
+
+def test_switchover_accept_event_and_revokes() -> None:
+    d = main(run(SWITCH_REQ, observations()))
+    assert isinstance(d, AcceptSwitchover) and d.revokes is None
+    (ev,) = d.to_events()
+    assert isinstance(ev, SwitchoverRequested) and ev.candidate == "pg3" and ev.reason.startswith(ACCEPTED_PREFIX)
+    f = FailSwitchover("x", "pg1", "pg2", accepted=True)
+    assert f.revokes == "pg2"
+    assert FailFailover("x", "pg1", "pg2").revokes == "pg2"
+
+
+def test_scheduled_switchover_waits_until_due() -> None:
+    import datetime as dt
+
+    op = operation("switchover", "pg1", "pg3", scheduled_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    st = cluster(operations=(op,))
+    assert main(run(st, observations())) is None
+    assert isinstance(main(run(st, observations(), pending_switchover=op)), AcceptSwitchover)
+
+
+# --- health ---------------------------------------------------------------------------------------
+
+HEALTH_ROWS: list[tuple[str, str, dict[str, Any], dict[str, Any], bool | None, str]] = [
+    ("unreachable", "pg2", {"reachable": False}, {}, False, "pg2 unhealthy: unreachable: last report"),
+    ("pg-down", "pg2", {"pg_running": False}, {}, False, "pg2 unhealthy: PostgreSQL is down"),
+    ("primary-ok", "pg1", {}, {"healthy": False}, True, "pg1 healthy: running as primary"),
+    ("primary-not-primary", "pg1", {"role": "replica"}, {}, False, "pg1 unhealthy: expected primary, reports"),
+    ("unexpected-primary", "pg2", {"role": "primary"}, {}, False, "pg2 unhealthy: reports primary but is not"),
+    ("timeline", "pg2", {"timeline": 2}, {}, False, "pg2 unhealthy: not on the cluster's timeline (role replica"),
+    ("role-unknown", "pg2", {"role": "unknown"}, {}, False, "pg2 unhealthy: role unknown"),
+    ("replica-ok", "pg2", {}, {"healthy": False}, True, "pg2 healthy: replica on the cluster's timeline"),
+    ("unchanged", "pg2", {}, {}, None, ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "o", "m", "healthy", "reason"), [r[1:] for r in HEALTH_ROWS], ids=[r[0] for r in HEALTH_ROWS]
+)
+def test_health_rule(name: str, o: dict[str, Any], m: dict[str, Any], healthy: bool | None, reason: str) -> None:
+    ds = [d for d in run(cluster(members={name: m}), observations(**{name: o})) if isinstance(d, MarkHealth)]
+    if healthy is None:
+        assert ds == []
+        return
+    (d,) = ds
+    assert d.name == name and d.healthy is healthy and d.reason.startswith(reason), d.reason
+    (ev,) = d.to_events()
+    assert isinstance(ev, MemberHealthChanged) and ev.healthy is healthy
+
+
+def test_every_health_rule_is_exercised() -> None:
+    assert {r.name for r in HEALTH_RULES} <= {r[0] for r in HEALTH_ROWS}
+
+
+# --- sync set -------------------------------------------------------------------------------------
+
+
+def test_sync_change_emitted_only_when_primary_healthy_and_idle() -> None:
+    on = HASettings(synchronous_mode="on")
+    ds = run(cluster(), observations(pg1={"sync_standby_names": ""}), settings=on)
+    (d,) = [d for d in ds if isinstance(d, ChangeSyncSet)]
+    assert d.config.mode == "on" and d.config.num_sync == 0
+    st = cluster(sync_mode="on")
+    ds = run(st, observations(pg1={"sync_standby_names": 'FIRST 1 ("pg2")'}), settings=on)
+    (d,) = [d for d in ds if isinstance(d, ChangeSyncSet)]
+    assert d.config.standbys == ("pg2",) and d.guard_position == 10 and d.reason.startswith("step 2/2")
+    # a health change in the same tick suppresses the guarded step
+    ds = run(st, observations(pg1={"sync_standby_names": 'FIRST 1 ("pg2")'}, pg3={"reachable": False}), settings=on)
+    assert not [d for d in ds if isinstance(d, ChangeSyncSet)]
+    assert not [d for d in run(FAILOVER, observations(), settings=on) if isinstance(d, ChangeSyncSet)]
+
+
+def test_degraded_event_reason() -> None:
+    on = HASettings(synchronous_mode="on")
+    st = cluster(
+        sync_mode="on",
+        num_sync=1,
+        sync_standbys=("pg2",),
+        members={"pg2": {"healthy": False}, "pg3": {"healthy": False}},
+    )
+    ob = observations(pg2={"pg_running": False}, pg3={"pg_running": False})
+    (d,) = [d for d in run(st, ob, settings=on) if isinstance(d, ChangeSyncSet)]
+    assert d.degraded and "degraded to async" in d.reason
+
+
+# --- lease grant policy -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "per", "holder", "granted", "reason"),
+    [
+        (cluster(), {}, "pg1", True, "pg1 is the primary"),
+        (cluster(), {}, "pg2", False, "pg2 is not the primary (pg1 is)"),
+        (cluster(primary=None), {}, "pg1", False, "no primary"),
+        (FAILOVER, {}, "pg2", True, "pg2 is the failover candidate"),
+        (FAILOVER, {}, "pg1", False, "failover to pg2 in progress"),
+        (SWITCH_OK, {}, "pg1", True, "pg1 is demoting for the switchover"),
+        (SWITCH_OK, {}, "pg2", False, "pg1 has not demoted yet"),
+        (SWITCH_OK, {"pg1": {"role": "replica", "received_lsn": 2000}}, "pg2", False, "pg2 has not caught up"),
+        (SWITCH_OK, {"pg1": {"role": "replica"}}, "pg2", True, "pg2 is the switchover candidate and has caught up"),
+        (SWITCH_OK, {"pg1": {"role": "replica"}}, "pg3", False, "switchover pg1 -> pg2 in progress"),
+    ],
+)
+def test_grant_policy(
+    state: ClusterState, per: dict[str, dict[str, Any]], holder: str, granted: bool, reason: str
+) -> None:
+    v = grant_policy(state, observations(**per), S, holder, NOW)
+    assert v.granted is granted and v.reason.startswith(reason), v.reason
+
+
+def test_grant_refused_after_primary_start_timeout() -> None:
+    v = grant_policy(cluster(), observations(pg1={"pg_running": False}), S, "pg1", NOW, primary_down_since=NOW - 31)
+    assert not v.granted and "primary_start_timeout_s" in v.reason
+
+
+def test_decide_grant_combines_policy_and_view() -> None:
+    lv = ArbiterLeaseView(S)
+    lv.on_became_leader(NOW - 0.1, steady_holder=steady_holder(cluster()))
+    inp = ArbiterInput(now=NOW, state=FAILOVER, observations=observations(), lease=lv, settings=S)
+    r = decide_grant(inp, "pg2")
+    assert not r.granted and r.reason.startswith("lease of pg1 may be valid")
+    assert steady_holder(FAILOVER) is None
+    assert decide_grant(replace(inp, now=NOW + S.arbiter_wait_s), "pg2").granted

@@ -52,7 +52,7 @@ async def test_cluster_shape_and_values(api_cluster: ApiCluster, client: httpx.A
             m = members[peer.config.name]
             assert m["node_id"] == peer.config.node_id
             assert m["raft_address"] == peer.config.raft.listen
-            assert m["pg_address"].endswith(":5432") and m["api_address"].endswith(":8008")
+            assert m["pg_address"].endswith(":5432") and m["api_address"] == peer.config.api.listen
             assert m["role"] == "unknown" and m["state"] == "unknown"
             assert m["is_learner"] is False and m["lag_bytes"] is None
             assert m["tags"] == {"nofailover": False, "noloadbalance": False, "nosync": False, "failover_priority": 1}

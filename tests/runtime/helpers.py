@@ -49,7 +49,14 @@ def cluster_configs(
     configs = []
     for i, dsn in enumerate(dsns):
         peers = [
-            {"id": j + 1, "name": names[j], "address": f"127.0.0.1:{ports[j]}"} for j in range(len(dsns)) if j != i
+            {
+                "id": j + 1,
+                "name": names[j],
+                "address": f"127.0.0.1:{ports[j]}",
+                "api_address": f"127.0.0.1:{api_ports[j]}",
+            }
+            for j in range(len(dsns))
+            if j != i
         ]
         configs.append(
             parse_config(

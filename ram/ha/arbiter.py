@@ -383,6 +383,11 @@ def _bootstrap(c: Ctx, reason: str) -> Decision:
     return BootstrapPrimary(f"{reason}: {first.name} has the lowest node id among reachable voters", first.name)
 
 
+def _fork(o: MemberObservation) -> int:
+    """The new timeline's switch point: what the timeline history records (divergence checks use it)."""
+    return o.timeline_start_lsn if o.timeline_start_lsn is not None else _pos(o)
+
+
 def _complete_failover(c: Ctx, reason: str) -> Decision:
     assert c.op is not None and c.op.candidate is not None
     o = c.promoted(c.op.candidate)
@@ -392,7 +397,7 @@ def _complete_failover(c: Ctx, reason: str) -> Decision:
         c.op.old_primary,
         c.op.candidate,
         o.timeline,
-        _pos(o),
+        _fork(o),
         c.elapsed_ms(),
     )
 
@@ -442,7 +447,7 @@ def _complete_switchover(c: Ctx, reason: str) -> Decision:
         op.old_primary,
         op.candidate,
         o.timeline,
-        _pos(o),
+        _fork(o),
         c.elapsed_ms(),
     )
 
@@ -456,7 +461,7 @@ def _fail_switchover(c: Ctx, reason: str) -> Decision:
 def _record_promotion(c: Ctx, reason: str) -> Decision:
     o = c.promoted(c.state.primary)
     assert o is not None and o.timeline is not None and c.state.primary is not None
-    return RecordPromotion(f"{reason}: timeline {o.timeline}", c.state.primary, o.timeline, _pos(o))
+    return RecordPromotion(f"{reason}: timeline {o.timeline}", c.state.primary, o.timeline, _fork(o))
 
 
 def _lease_wait(c: Ctx, reason: str) -> Decision:

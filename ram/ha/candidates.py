@@ -51,7 +51,10 @@ class MemberObservation:
     """What the arbiter last heard from a member (``observed_at``: the arbiter's monotonic clock).
 
     ``sync_standby_names``: the primary's current setting (None: unknown / not a primary);
-    ``state_position``: the committed position the member had applied when it reported.
+    ``state_position``: the committed position the member had applied when it reported;
+    ``lease_released``: it gave its lease up (clean demotion); ``timeline_start_lsn``: where its
+    current timeline forked (from the timeline history file; a new primary's switch point).
+    For a primary, ``received_lsn`` is its current WAL position (``InstanceStatus.wal_position``).
     """
 
     name: str
@@ -66,6 +69,7 @@ class MemberObservation:
     sync_standby_names: str | None = None
     state_position: int = 0
     lease_released: bool = False
+    timeline_start_lsn: int | None = None
 
     @property
     def wal_position(self) -> int | None:

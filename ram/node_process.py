@@ -15,6 +15,7 @@ from ram.config import NodeConfig, api_address, parse_address
 from ram.consensus.runtime.node import RaftNode
 from ram.consensus.runtime.storage import open_store_pool
 from ram.eventstore import schema
+from ram.ha.controller import HAController
 from ram.postgres.server import PostgresServer
 
 log = logging.getLogger("ram.process")
@@ -61,8 +62,12 @@ async def run_node(config: NodeConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     api: ApiServer | None = None
+    ha: HAController | None = None
     try:
         await node.start()
+        if config.postgres.manage:
+            ha = HAController(node, config)
+            await ha.start()
         api_host, api_port = parse_address(api_address(config))
         api = await serve(create_app(node, store_dsn=dsn, pool=pool), api_host, api_port)
         log.info("api listening url=%s", api.url)
@@ -77,6 +82,8 @@ async def run_node(config: NodeConfig) -> None:
     finally:
         if api is not None:
             await api.stop()
+        if ha is not None:
+            await ha.stop()
         await node.stop(transfer=True)
         await pool.close()
         if server is not None:

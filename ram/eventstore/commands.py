@@ -169,6 +169,17 @@ FactEvent = Annotated[
 ]
 
 
+class Arbitrate(_Command):
+    """Events the arbiter (the Raft leader's HA logic) decided, computed from the state at
+    ``based_on`` (its last event position). If any event was committed in between, the decision is
+    stale and yields nothing: the arbiter simply decides again on fresh state."""
+
+    kind: Literal["arbitrate"] = "arbitrate"
+    events: tuple[Event, ...]
+    based_on: int
+    reason: str = ""
+
+
 class ReportFact(_Command):
     """A fact a node observed about itself or the arbiter decided (health, following, fenced, sync set)."""
 
@@ -192,6 +203,7 @@ Command = Annotated[
         CompleteOperation,
         FailOperation,
         ReportFact,
+        Arbitrate,
     ],
     Field(discriminator="kind"),
 ]
@@ -313,6 +325,10 @@ def _decide(state: ClusterState, command: _Command, ts: datetime, term: int) -> 
         return [DynamicConfigChanged(changes=changes, pending_restart=command.pending_restart, by=command.by)]
     if isinstance(command, (DesignatePrimary, StartFailover, RequestSwitchover, CompleteOperation, FailOperation)):
         return _decide_operation(state, command)
+    if isinstance(command, Arbitrate):
+        if state.last_position != command.based_on:
+            return []
+        return list(command.events)
     if isinstance(command, ReportFact):
         fact = command.event
         subject: str | None = getattr(fact, "name", None)

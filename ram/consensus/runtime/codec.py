@@ -57,7 +57,15 @@ class MemberReport(msgspec.Struct, tag="report", frozen=True):
     body: bytes
 
 
-PeerPayload = RaftPayload | ForwardedProposal | ProposalOutcome | MemberReport
+class LeaseRequest(msgspec.Struct, tag="lease", frozen=True):
+    """The primary asks the leader to renew its lease; answered by :class:`ProposalOutcome` (``ok`` =
+    granted, ``error`` = why not). The leader confirms its leadership with a quorum round started
+    after this request arrived, so a grant is never older than the request."""
+
+    request_id: int
+
+
+PeerPayload = RaftPayload | ForwardedProposal | ProposalOutcome | MemberReport | LeaseRequest
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(PeerPayload)

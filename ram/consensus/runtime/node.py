@@ -37,6 +37,7 @@ from ram.config import NodeConfig, api_address, parse_address, pg_address
 from ram.consensus.core import ConfChangeInProgress, NotLeader, ProposalDropped, RaftCore
 from ram.consensus.runtime.codec import (
     ForwardedProposal,
+    LeaseRequest,
     MemberReport,
     PayloadError,
     ProposalOutcome,
@@ -191,10 +192,10 @@ class RaftNode:
         #: Monotonic time this node last became leader (0 when it is not the leader).
         self.leader_since = 0.0
         #: HA hooks. ``on_report(node_id, body)``: a member's report reached this (leader) node.
-        #: ``on_leadership_confirmed(node_id, now)``: as leader, a quorum just confirmed our leadership
-        #: for a read barrier requested by ``node_id`` (the primary's lease renewal).
+        #: ``lease_decider(node_id, now) -> (granted, reason)``: as leader, with leadership just
+        #: confirmed by a quorum and the state applied up to that point, may ``node_id`` hold the lease?
         self.on_report: Callable[[int, bytes], None] | None = None
-        self.on_leadership_confirmed: Callable[[int, float], None] | None = None
+        self.lease_decider: Callable[[int, float], tuple[bool, str]] | None = None
 
     # ----------------------------------------------------------------------------------- life
 
@@ -443,7 +444,6 @@ class RaftNode:
         try:
             if request.read_only:
                 index = await self._read_index_local(timeout)
-                self._confirmed(peer)
                 outcome = ProposalOutcome(request.request_id, True, index=index)
             elif self.role is not Role.LEADER:
                 outcome = ProposalOutcome(request.request_id, False, error="not the leader", leader_id=self.leader_id)
@@ -466,15 +466,47 @@ class RaftNode:
         timeout = timeout or self.config.raft.proposal_timeout_s
         if self.role is Role.LEADER:
             index = await self._read_index_local(timeout)
-            self._confirmed(self.config.node_id)
             await self.wait_applied(index, timeout)
             return index
         result = await self._forward(b"", timeout, read_only=True)
         return result.index
 
-    def _confirmed(self, node_id: int) -> None:
-        if self.on_leadership_confirmed is not None and self.role is Role.LEADER:
-            self.on_leadership_confirmed(node_id, time.monotonic())
+    async def request_lease(self, *, timeout: float) -> tuple[bool, str]:
+        """Ask the leader to grant (renew) this node's primary lease: (granted, reason)."""
+        if self.role is Role.LEADER:
+            return await self._decide_lease(self.config.node_id, timeout)
+        leader = self.leader_id
+        if not leader:
+            return False, "no leader known"
+        request_id = next(self._request_ids)
+        future: asyncio.Future[ProposalOutcome] = asyncio.get_running_loop().create_future()
+        self._forwards[request_id] = future
+        try:
+            if not self.transport.send(leader, encode_payload(LeaseRequest(request_id))):
+                return False, f"cannot reach the leader (node {leader})"
+            try:
+                outcome = await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                return False, f"leader (node {leader}) did not answer within {timeout:g} s"
+        finally:
+            self._forwards.pop(request_id, None)
+        return outcome.ok, outcome.error
+
+    async def _decide_lease(self, node_id: int, timeout: float) -> tuple[bool, str]:
+        if self.lease_decider is None:
+            return False, "this node does not arbitrate leases"
+        try:
+            index = await self._read_index_local(timeout)
+            await self.wait_applied(index, timeout)
+        except ProposalError as exc:
+            return False, str(exc)
+        if self.role is not Role.LEADER:
+            return False, "lost leadership"
+        return self.lease_decider(node_id, time.monotonic())
+
+    async def _serve_lease(self, peer: int, request: LeaseRequest) -> None:
+        granted, reason = await self._decide_lease(peer, self.config.ha.renew_interval_s * 4)
+        self.transport.send(peer, encode_payload(ProposalOutcome(request.request_id, granted, error=reason)))
 
     def send_report(self, body: bytes) -> bool:
         """Hand a member report to the current leader (directly when we lead). False: no leader known."""
@@ -534,6 +566,8 @@ class RaftNode:
                 self._wake.set()
         elif isinstance(payload, ForwardedProposal):
             self._spawn(self._serve_forward(peer, payload), "ram.raft.forward")
+        elif isinstance(payload, LeaseRequest):
+            self._spawn(self._serve_lease(peer, payload), "ram.raft.lease")
         elif isinstance(payload, MemberReport):
             if self.on_report is not None and self.role is Role.LEADER:
                 self.on_report(peer, payload.body)

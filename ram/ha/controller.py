@@ -1,0 +1,409 @@
+"""The HA controller of one node: observes its PostgreSQL, reports to the arbiter, renews the
+primary lease, runs the arbiter when this node leads Raft, and executes the keeper's actions.
+
+All decisions are the pure functions of :mod:`ram.ha.arbiter`, :mod:`ram.ha.keeper` and
+:mod:`ram.ha.lease`; this module only feeds them observations and clocks and carries out what they
+return — every action and decision is logged with its reason. Four loops run side by side so that a
+slow PostgreSQL command (a clone, a rewind) never delays lease renewal or fencing:
+
+* observe: status of the local PostgreSQL every ``report_interval_s``, reported to the leader;
+* lease: while the keeper wants the lease, renew it every ``renew_interval_s``; a watchdog fences
+  PostgreSQL the moment the lease runs out (see :mod:`ram.ha.lease` for the timing argument);
+* arbiter: on the Raft leader, every ``report_interval_s``, decisions become one Raft proposal;
+* keeper: the next action toward the committed state, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ram.config import NodeConfig
+from ram.consensus.runtime.node import ProposalError, RaftNode
+from ram.consensus.types import Role
+from ram.eventstore.commands import Arbitrate, ReportFact
+from ram.eventstore.events import MemberHealthChanged, NodeFenced, ReplicaFollowing, ReplicaRejoined
+from ram.ha import keeper as k
+from ram.ha.arbiter import ArbiterInput, Wait, arbitrate, decide_grant, steady_holder
+from ram.ha.candidates import MemberObservation
+from ram.ha.lease import ArbiterLeaseView, HolderLease
+from ram.ha.pgspec import endpoint_of, instance_spec
+from ram.postgres import sql
+from ram.postgres.instance import ManagedInstance
+from ram.postgres.status import InstanceStatus
+
+log = logging.getLogger("ram.ha")
+
+_FENCE_WATCH_S = 0.02
+
+
+class HAController:
+    """Drives this node's PostgreSQL toward the committed cluster state."""
+
+    def __init__(self, node: RaftNode, config: NodeConfig) -> None:
+        self.node = node
+        self.config = config
+        self.settings = config.ha
+        self.me = config.name
+        self.instance = ManagedInstance(instance_spec(config, node.state))
+        self.holder = HolderLease(self.settings)
+        self.view = ArbiterLeaseView(self.settings)
+        self.observations: dict[str, MemberObservation] = {}
+        self.status: InstanceStatus | None = None
+        self.pg_down_since: float | None = None
+        self.rewind_failed = False
+        self.lease_released = False
+        self._leader_term = 0
+        self._primary_down_since: float | None = None
+        self._operation_key: int | None = None
+        self._operation_since: float | None = None
+        self._last_action = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake_keeper = asyncio.Event()
+        node.on_report = self._on_report
+        node.lease_decider = self._decide_lease
+
+    # ----------------------------------------------------------------------------------- life
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._every(self.settings.report_interval_s, self._observe), name="ram.ha.observe"),
+            loop.create_task(self._lease_loop(), name="ram.ha.lease"),
+            loop.create_task(self._fence_watch(), name="ram.ha.fence"),
+            loop.create_task(self._every(self.settings.report_interval_s, self._arbitrate), name="ram.ha.arbiter"),
+            loop.create_task(self._keeper_loop(), name="ram.ha.keeper"),
+        ]
+        log.info("ha controller started member=%s pgdata=%s", self.me, self.instance.spec.data_dir)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.node.on_report = None
+        self.node.lease_decider = None
+        with contextlib.suppress(Exception):
+            await self.instance.stop("fast")
+        log.info("ha controller stopped member=%s", self.me)
+
+    async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("ha step failed step=%s", getattr(step, "__name__", step))
+            await asyncio.sleep(interval)
+
+    # ---------------------------------------------------------------------------- observing
+
+    async def _observe(self) -> None:
+        now = time.monotonic()
+        try:
+            status = await asyncio.wait_for(self.instance.status(), self.settings.report_timeout_s)
+        except Exception as exc:  # a hung or broken instance is reported as down, never crashes us
+            log.warning("postgres status failed error=%s", exc)
+            status = InstanceStatus(running=False, error=str(exc))
+        self.status = status
+        running = status.running and status.accepting
+        if running:
+            self.pg_down_since = None
+        elif self.pg_down_since is None:
+            self.pg_down_since = now
+        self._wake_keeper.set()
+        self.node.send_report(json.dumps(self._report(status)).encode())
+
+    def _report(self, status: InstanceStatus) -> dict[str, Any]:
+        running = status.running and status.accepting
+        role = "unknown"
+        if running:
+            role = "replica" if status.in_recovery else "primary"
+        primary = running and status.in_recovery is False
+        return {
+            "name": self.me,
+            "pg_running": running,
+            "role": role,
+            "timeline": status.timeline,
+            "received_lsn": status.current_lsn if primary else status.received_lsn,
+            "replayed_lsn": status.current_lsn if primary else status.replayed_lsn,
+            "state_position": self.node.state.last_position,
+            "lease_released": self.lease_released,
+        }
+
+    def _on_report(self, node_id: int, body: bytes) -> None:
+        try:
+            doc = json.loads(body)
+            self.observations[str(doc["name"])] = MemberObservation(
+                name=str(doc["name"]),
+                reachable=True,
+                pg_running=bool(doc["pg_running"]),
+                role=doc["role"],
+                timeline=doc["timeline"],
+                received_lsn=doc["received_lsn"],
+                replayed_lsn=doc["replayed_lsn"],
+                lag_bytes=None,
+                observed_at=time.monotonic(),
+                state_position=int(doc["state_position"]),
+                lease_released=bool(doc["lease_released"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("dropping malformed member report node_id=%d error=%s", node_id, exc)
+
+    # ------------------------------------------------------------------------------ arbiter
+
+    def _arbiter_input(self, now: float) -> ArbiterInput:
+        state = self.node.state
+        primary = state.primary
+        if primary is not None:
+            obs = self.observations.get(primary)
+            down = obs is None or now - obs.observed_at > self.settings.report_timeout_s or not obs.pg_running
+            if not down:
+                self._primary_down_since = None
+            elif self._primary_down_since is None:
+                self._primary_down_since = now
+        op = state.current_operation
+        key = op.started_position if op is not None else None
+        if key != self._operation_key:
+            self._operation_key, self._operation_since = key, (now if key is not None else None)
+        return ArbiterInput(
+            now=now,
+            state=state,
+            observations=dict(self.observations),
+            lease=self.view,
+            settings=self.settings,
+            primary_down_since=self._primary_down_since,
+            operation_since=self._operation_since,
+        )
+
+    def _leading(self, now: float) -> bool:
+        """Leader, with the announcement of our term applied (so the state is current for this term)."""
+        node = self.node
+        if node.role is not Role.LEADER:
+            if self._leader_term:
+                self._leader_term = 0
+                self.view.on_lost_leadership()
+                self._primary_down_since = None
+                self._operation_key = self._operation_since = None
+            return False
+        state = node.state
+        if state.raft_term != node.term or state.raft_leader_node_id != self.config.node_id:
+            return False
+        if self._leader_term != node.term:
+            self._leader_term = node.term
+            self.view.on_became_leader(now, steady_holder(state))
+            log.info("arbiter active term=%d steady_holder=%s", node.term, steady_holder(state))
+        return True
+
+    def _decide_lease(self, node_id: int, now: float) -> tuple[bool, str]:
+        if not self._leading(now):
+            return False, "arbiter not ready (new leader)"
+        holder = next((m.name for m in self.node.state.members.values() if m.node_id == node_id), None)
+        if holder is None:
+            return False, f"node {node_id} is not a member"
+        verdict = decide_grant(self._arbiter_input(now), holder)
+        return verdict.granted, verdict.reason
+
+    async def _arbitrate(self) -> None:
+        now = time.monotonic()
+        if not self._leading(now):
+            return
+        inp = self._arbiter_input(now)
+        decisions = [d for d in arbitrate(inp) if not isinstance(d, Wait)]
+        if not decisions:
+            return
+        events = [ev for d in decisions for ev in d.to_events()]
+        revoked = [d.revokes for d in decisions if getattr(d, "revokes", None)]
+        for d in decisions:
+            log.info("arbiter decision=%s reason=%s", type(d).__name__, d.reason)
+        for name in revoked:
+            assert name is not None
+            self.view.revoke(name)
+        try:
+            result = await self.node.propose(
+                Arbitrate(events=tuple(events), based_on=inp.state.last_position, reason=decisions[0].reason)
+            )
+        except ProposalError as exc:
+            log.warning("arbiter decision not committed error=%s", exc)
+            for name in revoked:
+                assert name is not None
+                self.view.restore(name)
+            return
+        for name in revoked:
+            assert name is not None
+            if result.events:
+                self.view.revoke(name, until_position=result.index)
+            else:
+                self.view.restore(name)
+
+    # -------------------------------------------------------------------------------- lease
+
+    def _keeper_input(self, now: float) -> k.KeeperInput:
+        status = self.status or InstanceStatus(running=False)
+        running = status.running and status.accepting
+        upstream = None
+        receiver = status.wal_receiver
+        if receiver is not None:
+            for member in self.node.state.members.values():
+                if (member.pg_host, member.pg_port) == (receiver.sender_host, receiver.sender_port):
+                    upstream = member.name
+        pg = k.LocalPostgres(
+            has_data=self.instance.initialized,
+            running=running,
+            in_recovery=status.in_recovery if running else None,
+            timeline=status.timeline,
+            wal_position=status.wal_position,
+            upstream=upstream,
+        )
+        diverged = k.is_diverged(self.node.state, status.timeline, status.wal_position) if running else None
+        return k.KeeperInput(
+            me=self.me,
+            now=now,
+            state=self.node.state,
+            pg=pg,
+            lease_valid=self.holder.holds(now),
+            settings=self.settings,
+            diverged=diverged,
+            pg_down_since=self.pg_down_since,
+            rewind_failed=self.rewind_failed,
+        )
+
+    async def _lease_loop(self) -> None:
+        interval = self.settings.renew_interval_s
+        while True:
+            started = time.monotonic()
+            try:
+                if k.wants_lease(self._keeper_input(started)):
+                    token = self.holder.on_renew_sent(started)
+                    granted, reason = await self.node.request_lease(timeout=interval * 2)
+                    if granted:
+                        self.holder.on_renew_ok(token)
+                        self.lease_released = False
+                    else:
+                        log.debug("lease not renewed reason=%s", reason)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lease renewal failed")
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def _fence_watch(self) -> None:
+        """Fence the moment the lease runs out while PostgreSQL may accept writes (not on the keeper's
+        schedule: a clone or rewind in progress must not delay it)."""
+        while True:
+            await asyncio.sleep(_FENCE_WATCH_S)
+            status = self.status
+            writable = status is not None and status.running and status.in_recovery is False
+            if writable and self.holder.must_fence(time.monotonic()):
+                await self._fence("lease expired (not renewed in time)")
+
+    async def _fence(self, reason: str) -> None:
+        log.warning("fencing postgres member=%s reason=%s", self.me, reason)
+        await self.instance.fence()
+        self.status = InstanceStatus(running=False)
+        self.holder.release()
+        self._spawn_fact(NodeFenced(name=self.me, reason=reason[:1000], lease_expired_at_ms=int(time.time() * 1000)))
+
+    def _spawn_fact(self, event: Any) -> None:
+        async def report() -> None:
+            try:
+                await self.node.propose(ReportFact(event=event), timeout=self.settings.lease_s * 3)
+            except ProposalError as exc:
+                log.info("could not record fact type=%s error=%s", event.type, exc)
+
+        task = asyncio.get_running_loop().create_task(report())
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    # ------------------------------------------------------------------------------- keeper
+
+    async def _keeper_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_keeper.wait(), self.settings.report_interval_s)
+            self._wake_keeper.clear()
+            if self.status is None:
+                continue
+            action = k.next_action(self._keeper_input(time.monotonic()))
+            if isinstance(action, k.Nothing):
+                continue
+            line = f"{type(action).__name__}: {action.reason}"
+            if line != self._last_action:
+                log.info("keeper action=%s reason=%s", type(action).__name__, action.reason)
+                self._last_action = line
+            try:
+                await self._execute(action)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("keeper action failed action=%s error=%s", type(action).__name__, exc)
+                await asyncio.sleep(self.settings.report_interval_s)
+            await self._observe()
+
+    async def _execute(self, action: k.Action) -> None:
+        inst = self.instance
+        state = self.node.state
+        if isinstance(action, k.Fence):
+            await self._fence(action.reason)
+        elif isinstance(action, k.InitDb):
+            await inst.initdb_primary(start=False)
+        elif isinstance(action, k.StartPostgres):
+            if action.role == "standby" and action.upstream:
+                endpoint = endpoint_of(state, action.upstream)
+                if endpoint is not None:
+                    await inst.follow(endpoint, wait=False)
+                    return
+            await inst.start()
+        elif isinstance(action, k.RestartCrashed):
+            await inst.start()
+        elif isinstance(action, k.Promote):
+            if not self.holder.holds(time.monotonic()):
+                return
+            timeline = await inst.promote()
+            log.info("promoted member=%s timeline=%s", self.me, timeline)
+        elif isinstance(action, k.Demote):
+            endpoint = endpoint_of(state, action.follow)
+            if endpoint is None:
+                return
+            await inst.demote(endpoint)
+            self.holder.release()
+            self.lease_released = True
+            self._spawn_fact(ReplicaFollowing(name=self.me, primary=action.follow))
+        elif isinstance(action, k.Follow):
+            endpoint = endpoint_of(state, action.primary)
+            if endpoint is not None:
+                await inst.follow(endpoint)
+                self._spawn_fact(ReplicaFollowing(name=self.me, primary=action.primary))
+        elif isinstance(action, (k.Rewind, k.Clone)):
+            endpoint = endpoint_of(state, action.primary)
+            if endpoint is None:
+                return
+            if isinstance(action, k.Clone) and not inst.initialized:
+                await inst.clone_from(endpoint, wipe=True)
+                await inst.start()
+                self._spawn_fact(ReplicaFollowing(name=self.me, primary=action.primary))
+                return
+            result = await inst.rejoin(endpoint, allow_clone=self.settings.rewind_fallback_to_clone)
+            if result.method == "none" or not result.started:
+                self.rewind_failed = True
+                log.warning("rejoin failed member=%s message=%s", self.me, result.rewind.message)
+                return
+            self.rewind_failed = False
+            method = "clone" if result.method == "clone" else "rewind"
+            self._spawn_fact(ReplicaRejoined(name=self.me, primary=action.primary, method=method))
+        elif isinstance(action, k.ConfigureSync):
+            await sql.execute(
+                inst.spec, f"ALTER SYSTEM SET synchronous_standby_names = {sql.quote_literal(action.standby_names)}"
+            )
+            await sql.execute(inst.spec, "SELECT pg_reload_conf()")
+        elif isinstance(action, k.ReportCannotRejoin):
+            self._spawn_fact(
+                MemberHealthChanged(name=self.me, healthy=False, pg_running=False, reason=action.reason[:1000])
+            )

@@ -57,6 +57,8 @@ def create_app(node: RaftNode, *, store_dsn: str, pool: asyncpg.Pool) -> Litesta
         ),
         request_max_body_size=MAX_BODY_BYTES,
         debug=False,
+        # The node process owns logging (structured, see ram.logs); Litestar must not reconfigure it.
+        logging_config=None,
     )
     app.state.ctx = ctx
     return app

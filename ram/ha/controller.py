@@ -65,6 +65,7 @@ class HAController:
         self._last_action = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._wake_keeper = asyncio.Event()
+        self._initializing = False
         node.on_report = self._on_report
         node.lease_decider = self._decide_lease
 
@@ -301,6 +302,8 @@ class HAController:
             await asyncio.sleep(_FENCE_WATCH_S)
             status = self.status
             writable = status is not None and status.running and status.in_recovery is False
+            if self._initializing:
+                continue  # initdb runs a private, socket-only server of its own: nothing to fence
             if writable and self.holder.must_fence(time.monotonic()):
                 await self._fence("lease expired (not renewed in time)")
 
@@ -353,7 +356,11 @@ class HAController:
         if isinstance(action, k.Fence):
             await self._fence(action.reason)
         elif isinstance(action, k.InitDb):
-            await inst.initdb_primary(start=False)
+            self._initializing = True
+            try:
+                await inst.initdb_primary(start=False)
+            finally:
+                self._initializing = False
         elif isinstance(action, k.StartPostgres):
             if action.role == "standby" and action.upstream:
                 endpoint = endpoint_of(state, action.upstream)

@@ -28,7 +28,12 @@ def member_hosts(config: NodeConfig, state: ClusterState) -> tuple[str, ...]:
         hosts.add(member.raft_address.rpartition(":")[0])
     for peer in config.raft.peers:
         hosts.add(peer.pg()[0])
-    return tuple(sorted(ip for ip in (_ip(h) for h in hosts) if ip is not None))
+    ips = {ip for ip in (_ip(h) for h in hosts) if ip is not None}
+    if any(ipaddress.ip_address(ip).is_loopback for ip in ips):
+        # Members on loopback aliases of one machine: the kernel gives client connections the source
+        # address 127.0.0.1 (libpq can not bind another), so it must be admitted too.
+        ips.add("127.0.0.1")
+    return tuple(sorted(ips))
 
 
 def instance_spec(config: NodeConfig, state: ClusterState) -> ManagedInstanceSpec:

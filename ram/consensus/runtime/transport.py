@@ -307,6 +307,14 @@ class Transport:
         for peer in self._peers.values():
             self._start_peer_task(peer)
 
+    def _local_addr(self, remote_host: str) -> tuple[str, int] | None:
+        """Bind outgoing connections to our listen host when it is a concrete address of the same
+        family as the peer's (not a wildcard)."""
+        host = self.listen.host
+        if host in ("", "0.0.0.0", "::") or (":" in host) != (":" in remote_host):
+            return None
+        return (host, 0)
+
     async def stop(self) -> None:
         """Close the listener and every connection, cancel and await every task. Idempotent."""
         if self._stopped:
@@ -526,7 +534,12 @@ class Transport:
         addr = peer.address
         try:
             async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await asyncio.open_connection(addr.host, addr.port, limit=_STREAM_LIMIT)
+                # Dial from our own listen address: on a host with several addresses (or loopback
+                # aliases) peers then see who we are, and a network cut between two addresses
+                # (firewall rules) cuts our traffic too.
+                reader, writer = await asyncio.open_connection(
+                    addr.host, addr.port, limit=_STREAM_LIMIT, local_addr=self._local_addr(addr.host)
+                )
         except (OSError, TimeoutError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or repr(exc))
             self._warn_peer(

@@ -66,6 +66,7 @@ class HAController:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake_keeper = asyncio.Event()
         self._initializing = False
+        self._slots_for: list[str] | None = None
         node.on_report = self._on_report
         node.lease_decider = self._decide_lease
 
@@ -121,6 +122,19 @@ class HAController:
             self.pg_down_since = now
         self._wake_keeper.set()
         self.node.send_report(json.dumps(self._report(status)).encode())
+        if running and status.in_recovery is False and self.node.state.primary == self.me:
+            await self._ensure_slots()
+
+    async def _ensure_slots(self) -> None:
+        """The primary keeps a physical slot for every other member, so WAL a replica still needs is
+        never recycled (a removed member's slot is dropped)."""
+        wanted = sorted(name for name in self.node.state.members if name != self.me)
+        if wanted == self._slots_for:
+            return
+        created = await self.instance.ensure_slots(wanted, drop_others=True)
+        self._slots_for = wanted
+        if created:
+            log.info("replication slots created slots=%s", ",".join(created))
 
     def _report(self, status: InstanceStatus) -> dict[str, Any]:
         running = status.running and status.accepting

@@ -165,6 +165,10 @@ class PostgresSettings(_Strict):
     parameters: Annotated[
         dict[str, str], Field(description="Extra postgresql.conf parameters for the managed instance.")
     ] = {}  # pydantic copies mutable defaults per instance
+    superuser_password: Annotated[
+        str | None,
+        Field(description="Password of the postgres superuser for TCP logins from members (unset: socket only)."),
+    ] = None
 
     @field_validator("listen")
     @classmethod

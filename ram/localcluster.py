@@ -63,7 +63,20 @@ class ClusterInfo:
     dir: str
     store_port: int
     replication_password: str
+    superuser_password: str = ""
     members: list[MemberInfo] = field(default_factory=list)
+
+    @property
+    def pgpass_file(self) -> Path:
+        return Path(self.dir) / "pgpass"
+
+    def writer_dsn(self) -> str:
+        hosts = ",".join(f"{m.host}:{m.pg_port}" for m in self.members)
+        return f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write"
+
+    def reader_dsn(self) -> str:
+        hosts = ",".join(f"{m.host}:{m.pg_port}" for m in self.members)
+        return f"postgresql://postgres@{hosts}/postgres?target_session_attrs=any"
 
     def save(self) -> None:
         path = Path(self.dir) / CLUSTER_FILE
@@ -73,6 +86,10 @@ class ClusterInfo:
             "dir": self.dir,
             "store_port": self.store_port,
             "replication_password": self.replication_password,
+            "superuser_password": self.superuser_password,
+            "pgpass_file": str(self.pgpass_file),
+            "writer_dsn": self.writer_dsn(),
+            "reader_dsn": self.reader_dsn(),
             "members": [m.as_json() for m in self.members],
         }
         tmp = path.with_suffix(".tmp")
@@ -94,7 +111,8 @@ class ClusterInfo:
             members.append(MemberInfo(**m))
         return cls(
             name=doc["name"], cluster_id=doc["cluster_id"], dir=doc["dir"], store_port=doc["store_port"],
-            replication_password=doc["replication_password"], members=members,
+            replication_password=doc["replication_password"], superuser_password=doc.get("superuser_password", ""),
+            members=members,
         )
 
 
@@ -116,6 +134,7 @@ def plan(directory: Path, nodes: int, base_port: int, name: str = "ram") -> Clus
         dir=str(directory),
         store_port=base_port + 299,
         replication_password=secrets.token_urlsafe(18),
+        superuser_password=secrets.token_urlsafe(18),
     )
     for i in range(1, nodes + 1):
         node_dir = directory / f"node{i}"
@@ -177,6 +196,7 @@ def node_config_toml(info: ClusterInfo, member: MemberInfo, store_dsn: str, ha: 
         f'listen = "{member.host}:{member.pg_port}"',
         f'data_dir = "{member.pg_data_dir}"',
         f'replication_password = "{info.replication_password}"',
+        f'superuser_password = "{info.superuser_password}"',
     ]
     if ha:
         lines += ["", "[ha]"] + [f"{key} = {json.dumps(value)}" for key, value in ha.items()]
@@ -192,6 +212,9 @@ def _write_layout(info: ClusterInfo, dsns: dict[str, str], ha: dict[str, Any] | 
         os.chmod(node_dir, 0o755)
         Path(member.config_file).write_text(node_config_toml(info, member, dsns[member.name], ha))
         os.chmod(member.config_file, 0o600)
+    lines = [f"{m.host}:{m.pg_port}:*:postgres:{info.superuser_password}" for m in info.members]
+    info.pgpass_file.write_text("\n".join(lines) + "\n")
+    os.chmod(info.pgpass_file, 0o600)
     info.save()
 
 

@@ -83,19 +83,20 @@ def _print_summary(info: ClusterInfo, doc: dict[str, Any]) -> None:
             f"{m['name']:<8} {addr:<22} {m.get('role') or '-':<8} {raft:<8} {m.get('timeline') or '-':>3}  "
             f"{'-' if lag is None else lag:>10}"
         )
-    hosts = ",".join(f"{m.host}:{m.pg_port}" for m in info.members)
     apis = ",".join(m.api_url for m in info.members)
     click.echo("")
-    click.echo(f"writers: postgresql://{hosts}/postgres?target_session_attrs=read-write")
-    click.echo(f"readers: postgresql://{hosts}/postgres?target_session_attrs=any")
+    click.echo(f"writers: {info.writer_dsn()}")
+    click.echo(f"readers: {info.reader_dsn()}")
+    click.echo(f"(the postgres password is in {info.pgpass_file}; export PGPASSFILE={info.pgpass_file})")
     click.echo("")
     click.echo("Next:")
-    click.echo(f"  export RAM_API={apis}")
-    click.echo("  ramctrl status")
-    click.echo("  ramctrl events --follow")
-    click.echo(f"  psql 'postgresql://{info.members[0].host}:{info.members[0].pg_port}/postgres' ... "
-               "(as the postgres OS user: runuser -u postgres -- psql -h <socket dir>)")
-    click.echo(f"  ram cluster down --dir {info.dir}")
+    click.echo(f"  export RAM_API={apis} PGPASSFILE={info.pgpass_file}")
+    click.echo("  ramctrl status                      # members, roles, lag, Raft leader")
+    click.echo("  ramctrl events --follow             # live cluster events (in a second terminal)")
+    click.echo(f"  psql '{info.writer_dsn()}' -c 'SELECT 1'")
+    click.echo("  kill -9 the primary's ram node and postmaster, then watch the failover")
+    click.echo("  ramctrl switchover --to pg2")
+    click.echo(f"  ram cluster down --dir {info.dir} [--purge]")
 
 
 @cluster_group.command("up")

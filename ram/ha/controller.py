@@ -34,6 +34,7 @@ from ram.ha.candidates import MemberObservation
 from ram.ha.lease import ArbiterLeaseView, HolderLease
 from ram.ha.pgspec import endpoint_of, instance_spec
 from ram.postgres import sql
+from ram.postgres.bootstrap import scram_verifier
 from ram.postgres.instance import ManagedInstance
 from ram.postgres.status import InstanceStatus
 
@@ -67,6 +68,7 @@ class HAController:
         self._wake_keeper = asyncio.Event()
         self._initializing = False
         self._slots_for: list[str] | None = None
+        self._password_set = False
         node.on_report = self._on_report
         node.lease_decider = self._decide_lease
 
@@ -124,6 +126,17 @@ class HAController:
         self.node.send_report(json.dumps(self._report(status)).encode())
         if running and status.in_recovery is False and self.node.state.primary == self.me:
             await self._ensure_slots()
+            await self._ensure_superuser_password()
+
+    async def _ensure_superuser_password(self) -> None:
+        """Set the configured superuser password once per primary term (a SCRAM verifier, so the
+        clear-text password never reaches the server or its log); replicas get it by replication."""
+        password = self.config.postgres.superuser_password
+        if not password or self._password_set:
+            return
+        verifier = scram_verifier(password)
+        await sql.execute(self.instance.spec, f"ALTER ROLE postgres PASSWORD {sql.quote_literal(verifier)}")
+        self._password_set = True
 
     async def _ensure_slots(self) -> None:
         """The primary keeps a physical slot for every other member, so WAL a replica still needs is

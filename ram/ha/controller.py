@@ -69,6 +69,7 @@ class HAController:
         self._initializing = False
         self._slots_for: list[str] | None = None
         self._password_set = False
+        self._following: str | None = None
         node.on_report = self._on_report
         node.lease_decider = self._decide_lease
 
@@ -341,6 +342,14 @@ class HAController:
         self.holder.release()
         self._spawn_fact(NodeFenced(name=self.me, reason=reason[:1000], lease_expired_at_ms=int(time.time() * 1000)))
 
+    def _report_following(self, primary: str) -> None:
+        """Record whom we follow, once per change (not on every re-point)."""
+        member = self.node.state.members.get(self.me)
+        if member is not None and member.following == primary and self._following == primary:
+            return
+        self._following = primary
+        self._spawn_fact(ReplicaFollowing(name=self.me, primary=primary))
+
     def _spawn_fact(self, event: Any) -> None:
         async def report() -> None:
             try:
@@ -409,12 +418,14 @@ class HAController:
             await inst.demote(endpoint)
             self.holder.release()
             self.lease_released = True
-            self._spawn_fact(ReplicaFollowing(name=self.me, primary=action.follow))
+            self._report_following(action.follow)
         elif isinstance(action, k.Follow):
             endpoint = endpoint_of(state, action.primary)
             if endpoint is not None:
-                await inst.follow(endpoint)
-                self._spawn_fact(ReplicaFollowing(name=self.me, primary=action.primary))
+                # Do not wait for the walreceiver: the upstream may be down right now, and the keeper
+                # must stay free to promote this node if it is chosen.
+                await inst.follow(endpoint, wait=False)
+                self._report_following(action.primary)
         elif isinstance(action, (k.Rewind, k.Clone)):
             endpoint = endpoint_of(state, action.primary)
             if endpoint is None:
@@ -422,7 +433,7 @@ class HAController:
             if isinstance(action, k.Clone) and not inst.initialized:
                 await inst.clone_from(endpoint, wipe=True)
                 await inst.start()
-                self._spawn_fact(ReplicaFollowing(name=self.me, primary=action.primary))
+                self._report_following(action.primary)
                 return
             result = await inst.rejoin(endpoint, allow_clone=self.settings.rewind_fallback_to_clone)
             if result.method == "none" or not result.started:

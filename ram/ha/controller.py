@@ -70,6 +70,7 @@ class HAController:
         self._slots_for: list[str] | None = None
         self._password_set = False
         self._following: str | None = None
+        self._stopped_history: tuple[int, bool] | None = None
         node.on_report = self._on_report
         node.lease_decider = self._decide_lease
 
@@ -119,6 +120,10 @@ class HAController:
             status = InstanceStatus(running=False, error=str(exc))
         self.status = status
         running = status.running and status.accepting
+        if not running and self.instance.initialized:
+            await self._read_stopped_history()
+        else:
+            self._stopped_history = None
         if running:
             self.pg_down_since = None
         elif self.pg_down_since is None:
@@ -138,6 +143,29 @@ class HAController:
         verifier = scram_verifier(password)
         await sql.execute(self.instance.spec, f"ALTER ROLE postgres PASSWORD {sql.quote_literal(verifier)}")
         self._password_set = True
+
+    async def _read_stopped_history(self) -> None:
+        """For a stopped data directory: its checkpoint timeline and whether it was a standby, so the
+        keeper can tell if it may simply start streaming or must be rewound first."""
+        if self._stopped_history is not None:
+            return
+        try:
+            fields = await self.instance.controldata()
+            timeline = int(fields.get("Latest checkpoint's TimeLineID", "0"))
+        except Exception as exc:
+            log.warning("pg_controldata failed error=%s", exc)
+            return
+        was_standby = "recovery" in fields.get("Database cluster state", "")
+        self._stopped_history = (timeline, was_standby)
+
+    def _stopped_diverged(self) -> bool | None:
+        """A stopped copy is safe to start as a standby only if it was a standby on the cluster's
+        current timeline; anything else (a former primary, an older timeline) is rewound first —
+        pg_rewind itself finds out when nothing needs rewinding."""
+        if self._stopped_history is None or self.node.state.timeline is None:
+            return None
+        timeline, was_standby = self._stopped_history
+        return not (was_standby and timeline == self.node.state.timeline)
 
     async def _ensure_slots(self) -> None:
         """The primary keeps a physical slot for every other member, so WAL a replica still needs is
@@ -291,7 +319,10 @@ class HAController:
             wal_position=status.wal_position,
             upstream=upstream,
         )
-        diverged = k.is_diverged(self.node.state, status.timeline, status.wal_position) if running else None
+        if running:
+            diverged = k.is_diverged(self.node.state, status.timeline, status.wal_position)
+        else:
+            diverged = self._stopped_diverged()
         return k.KeeperInput(
             me=self.me,
             now=now,

@@ -120,18 +120,25 @@ class ManagedInstance:
     async def status(self) -> InstanceStatus:
         return await read_status(self.spec, self.postmaster_pid())
 
-    async def cluster_state(self) -> str:
-        """``Database cluster state`` from pg_controldata ("shut down", "in production", …)."""
+    async def controldata(self) -> dict[str, str]:
+        """pg_controldata's fields (works on a stopped or crashed cluster)."""
         result = await run_command(
             [str(self.bindir / "pg_controldata"), "-D", str(self.spec.data_dir)],
             owner=self.spec.owner,
             timeout=self.spec.timeouts.command,
         )
+        fields: dict[str, str] = {}
         for line in result.stdout.splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "Database cluster state":
-                return value.strip()
-        raise InstanceStateError(f"pg_controldata gave no cluster state for {self.spec.data_dir}")
+            fields[key.strip()] = value.strip()
+        return fields
+
+    async def cluster_state(self) -> str:
+        """``Database cluster state`` from pg_controldata ("shut down", "in production", …)."""
+        state = (await self.controldata()).get("Database cluster state")
+        if state is None:
+            raise InstanceStateError(f"pg_controldata gave no cluster state for {self.spec.data_dir}")
+        return state
 
     # -- creation ------------------------------------------------------------------------------
 

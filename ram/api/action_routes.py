@@ -25,7 +25,14 @@ from ram.api.schemas import (
     WriteOut,
 )
 from ram.consensus.runtime.node import ApplyResult
-from ram.eventstore.commands import AddMember, PatchConfig, RemoveMember, SetMaintenance
+from ram.eventstore.commands import (
+    AddMember,
+    PatchConfig,
+    RemoveMember,
+    RequestSwitchover,
+    SetMaintenance,
+    StartFailover,
+)
 from ram.eventstore.events import MemberSpec, check_json_value
 from ram.projections.state import ClusterState
 
@@ -206,6 +213,12 @@ async def remove_member(
 # ------------------------------------------------------------- operations of the HA layer
 
 
+def _require_ha(ctx: ApiContext, what: str) -> None:
+    """Operations on PostgreSQL need the HA layer, which runs only where ``postgres.manage`` is on."""
+    if not ctx.node.config.postgres.manage:
+        raise _not_yet(what)
+
+
 def _not_yet(what: str) -> ApiError:
     return ApiError(501, f"{what} not available yet: {HA_MISSING}")
 
@@ -218,21 +231,80 @@ def _known(state: ClusterState, name: str, field: str) -> None:
 _HA_ERRORS = error_responses(400, 404, 409, 501, 503)
 
 
+def _best_replica(state: ClusterState, max_lag: int) -> str:
+    """The switchover target when none is named: the healthy voter with the most WAL (then priority)."""
+    options = [
+        m for m in state.members.values()
+        if m.name != state.primary and not m.is_learner and not m.tags.nofailover and m.healthy
+        and m.reported_role == "replica"
+    ]
+    if not options:
+        raise ApiError(409, "no healthy replica can take over (all are unhealthy, learners or tagged nofailover)")
+    best = max(options, key=lambda m: (m.lsn or 0, m.tags.failover_priority, m.name))
+    _check_target(state, best.name, max_lag)
+    return best.name
+
+
+def _check_target(state: ClusterState, name: str, max_lag: int) -> None:
+    """Refuse, with the reason, a target that could not take over cleanly now."""
+    member = state.members[name]
+    if member.is_learner:
+        raise ApiError(409, f"{name} is a learner that has not caught up yet")
+    if member.tags.nofailover:
+        raise ApiError(409, f"{name} is tagged nofailover")
+    if not member.healthy or member.reported_role != "replica":
+        raise ApiError(409, f"{name} is not a healthy streaming replica ({member.health_reason or 'no report'})")
+    primary = state.members.get(state.primary or "")
+    if primary is not None and primary.lsn is not None and member.lsn is not None:
+        lag = primary.lsn - member.lsn
+        if lag > max_lag:
+            raise ApiError(409, f"{name} lags {lag} bytes behind {primary.name} (limit {max_lag})")
+
+
 @post("/switchover", summary="Planned switchover", tags=["actions"], status_code=202, responses=_HA_ERRORS)
-async def switchover(ctx: Ctx, data: JSONBody[SwitchoverRequest | None] = None) -> OperationAcceptedOut:
+async def switchover(request: Request[Any, Any, Any], ctx: Ctx,
+                     data: JSONBody[SwitchoverRequest | None] = None) -> OperationAcceptedOut:
+    """Hand the primary role to ``candidate`` (or the best replica): the primary stops cleanly, the
+    candidate receives all of its WAL, then promotes; the old primary follows it without a rewind."""
     body = data or SwitchoverRequest()
     state = ctx.node.state
     if body.candidate is not None:
         _known(state, body.candidate, "candidate")
+    _require_ha(ctx, "switchover is")
+    if state.primary is None:
+        raise ApiError(409, "the cluster has no primary to switch over from")
+    max_lag = ctx.node.config.ha.maximum_lag_on_failover
+    if body.candidate is not None:
+        _known(state, body.candidate, "candidate")
         if body.candidate == state.primary:
             raise ApiError(400, f"body field 'candidate': {body.candidate!r} is already the primary")
-    raise _not_yet("switchover is")
+        _check_target(state, body.candidate, max_lag)
+        candidate = body.candidate
+    else:
+        candidate = _best_replica(state, max_lag)
+    result = await ctx.node.propose(
+        RequestSwitchover(candidate=candidate, scheduled_at=body.scheduled_at, requested_by=_who(request, ""))
+    )
+    return OperationAcceptedOut(operation=f"switchover {state.primary} -> {candidate}", write=_write_out(result))
 
 
 @post("/failover", summary="Manual failover", tags=["actions"], status_code=202, responses=_HA_ERRORS)
-async def failover(ctx: Ctx, data: JSONBody[FailoverRequest]) -> OperationAcceptedOut:
-    _known(ctx.node.state, data.candidate, "candidate")
-    raise _not_yet("failover is")
+async def failover(request: Request[Any, Any, Any], ctx: Ctx, data: JSONBody[FailoverRequest]) -> OperationAcceptedOut:
+    """Force ``candidate`` to become primary when the cluster has no healthy primary (for a healthy
+    primary, use a switchover). The candidate promotes only once the old primary's lease expired."""
+    state = ctx.node.state
+    _known(state, data.candidate, "candidate")
+    _require_ha(ctx, "failover is")
+    if data.candidate == state.primary:
+        raise ApiError(400, f"body field 'candidate': {data.candidate!r} is already the primary")
+    primary = state.members.get(state.primary or "")
+    if primary is not None and primary.healthy:
+        raise ApiError(409, f"the primary {primary.name} is healthy: use a switchover instead")
+    reason = data.reason or "manual failover requested"
+    result = await ctx.node.propose(
+        StartFailover(old_primary=state.primary, candidate=data.candidate, reason=reason, forced=True)
+    )
+    return OperationAcceptedOut(operation=f"failover to {data.candidate}", write=_write_out(result))
 
 
 def _member_or_404(ctx: ApiContext, name: str) -> None:

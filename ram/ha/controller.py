@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from ram.config import NodeConfig
@@ -230,6 +231,10 @@ class HAController:
         key = op.started_position if op is not None else None
         if key != self._operation_key:
             self._operation_key, self._operation_since = key, (now if key is not None else None)
+        due = None
+        if op is not None and op.kind == "switchover" and op.scheduled_at is not None:
+            if op.scheduled_at <= datetime.now(UTC):
+                due = op
         return ArbiterInput(
             now=now,
             state=state,
@@ -237,6 +242,7 @@ class HAController:
             lease=self.view,
             settings=self.settings,
             primary_down_since=self._primary_down_since,
+            pending_switchover=due,
             operation_since=self._operation_since,
         )
 

@@ -1,0 +1,124 @@
+"""Bootstrap, node loss, PostgreSQL crash, rejoin by rewind, switchover — on real PostgreSQL servers.
+
+The tests in this module share one cluster and run in order: each starts from the healthy state the
+previous one left. Timings are generous upper bounds; bench/failover.py measures speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.e2e.cluster import E2ECluster, Writer
+
+
+async def test_bootstrap_streams_to_every_replica(e2e: E2ECluster) -> None:
+    c = await e2e.cluster()
+    primary = c["primary"]
+    assert primary and sum(m["role"] == "primary" for m in c["members"]) == 1
+    async with Writer(e2e.info.writer_dsn()) as writer:
+        await asyncio.sleep(1.0)
+    assert writer.acked, "no write was acknowledged"
+    assert {server for _, server in writer.servers} == {e2e.member(primary).host}
+    for m in c["members"]:
+        await _wait_rows(e2e, m["name"], writer.acked)
+    assert {e["type"] for e in (await e2e.api("GET", "/events?limit=1000")).json()["events"]} >= {
+        "cluster_bootstrapped",
+        "primary_promoted",
+        "replica_following",
+    }
+
+
+async def _wait_rows(e2e: E2ECluster, name: str, expected: list[int], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    rows: list[int] = []
+    while time.monotonic() < deadline:
+        rows = await e2e.rows(name)
+        if set(expected) <= set(rows):
+            return
+        await asyncio.sleep(0.2)
+    missing = sorted(set(expected) - set(rows))
+    raise AssertionError(f"{name} is missing {len(missing)} acknowledged rows, e.g. {missing[:5]}")
+
+
+async def test_node_loss_fails_over_and_old_primary_rejoins(e2e: E2ECluster) -> None:
+    old = (await e2e.cluster())["primary"]
+    async with Writer(e2e.info.writer_dsn()) as writer:
+        await asyncio.sleep(1.0)
+        killed_at = time.monotonic()
+        e2e.kill_node(old)
+        c = await e2e.wait_for(lambda c: c["primary"] not in (None, old), 30, "a new primary")
+        new = c["primary"]
+        new_host = e2e.member(new).host
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(s == new_host for t, s in writer.servers if t > killed_at):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+    assert any(s == new_host for t, s in writer.servers if t > killed_at), "no write reached the new primary"
+    unavailable = writer.unavailability(killed_at)
+    assert unavailable < 20, f"writes unavailable for {unavailable:.1f} s"
+    old_host = e2e.member(old).host
+    first_new = min(t for t, s in writer.servers if s == new_host and t > killed_at)
+    assert not any(s == old_host and t > first_new for t, s in writer.servers), "old primary acked after the new"
+    history = (await e2e.api("GET", "/history")).json()["operations"]
+    assert history[-1]["kind"] == "failover" and history[-1]["new_primary"] == new
+
+    # The old primary comes back: it must never accept writes, rewind onto the new timeline, stream.
+    e2e.restart_node(old)
+    c = await e2e.wait_healthy(60)
+    assert c["primary"] == new
+    assert not await e2e.writable(old)
+    # Async mode may lose the last writes the dead primary acknowledged; what the new primary holds,
+    # every member holds (the rewound old primary included).
+    reference = await e2e.rows(new)
+    for m in c["members"]:
+        await _wait_rows(e2e, m["name"], reference)
+    assert (await e2e.rows(old))[: len(reference)] == reference
+
+
+async def test_postgres_crash_on_primary_is_restarted_in_place(e2e: E2ECluster) -> None:
+    c = await e2e.cluster()
+    primary = c["primary"]
+    timeline = c["timeline"]
+    e2e.crash_postgres(primary)
+    await asyncio.sleep(0.5)
+    c = await e2e.wait_healthy(60)
+    # primary_start_timeout_s (30 s) lets it restart in place: no failover, same timeline.
+    assert c["primary"] == primary and c["timeline"] == timeline
+    assert await e2e.writable(primary)
+
+
+async def test_switchover_to_a_named_replica_and_back(e2e: E2ECluster) -> None:
+    c = await e2e.cluster()
+    old = c["primary"]
+    target = next(m["name"] for m in c["members"] if m["name"] != old)
+    async with Writer(e2e.info.writer_dsn()) as writer:
+        await asyncio.sleep(0.5)
+        reply = await e2e.api("POST", "/switchover", json={"candidate": target})
+        assert reply.status_code == 202, reply.text
+        await e2e.wait_for(lambda c: c["primary"] == target, 30, f"{target} to become primary")
+        await e2e.wait_healthy(60)
+        await asyncio.sleep(0.5)
+    # The old primary follows the new one without a rewind.
+    events = (await e2e.api("GET", "/events?limit=1000&type=replica_rejoined")).json()["events"]
+    assert not [e for e in events if e["data"]["name"] == old and e["position"] > reply.json()["write"]["index"]]
+    reference = await e2e.rows(target)
+    assert set(writer.acked) <= set(reference), "a switchover lost an acknowledged write"
+    await _wait_rows(e2e, old, reference)
+    # And back.
+    reply = await e2e.api("POST", "/switchover", json={"candidate": old})
+    assert reply.status_code == 202, reply.text
+    await e2e.wait_for(lambda c: c["primary"] == old, 30, f"{old} to become primary again")
+    await e2e.wait_healthy(60)
+
+
+async def test_switchover_refusals(e2e: E2ECluster) -> None:
+    c = await e2e.cluster()
+    primary = c["primary"]
+    reply = await e2e.api("POST", "/switchover", json={"candidate": primary})
+    assert reply.status_code == 400 and "already the primary" in reply.json()["error"]
+    reply = await e2e.api("POST", "/switchover", json={"candidate": "ghost"})
+    assert reply.status_code == 400 and "ghost" in reply.json()["error"]
+    reply = await e2e.api("POST", "/failover", json={"candidate": next(m["name"] for m in c["members"]
+                                                                      if m["name"] != primary)})
+    assert reply.status_code == 409 and "use a switchover" in reply.json()["error"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, delete, get, patch, post
+from litestar import Request, delete, get, patch, post, put
 from litestar.params import Body, FromPath, JSONBody, QueryParameter
 from pydantic import JsonValue
 
@@ -31,9 +31,10 @@ from ram.eventstore.commands import (
     RemoveMember,
     RequestSwitchover,
     SetMaintenance,
+    SetTags,
     StartFailover,
 )
-from ram.eventstore.events import MemberSpec, check_json_value
+from ram.eventstore.events import MemberSpec, MemberTags, check_json_value
 from ram.projections.state import ClusterState
 
 WRITE_ERRORS = (400, 409, 503)
@@ -210,6 +211,23 @@ async def remove_member(
     return MemberWriteOut(member=name, node_id=member.node_id, write=_write_out(result))
 
 
+@put(
+    "/members/{name:str}/tags",
+    summary="Replace a member's tags",
+    tags=["members"],
+    status_code=200,
+    responses=error_responses(404, *WRITE_ERRORS),
+)
+async def set_member_tags(ctx: Ctx, name: FromPath[str], data: JSONBody[MemberTags]) -> MemberWriteOut:
+    """nofailover (never promoted), noloadbalance (out of /replica), nosync (never a synchronous
+    standby), failover_priority (tie-break among equally up-to-date candidates; 0 = never)."""
+    member = ctx.node.state.members.get(name)
+    if member is None:
+        raise ApiError(404, f"no member named {name!r}")
+    result = await ctx.node.propose(SetTags(name=name, tags=data))
+    return MemberWriteOut(member=name, node_id=member.node_id, write=_write_out(result))
+
+
 # ------------------------------------------------------------- operations of the HA layer
 
 
@@ -327,6 +345,6 @@ async def reinit_member(ctx: Ctx, name: FromPath[str]) -> OperationAcceptedOut:
 
 
 ROUTES = [
-    maintenance_on, maintenance_off, get_config, patch_config, add_member, remove_member,
+    maintenance_on, maintenance_off, get_config, patch_config, add_member, remove_member, set_member_tags,
     switchover, failover, restart_member, reinit_member,
 ]

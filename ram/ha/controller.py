@@ -37,11 +37,21 @@ from ram.ha.pgspec import endpoint_of, instance_spec
 from ram.postgres import sql
 from ram.postgres.bootstrap import scram_verifier
 from ram.postgres.instance import ManagedInstance
-from ram.postgres.status import InstanceStatus
+from ram.postgres.replication import streams_from
+from ram.postgres.status import InstanceStatus, parse_lsn
 
 log = logging.getLogger("ram.ha")
 
 _FENCE_WATCH_S = 0.02
+
+
+async def _reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 class HAController:
@@ -68,10 +78,13 @@ class HAController:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake_keeper = asyncio.Event()
         self._initializing = False
+        self._demoting = False
         self._slots_for: list[str] | None = None
         self._password_set = False
         self._following: str | None = None
         self._stopped_history: tuple[int, bool] | None = None
+        self._timeline_start: int | None = None
+        self._timeline_start_for: int | None = None
         node.on_report = self._on_report
         node.lease_decider = self._decide_lease
 
@@ -131,6 +144,8 @@ class HAController:
             self.pg_down_since = now
         self._wake_keeper.set()
         self.node.send_report(json.dumps(self._report(status)).encode())
+        if running and status.in_recovery is False:
+            await self._read_timeline_start(status.timeline)
         if running and status.in_recovery is False and self.node.state.primary == self.me:
             await self._ensure_slots()
             await self._ensure_superuser_password()
@@ -145,6 +160,23 @@ class HAController:
         await sql.execute(self.instance.spec, f"ALTER ROLE postgres PASSWORD {sql.quote_literal(verifier)}")
         self._password_set = True
 
+    async def _read_timeline_start(self, timeline: int | None) -> None:
+        """Where this primary's timeline forked from its parent (the switch point in the timeline
+        history file): what replicas' divergence is judged against."""
+        if timeline is None or timeline <= 1 or self._timeline_start_for == timeline:
+            return
+        try:
+            text = await sql.fetch(
+                self.instance.spec,
+                "SELECT pg_read_file('pg_wal/' || lpad(upper(to_hex($1::int)), 8, '0') || '.history')",
+                timeline,
+            )
+            last = [ln for ln in str(text[0][0]).splitlines() if ln.strip() and not ln.startswith("#")][-1]
+            self._timeline_start = parse_lsn(last.split()[1])
+            self._timeline_start_for = timeline
+        except Exception as exc:
+            log.warning("could not read the timeline history timeline=%s error=%s", timeline, exc)
+
     async def _read_stopped_history(self) -> None:
         """For a stopped data directory: its checkpoint timeline and whether it was a standby, so the
         keeper can tell if it may simply start streaming or must be rewound first."""
@@ -158,6 +190,21 @@ class HAController:
             return
         was_standby = "recovery" in fields.get("Database cluster state", "")
         self._stopped_history = (timeline, was_standby)
+
+    def _diverged(self, status: InstanceStatus) -> bool | None:
+        """Is the running instance's WAL off the committed primary's history?
+
+        A standby that streams from the committed primary is not: PostgreSQL refuses to stream a
+        timeline that is not a child of the standby's own. Otherwise judge by the REPLAYED position
+        (what the received position says about the timeline lags behind while a walreceiver
+        switches upstreams, and mistaking that for divergence would rewind a healthy replica)."""
+        state = self.node.state
+        if status.in_recovery:
+            endpoint = endpoint_of(state, state.primary) if state.primary else None
+            if endpoint is not None and streams_from(status.wal_receiver, endpoint):
+                return False
+            return k.is_diverged(state, status.timeline, status.replayed_lsn)
+        return k.is_diverged(state, status.timeline, status.wal_position)
 
     def _stopped_diverged(self) -> bool | None:
         """A stopped copy is safe to start as a standby only if it was a standby on the cluster's
@@ -194,6 +241,7 @@ class HAController:
             "replayed_lsn": status.current_lsn if primary else status.replayed_lsn,
             "state_position": self.node.state.last_position,
             "lease_released": self.lease_released,
+            "timeline_start_lsn": self._timeline_start if primary else None,
         }
 
     def _on_report(self, node_id: int, body: bytes) -> None:
@@ -211,6 +259,7 @@ class HAController:
                 observed_at=time.monotonic(),
                 state_position=int(doc["state_position"]),
                 lease_released=bool(doc["lease_released"]),
+                timeline_start_lsn=doc.get("timeline_start_lsn"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("dropping malformed member report node_id=%d error=%s", node_id, exc)
@@ -232,9 +281,9 @@ class HAController:
         if key != self._operation_key:
             self._operation_key, self._operation_since = key, (now if key is not None else None)
         due = None
-        if op is not None and op.kind == "switchover" and op.scheduled_at is not None:
-            if op.scheduled_at <= datetime.now(UTC):
-                due = op
+        if op is not None and op.kind == "switchover" and op.scheduled_at is not None \
+                and op.scheduled_at <= datetime.now(UTC):
+            due = op
         return ArbiterInput(
             now=now,
             state=state,
@@ -325,10 +374,7 @@ class HAController:
             wal_position=status.wal_position,
             upstream=upstream,
         )
-        if running:
-            diverged = k.is_diverged(self.node.state, status.timeline, status.wal_position)
-        else:
-            diverged = self._stopped_diverged()
+        diverged = self._diverged(status) if running else self._stopped_diverged()
         return k.KeeperInput(
             me=self.me,
             now=now,
@@ -367,8 +413,9 @@ class HAController:
             await asyncio.sleep(_FENCE_WATCH_S)
             status = self.status
             writable = status is not None and status.running and status.in_recovery is False
-            if self._initializing:
-                continue  # initdb runs a private, socket-only server of its own: nothing to fence
+            if self._initializing or self._demoting:
+                # initdb runs a private, socket-only server; a demotion is already stopping cleanly.
+                continue
             if writable and self.holder.must_fence(time.monotonic()):
                 await self._fence("lease expired (not renewed in time)")
 
@@ -452,7 +499,14 @@ class HAController:
             endpoint = endpoint_of(state, action.follow)
             if endpoint is None:
                 return
-            await inst.demote(endpoint)
+            # The demotion starts with a clean stop (no new writes from then on); the watchdog must not
+            # turn it into an immediate stop, which would lose the WAL the candidate is waiting for.
+            self._demoting = True
+            try:
+                await inst.demote(endpoint)
+                await self._observe()
+            finally:
+                self._demoting = False
             self.holder.release()
             self.lease_released = True
             self._report_following(action.follow)
@@ -467,19 +521,24 @@ class HAController:
             endpoint = endpoint_of(state, action.primary)
             if endpoint is None:
                 return
-            if isinstance(action, k.Clone) and not inst.initialized:
+            if isinstance(action, k.Clone):
+                # Never wipe what we have unless the source is there to clone from right now.
+                if inst.initialized and not await _reachable(endpoint.host, endpoint.port):
+                    log.warning("not re-cloning: %s is unreachable; keeping the data directory", action.primary)
+                    return
                 await inst.clone_from(endpoint, wipe=True)
                 await inst.start()
+                self.rewind_failed = False
                 self._report_following(action.primary)
                 return
-            result = await inst.rejoin(endpoint, allow_clone=self.settings.rewind_fallback_to_clone)
-            if result.method == "none" or not result.started:
+            result = await inst.rejoin(endpoint, allow_clone=False)
+            if result.method == "none" and not result.started:
                 self.rewind_failed = True
-                log.warning("rejoin failed member=%s message=%s", self.me, result.rewind.message)
+                log.warning("rewind failed member=%s message=%s", self.me, result.rewind.message)
                 return
             self.rewind_failed = False
-            method = "clone" if result.method == "clone" else "rewind"
-            self._spawn_fact(ReplicaRejoined(name=self.me, primary=action.primary, method=method))
+            self._stopped_history = None
+            self._spawn_fact(ReplicaRejoined(name=self.me, primary=action.primary, method="rewind"))
         elif isinstance(action, k.ConfigureSync):
             await sql.execute(
                 inst.spec, f"ALTER SYSTEM SET synchronous_standby_names = {sql.quote_literal(action.standby_names)}"

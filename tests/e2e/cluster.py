@@ -67,7 +67,10 @@ class E2ECluster:
             self._kill_postmaster(member)
         with contextlib.suppress(Exception):
             await lc.store_server(self.info).stop("immediate", 10)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if os.environ.get("RAM_E2E_KEEP"):
+            print(f"kept {self.root} (RAM_E2E_KEEP)")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def member(self, name: str) -> lc.MemberInfo:
         return next(m for m in self.info.members if m.name == name)
@@ -106,6 +109,9 @@ class E2ECluster:
     # ------------------------------------------------------------------------------- queries
 
     async def cluster(self) -> dict[str, Any]:
+        """The cluster as the Raft leader sees it (a node that just restarted serves its stale
+        projection until it has caught up; the leader's is current)."""
+        answers: list[dict[str, Any]] = []
         async with httpx.AsyncClient(timeout=2) as client:
             for member in self.info.members:
                 if not lc.pid_alive(member.pid):
@@ -113,8 +119,12 @@ class E2ECluster:
                 with contextlib.suppress(httpx.HTTPError):
                     reply = await client.get(f"{member.api_url}/cluster")
                     if reply.status_code == 200:
-                        doc: dict[str, Any] = reply.json()
-                        return doc
+                        answers.append(reply.json())
+        for doc in answers:
+            if doc["raft_leader"] == doc["node"]:
+                return doc
+        if answers:
+            raise AssertionError("no Raft leader answers right now")
         raise AssertionError("no node API answers")
 
     async def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -1,0 +1,116 @@
+"""Maintenance mode, nofailover, and a network cut that isolates the primary — on real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.cluster import E2ECluster, Writer
+
+
+async def _recover(e2e: E2ECluster, name: str) -> None:
+    e2e.restart_node(name)
+    await e2e.wait_healthy(90)
+
+
+async def test_maintenance_mode_blocks_failover(e2e: E2ECluster) -> None:
+    old = (await e2e.cluster())["primary"]
+    reply = await e2e.api("POST", "/maintenance", json={"reason": "e2e"})
+    assert reply.status_code == 200, reply.text
+    try:
+        e2e.kill_node(old)
+        await asyncio.sleep(e2e_lease_wait(e2e) * 3)
+        c = await e2e.cluster()
+        assert c["primary"] == old and c["maintenance"], "a failover happened in maintenance mode"
+        history = (await e2e.api("GET", "/history")).json()["operations"]
+        assert not [op for op in history if op["kind"] == "failover" and op["old_primary"] == old
+                    and op["outcome"] == "in_progress"]
+    finally:
+        reply = await e2e.api("DELETE", "/maintenance")
+        assert reply.status_code == 200, reply.text
+    # Resuming picks up the current state: the dead primary is replaced.
+    await e2e.wait_for(lambda c: c["primary"] not in (None, old), 30, "a failover after resume")
+    await _recover(e2e, old)
+
+
+def e2e_lease_wait(e2e: E2ECluster) -> float:
+    return 2.5
+
+
+async def test_nofailover_is_respected(e2e: E2ECluster) -> None:
+    c = await e2e.cluster()
+    old = c["primary"]
+    replicas = sorted(m["name"] for m in c["members"] if m["name"] != old)
+    tagged, other = replicas
+    reply = await e2e.api("PUT", f"/members/{tagged}/tags", json={"nofailover": True})
+    assert reply.status_code == 200, reply.text
+    try:
+        e2e.kill_node(old)
+        c = await e2e.wait_for(lambda c: c["primary"] not in (None, old), 30, "a failover")
+        assert c["primary"] == other, f"{tagged} is tagged nofailover but {c['primary']} was promoted"
+    finally:
+        reply = await e2e.api("PUT", f"/members/{tagged}/tags", json={})
+        assert reply.status_code == 200, reply.text
+    await _recover(e2e, old)
+
+
+IPTABLES = shutil.which("iptables") or next(
+    (p for p in ("/usr/sbin/iptables", "/sbin/iptables") if os.path.exists(p)), None
+)
+
+
+@contextlib.contextmanager
+def cut_between(a: str, others: list[str]) -> Iterator[None]:
+    """Drop every packet between address ``a`` and each of ``others`` (both directions)."""
+    rules = [r for b in others for r in (["-s", a, "-d", b], ["-s", b, "-d", a])]
+    added: list[list[str]] = []
+    try:
+        for rule in rules:
+            subprocess.run([str(IPTABLES), "-I", "INPUT", *rule, "-j", "DROP"], check=True, capture_output=True)
+            added.append(rule)
+        yield
+    finally:
+        for rule in added:
+            subprocess.run([str(IPTABLES), "-D", "INPUT", *rule, "-j", "DROP"], check=False, capture_output=True)
+
+
+needs_iptables = pytest.mark.skipif(
+    os.geteuid() != 0 or IPTABLES is None, reason="cutting the network needs root and iptables"
+)
+
+
+@needs_iptables
+async def test_isolated_primary_fences_itself_and_majority_fails_over(e2e: E2ECluster) -> None:
+    c = await e2e.cluster()
+    old = c["primary"]
+    old_host = e2e.member(old).host
+    others = [m.host for m in e2e.info.members if m.name != old]
+    async with Writer(e2e.info.writer_dsn()) as writer:
+        await asyncio.sleep(1.0)
+        with cut_between(old_host, others):
+            cut_at = time.monotonic()
+            # The old primary can not renew its lease: it must stop accepting writes within the lease.
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and await e2e.writable(old):
+                await asyncio.sleep(0.1)
+            fenced_after = time.monotonic() - cut_at
+            assert not await e2e.writable(old), "the isolated primary still accepts writes"
+            assert fenced_after < 5, f"fenced only after {fenced_after:.1f} s"
+            c = await e2e.wait_for(lambda c: c["primary"] not in (None, old), 30, "a new primary in the majority")
+            new_host = e2e.member(c["primary"]).host
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not any(s == new_host for t, s in writer.servers if t > cut_at):
+                await asyncio.sleep(0.1)
+    first_new = min(t for t, s in writer.servers if s == new_host and t > cut_at)
+    late = [t - first_new for t, s in writer.servers if s == old_host and t >= first_new]
+    assert not late, f"the old primary acknowledged writes after the new one accepted its first: {late[:3]}"
+    # Healed: the old primary rejoins as a replica.
+    c = await e2e.wait_healthy(90)
+    assert c["primary"] != old and not await e2e.writable(old)

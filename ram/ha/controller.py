@@ -523,9 +523,12 @@ class HAController:
                 return
             if isinstance(action, k.Clone):
                 # Never wipe what we have unless the source is there to clone from right now.
-                if inst.initialized and not await _reachable(endpoint.host, endpoint.port):
-                    log.warning("not re-cloning: %s is unreachable; keeping the data directory", action.primary)
-                    return
+                if inst.initialized:
+                    if not await _reachable(endpoint.host, endpoint.port):
+                        log.warning("not re-cloning: %s is unreachable; keeping the data directory", action.primary)
+                        await asyncio.sleep(self.settings.report_interval_s * 4)
+                        return
+                    await inst.stop("fast")
                 await inst.clone_from(endpoint, wipe=True)
                 await inst.start()
                 self.rewind_failed = False
@@ -535,6 +538,7 @@ class HAController:
             if result.method == "none" and not result.started:
                 self.rewind_failed = True
                 log.warning("rewind failed member=%s message=%s", self.me, result.rewind.message)
+                await asyncio.sleep(self.settings.report_interval_s * 4)
                 return
             self.rewind_failed = False
             self._stopped_history = None

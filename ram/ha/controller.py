@@ -79,6 +79,7 @@ class HAController:
         self._wake_keeper = asyncio.Event()
         self._initializing = False
         self._demoting = False
+        self._sync_names: str | None = None
         self._slots_for: list[str] | None = None
         self._password_set = False
         self._following: str | None = None
@@ -143,7 +144,11 @@ class HAController:
         elif self.pg_down_since is None:
             self.pg_down_since = now
         self._wake_keeper.set()
-        self.node.send_report(json.dumps(self._report(status)).encode())
+        report = self._report(status)
+        self._sync_names = None
+        if running and status.in_recovery is False:
+            self._sync_names = report["sync_standby_names"] = await self._sync_standby_names()
+        self.node.send_report(json.dumps(report).encode())
         if running and status.in_recovery is False:
             await self._read_timeline_start(status.timeline)
         if running and status.in_recovery is False and self.node.state.primary == self.me:
@@ -159,6 +164,15 @@ class HAController:
         verifier = scram_verifier(password)
         await sql.execute(self.instance.spec, f"ALTER ROLE postgres PASSWORD {sql.quote_literal(verifier)}")
         self._password_set = True
+
+    async def _sync_standby_names(self) -> str | None:
+        """What the primary enforces right now (the arbiter commits a sync set only once it is)."""
+        try:
+            rows = await sql.fetch(self.instance.spec, "SELECT current_setting('synchronous_standby_names')")
+        except Exception as exc:
+            log.warning("could not read synchronous_standby_names error=%s", exc)
+            return None
+        return str(rows[0][0])
 
     async def _read_timeline_start(self, timeline: int | None) -> None:
         """Where this primary's timeline forked from its parent (the switch point in the timeline
@@ -260,6 +274,7 @@ class HAController:
                 state_position=int(doc["state_position"]),
                 lease_released=bool(doc["lease_released"]),
                 timeline_start_lsn=doc.get("timeline_start_lsn"),
+                sync_standby_names=doc.get("sync_standby_names"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("dropping malformed member report node_id=%d error=%s", node_id, exc)
@@ -373,6 +388,7 @@ class HAController:
             timeline=status.timeline,
             wal_position=status.wal_position,
             upstream=upstream,
+            sync_standby_names=self._sync_names,
         )
         diverged = self._diverged(status) if running else self._stopped_diverged()
         return k.KeeperInput(

@@ -80,7 +80,7 @@ class HAController:
         self._initializing = False
         self._demoting = False
         self._sync_names: str | None = None
-        self._slots_for: list[str] | None = None
+        self._slots_for: tuple[list[str], tuple[int | None, int | None]] | None = None
         self._password_set = False
         self._following: str | None = None
         self._stopped_history: tuple[int, bool] | None = None
@@ -152,7 +152,7 @@ class HAController:
         if running and status.in_recovery is False:
             await self._read_timeline_start(status.timeline)
         if running and status.in_recovery is False and self.node.state.primary == self.me:
-            await self._ensure_slots()
+            await self._ensure_slots((status.timeline, status.pid))
             await self._ensure_superuser_password()
 
     async def _ensure_superuser_password(self) -> None:
@@ -229,14 +229,15 @@ class HAController:
         timeline, was_standby = self._stopped_history
         return not (was_standby and timeline == self.node.state.timeline)
 
-    async def _ensure_slots(self) -> None:
+    async def _ensure_slots(self, instance_key: tuple[int | None, int | None]) -> None:
         """The primary keeps a physical slot for every other member, so WAL a replica still needs is
-        never recycled (a removed member's slot is dropped)."""
+        never recycled (a removed member's slot is dropped). Checked again whenever the instance
+        changed (restart, promotion, re-clone: a cloned data directory has no slots)."""
         wanted = sorted(name for name in self.node.state.members if name != self.me)
-        if wanted == self._slots_for:
+        if (wanted, instance_key) == self._slots_for:
             return
         created = await self.instance.ensure_slots(wanted, drop_others=True)
-        self._slots_for = wanted
+        self._slots_for = (wanted, instance_key)
         if created:
             log.info("replication slots created slots=%s", ",".join(created))
 
@@ -550,9 +551,14 @@ class HAController:
                 self.rewind_failed = False
                 self._report_following(action.primary)
                 return
+            if not await _reachable(endpoint.host, endpoint.port):
+                # pg_rewind needs its source; an unreachable primary is not a failed rewind.
+                await asyncio.sleep(self.settings.report_interval_s * 4)
+                return
             result = await inst.rejoin(endpoint, allow_clone=False)
             if result.method == "none" and not result.started:
-                self.rewind_failed = True
+                # Only a rewind that ran and failed counts (it unlocks the re-clone fallback).
+                self.rewind_failed = "connection to server" not in result.rewind.message
                 log.warning("rewind failed member=%s message=%s", self.me, result.rewind.message)
                 await asyncio.sleep(self.settings.report_interval_s * 4)
                 return

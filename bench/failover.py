@@ -62,7 +62,7 @@ async def one_run(e2e: E2ECluster, scenario: str) -> dict[str, Any]:
     # Split brain: the old primary acknowledged a write after another server acknowledged one.
     first_other = min((t for t, s in writer.servers if t > fault_at and s != old_host), default=None)
     split = bool(first_other and any(s == old_host and t > first_other for t, s in writer.servers))
-    rows = set(await e2e.rows(new_primary))
+    rows = set(await e2e.rows(new_primary, writer.table))
     lost = sum(1 for i in writer.acked if i not in rows)
     if scenario == "node_loss":
         restarted = time.monotonic()

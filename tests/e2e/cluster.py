@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,7 @@ class E2ECluster:
         m = self.member(name)
         return await asyncpg.connect(host=m.host, port=m.pg_port, user="postgres", database="postgres", timeout=5)
 
-    async def rows(self, name: str, table: str = "t") -> list[int]:
+    async def rows(self, name: str, table: str) -> list[int]:
         conn = await self.connect(name)
         try:
             return [r[0] for r in await conn.fetch(f"SELECT id FROM {table} ORDER BY id")]
@@ -195,6 +196,8 @@ class Writer:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
+        #: A table of its own: ids start at 1 for every writer and must never collide.
+        self.table = f"w_{uuid.uuid4().hex[:10]}"
         self.acked: list[int] = []
         self.servers: list[tuple[float, str]] = []
         self.failures: list[float] = []
@@ -204,7 +207,7 @@ class Writer:
     async def __aenter__(self) -> Writer:
         conn = await asyncpg.connect(self.dsn, timeout=5)
         try:
-            await conn.execute("CREATE TABLE IF NOT EXISTS t (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+            await conn.execute(f"CREATE TABLE {self.table} (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
         finally:
             await conn.close()
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -224,7 +227,7 @@ class Writer:
                 if conn is None:
                     conn = await asyncpg.connect(self.dsn, timeout=1)
                 server = await conn.fetchval(
-                    "INSERT INTO t (id) VALUES ($1) RETURNING inet_server_addr()::text", i, timeout=1
+                    f"INSERT INTO {self.table} (id) VALUES ($1) RETURNING inet_server_addr()::text", i, timeout=1
                 )
                 self.acked.append(i)
                 self.servers.append((time.monotonic(), str(server).split("/")[0]))

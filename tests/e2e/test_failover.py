@@ -21,7 +21,7 @@ async def test_bootstrap_streams_to_every_replica(e2e: E2ECluster) -> None:
     assert writer.acked, "no write was acknowledged"
     assert {server for _, server in writer.servers} == {e2e.member(primary).host}
     for m in c["members"]:
-        await _wait_rows(e2e, m["name"], writer.acked)
+        await _wait_rows(e2e, m["name"], writer.acked, writer.table)
     assert {e["type"] for e in (await e2e.api("GET", "/events?limit=1000")).json()["events"]} >= {
         "cluster_bootstrapped",
         "primary_promoted",
@@ -29,11 +29,11 @@ async def test_bootstrap_streams_to_every_replica(e2e: E2ECluster) -> None:
     }
 
 
-async def _wait_rows(e2e: E2ECluster, name: str, expected: list[int], timeout: float = 15) -> None:
+async def _wait_rows(e2e: E2ECluster, name: str, expected: list[int], table: str, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     rows: list[int] = []
     while time.monotonic() < deadline:
-        rows = await e2e.rows(name)
+        rows = await e2e.rows(name, table)
         if set(expected) <= set(rows):
             return
         await asyncio.sleep(0.2)
@@ -70,10 +70,10 @@ async def test_node_loss_fails_over_and_old_primary_rejoins(e2e: E2ECluster) -> 
     assert not await e2e.writable(old)
     # Async mode may lose the last writes the dead primary acknowledged; what the new primary holds,
     # every member holds (the rewound old primary included).
-    reference = await e2e.rows(new)
+    reference = await e2e.rows(new, writer.table)
     for m in c["members"]:
-        await _wait_rows(e2e, m["name"], reference)
-    assert (await e2e.rows(old))[: len(reference)] == reference
+        await _wait_rows(e2e, m["name"], reference, writer.table)
+    assert (await e2e.rows(old, writer.table))[: len(reference)] == reference
 
 
 async def test_postgres_crash_on_primary_is_restarted_in_place(e2e: E2ECluster) -> None:
@@ -102,9 +102,9 @@ async def test_switchover_to_a_named_replica_and_back(e2e: E2ECluster) -> None:
     # The old primary follows the new one without a rewind.
     events = (await e2e.api("GET", "/events?limit=1000&type=replica_rejoined")).json()["events"]
     assert not [e for e in events if e["data"]["name"] == old and e["position"] > reply.json()["write"]["index"]]
-    reference = await e2e.rows(target)
+    reference = await e2e.rows(target, writer.table)
     assert set(writer.acked) <= set(reference), "a switchover lost an acknowledged write"
-    await _wait_rows(e2e, old, reference)
+    await _wait_rows(e2e, old, reference, writer.table)
     # And back.
     reply = await e2e.api("POST", "/switchover", json={"candidate": old})
     assert reply.status_code == 202, reply.text

@@ -43,7 +43,7 @@ async def test_sync_node_loss_loses_no_acknowledged_write(sync_cluster: E2EClust
         while time.monotonic() < deadline and not any(s == new_host for t, s in writer.servers if t > killed_at):
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)
-    rows = set(await e2e.rows(c["primary"]))
+    rows = set(await e2e.rows(c["primary"], writer.table))
     lost = [i for i in writer.acked if i not in rows]
     assert not lost, f"{len(lost)} acknowledged writes lost in synchronous mode, e.g. {lost[:5]}"
     assert len(writer.acked) > 20

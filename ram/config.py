@@ -301,3 +301,45 @@ def reference_markdown() -> str:
         f"`{name}` ({info.description})" for name, info in PeerConfig.model_fields.items()
     ))
     return "\n".join(lines)
+
+
+def config_template(values: dict[str, Any]) -> str:
+    """A commented TOML config: the given values set, every other key shown commented out with its
+    default and description (generated from the models, like the README reference)."""
+    out: list[str] = ["# RAM node configuration (ram node init). Reference: README, 'Configuration reference'.", ""]
+
+    def literal(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        if isinstance(value, str):
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(value, list):
+            return "[" + ", ".join(literal(v) for v in value) + "]"
+        if isinstance(value, dict):
+            return "{ " + ", ".join(f"{k} = {literal(v)}" for k, v in value.items()) + " }"
+        return '""'
+
+    def section(model: type[BaseModel], given: dict[str, Any], header: str | None) -> None:
+        if header:
+            out.extend(["", f"[{header}]"])
+        nested = []
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                nested.append((name, annotation))
+                continue
+            out.append(f"# {info.description or name}")
+            if name in given:
+                out.append(f"{name} = {literal(given[name])}")
+            elif info.is_required():
+                out.append(f"# {name} = ...  (required)")
+            else:
+                default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+                out.append(f"# {name} = {literal(default)}" if default is not None else f"# {name} =")
+        for name, sub in nested:
+            section(sub, dict(given.get(name, {})), f"{header}.{name}" if header else name)
+
+    section(NodeConfig, values, None)
+    return "\n".join(out) + "\n"

@@ -58,3 +58,22 @@ def test_toml_and_yaml_files(tmp_path: Path) -> None:
 def test_readme_reference_is_generated() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert reference_markdown() in readme, "README config reference is stale: regenerate it from ram.config"
+
+
+def test_node_init_writes_a_valid_commented_config(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ram.cli.ram_cmd import cli
+
+    out = tmp_path / "pg1.toml"
+    args = ["node", "init", "-o", str(out), "--cluster-id", "prod", "--node-id", "1", "--name", "pg1",
+            "--listen", "10.0.0.1:7400", "--peer", "2=pg2@10.0.0.2:7400", "--data-dir", str(tmp_path), "--bootstrap"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    cfg = load_config(out)
+    assert cfg.bootstrap and cfg.raft.peers[0].name == "pg2" and cfg.raft.election_ms == 600
+    assert "# heartbeat_ms = 100" in out.read_text()
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code != 0 and "exists" in again.output
+    bad = CliRunner().invoke(cli, [*args[:-1], "--force", "--peer", "nonsense"])
+    assert bad.exit_code != 0 and "ID=NAME@HOST:PORT" in bad.output

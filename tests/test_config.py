@@ -57,7 +57,7 @@ def test_toml_and_yaml_files(tmp_path: Path) -> None:
 
 def test_readme_reference_is_generated() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert reference_markdown() in readme, "README config reference is stale: regenerate it from ram.config"
+    assert reference_markdown() in readme, "README config reference is stale: run python -m ram.config"
 
 
 def test_node_init_writes_a_valid_commented_config(tmp_path: Path) -> None:

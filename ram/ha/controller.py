@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -133,8 +134,10 @@ class HAController:
         except Exception as exc:  # a hung or broken instance is reported as down, never crashes us
             log.warning("postgres status failed error=%s", exc)
             status = InstanceStatus(running=False, error=str(exc))
-        self.status = status
         running = status.running and status.accepting
+        if running and status.in_recovery:
+            status = dataclasses.replace(status, timeline=await self._standby_timeline(status))
+        self.status = status
         if not running and self.instance.initialized:
             await self._read_stopped_history()
         else:
@@ -164,6 +167,26 @@ class HAController:
         verifier = scram_verifier(password)
         await sql.execute(self.instance.spec, f"ALTER ROLE postgres PASSWORD {sql.quote_literal(verifier)}")
         self._password_set = True
+
+    async def _standby_timeline(self, status: InstanceStatus) -> int | None:
+        """The timeline a standby is on. The checkpoint's timeline lags until the next restartpoint,
+        and the walreceiver's is gone once its upstream dies — exactly when a failover needs to know.
+        A standby that followed a timeline switch holds that timeline's history file: the newest one
+        in pg_wal is the timeline it replays."""
+        candidates = [status.timeline or 0]
+        if status.wal_receiver is not None and status.wal_receiver.received_tli:
+            candidates.append(status.wal_receiver.received_tli)
+        try:
+            rows = await sql.fetch(
+                self.instance.spec,
+                "SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir() WHERE name LIKE '%.history'",
+            )
+            if rows and rows[0][0] is not None:
+                candidates.append(int(rows[0][0]))
+        except Exception as exc:
+            log.debug("could not list timeline history files error=%s", exc)
+        best = max(candidates)
+        return best or None
 
     async def _sync_standby_names(self) -> str | None:
         """What the primary enforces right now (the arbiter commits a sync set only once it is)."""

@@ -11,6 +11,7 @@ import random
 import shutil
 import signal
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -69,7 +70,7 @@ class E2ECluster:
         with contextlib.suppress(Exception):
             await lc.store_server(self.info).stop("immediate", 10)
         if os.environ.get("RAM_E2E_KEEP"):
-            print(f"kept {self.root} (RAM_E2E_KEEP)")
+            print(f"kept {self.root} (RAM_E2E_KEEP)", file=sys.stderr)
         else:
             shutil.rmtree(self.root, ignore_errors=True)
 

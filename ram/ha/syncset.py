@@ -184,6 +184,14 @@ def pg_target(state: ClusterState, settings: HASettings) -> tuple[SyncConfig, st
     c = committed_sync(state)
     target = d.config if implies(d.config, c) else c
     strict_block = d.strict_block and target == d.config
+    if state.primary is not None and state.primary in target.standbys:
+        # Right after a failover the committed set still names the new primary (it was the synchronous
+        # standby). A primary can not wait for itself: every commit would hang. Ask PostgreSQL only for
+        # the other standbys (none: asynchronous, or blocked in strict mode) until the arbiter commits
+        # the new set.
+        others = tuple(s for s in target.standbys if s != state.primary)
+        target = SyncConfig(target.mode, min(target.num_sync, len(others)), others)
+        strict_block = strict_block or (settings.synchronous_strict and not target.promises)
     return target, render_standby_names(target, strict_block=strict_block)
 
 

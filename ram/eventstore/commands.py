@@ -273,6 +273,10 @@ def _member_name(state: ClusterState, node_id: int) -> str | None:
 
 
 def _decide(state: ClusterState, command: _Command, ts: datetime, term: int) -> list[Event]:
+    if state.cluster_id is None and not isinstance(command, (BootstrapCluster, RecordLeader)):
+        # Bootstrapping sets the cluster's identity and first state; anything decided before it would
+        # be decided against an empty cluster (and its configuration overwritten by the bootstrap).
+        raise Rejected("the cluster is not bootstrapped yet; retry in a moment")
     if isinstance(command, BootstrapCluster):
         if state.cluster_id is not None:
             raise Rejected(f"cluster {state.cluster_id!r} is already bootstrapped")

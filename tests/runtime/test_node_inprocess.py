@@ -27,7 +27,7 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             leaders = [n for n in self.nodes if n.core is not None and n.role is Role.LEADER]
-            if len(leaders) == 1:
+            if len(leaders) == 1 and leaders[0].state.cluster_id is not None:
                 return leaders[0]
             await asyncio.sleep(0.02)
         raise AssertionError("no single leader elected in time")

@@ -34,7 +34,11 @@ async def wait_for(predicate: object, timeout: float = 15.0, what: str = "condit
 
 
 async def leader_of(nodes: list[RaftNode]) -> RaftNode:
-    await wait_for(lambda: sum(n.role is Role.LEADER for n in nodes) == 1, what="a single leader")
+    def ready() -> bool:
+        leaders = [n for n in nodes if n.role is Role.LEADER]
+        return len(leaders) == 1 and leaders[0].state.cluster_id is not None
+
+    await wait_for(ready, what="a single leader of a bootstrapped cluster")
     return next(n for n in nodes if n.role is Role.LEADER)
 
 

@@ -128,6 +128,8 @@ class HAController:
     # ---------------------------------------------------------------------------- observing
 
     async def _observe(self) -> None:
+        if self._initializing:
+            return  # initdb's private server is not the instance: neither report nor touch it
         now = time.monotonic()
         try:
             status = await asyncio.wait_for(self.instance.status(), self.settings.report_timeout_s)

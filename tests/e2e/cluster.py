@@ -56,7 +56,7 @@ class E2ECluster:
 
     # ------------------------------------------------------------------------------ lifecycle
 
-    async def start(self, timeout: float = 90) -> None:
+    async def start(self, timeout: float = 150) -> None:
         await lc.prepare(self.info, self.ha)
         for member in self.info.members:
             lc.start_node(self.info, member)

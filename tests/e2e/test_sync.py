@@ -16,7 +16,7 @@ async def sync_cluster() -> AsyncIterator[E2ECluster]:
     cluster = E2ECluster(ha={"synchronous_mode": "on", "synchronous_node_count": 1})
     try:
         await cluster.start()
-        await cluster.wait_for(lambda c: bool(c["synchronous"]["standbys"]), 30, "a committed synchronous standby")
+        await cluster.wait_for(lambda c: bool(c["synchronous"]["standbys"]), 150, "a committed synchronous standby")
         yield cluster
     finally:
         await cluster.close()

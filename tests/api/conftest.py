@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ async def api_cluster(pg_server: PostgresServer) -> AsyncIterator[ApiCluster]:
         for pool in pools:
             await pool.close()
         await drop_databases(pg_server, dsns)
+        shutil.rmtree(data_root, ignore_errors=True)
 
 
 @pytest.fixture

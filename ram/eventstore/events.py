@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, ClassVar, Literal, TypeAlias, Union
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias, Union, get_args
 
 from pydantic import (
     AfterValidator,
@@ -454,30 +454,7 @@ Event: TypeAlias = Annotated[
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 EVENT_TYPES: dict[str, type[_EventBase]] = {
-    cls.model_fields["type"].default: cls
-    for cls in (
-        ClusterBootstrapped,
-        MemberAdded,
-        LearnerPromoted,
-        MemberRemoved,
-        MemberTagsChanged,
-        RaftLeaderElected,
-        MemberHealthChanged,
-        FailoverStarted,
-        FailoverCompleted,
-        FailoverFailed,
-        SwitchoverRequested,
-        SwitchoverCompleted,
-        SwitchoverFailed,
-        PrimaryPromoted,
-        ReplicaFollowing,
-        ReplicaRejoined,
-        SynchronousStandbysChanged,
-        MaintenanceModeChanged,
-        DynamicConfigChanged,
-        NodeFenced,
-        CommandRejected,
-    )
+    cls.model_fields["type"].default: cls for cls in get_args(get_args(Event)[0])
 }
 """type name -> model class."""
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
@@ -71,7 +70,6 @@ async def current_revision(conn: object) -> str | None:
 
 __all__ = [
     "MIGRATIONS_DIR",
-    "MigrationContext",
     "current_revision",
     "downgrade",
     "execute_script",

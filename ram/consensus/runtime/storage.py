@@ -52,7 +52,6 @@ STORE_ERRORS = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
 )
-_STORE_ERRORS = STORE_ERRORS
 
 
 async def open_store_pool(dsn: str, *, size: int = 4) -> asyncpg.Pool:
@@ -88,7 +87,7 @@ class RaftStorage:
                         node_name,
                     )
                     return
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc
         if row["cluster_id"] != cluster_id or row["node_id"] != node_id:
             raise StoreIdentityMismatch(
@@ -106,7 +105,7 @@ class RaftStorage:
                 rows = await conn.fetch(
                     "SELECT idx, term, entry_type, data FROM pgraft.log WHERE idx > $1 ORDER BY idx", after
                 )
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc
         hard_state = (
             HardState(term=hs_row["term"], vote=hs_row["vote"], commit=hs_row["commit_index"])
@@ -157,7 +156,7 @@ class RaftStorage:
                     await self._write_snapshot(conn, snapshot)
                     await conn.execute("DELETE FROM pgraft.log")
                     await conn.execute(_SAVE_READY, *log_args, *apply_args, timeout=self._timeout)
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc
 
     async def compact(self, snapshot: Snapshot) -> None:
@@ -165,7 +164,7 @@ class RaftStorage:
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
                 await self._write_snapshot(conn, snapshot)
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc
 
     @staticmethod

@@ -728,7 +728,17 @@ def grant_policy(
         if is_fresh(po, now, settings) and po is not None:
             if po.role == "primary" and po.pg_running and not po.lease_released:
                 return GrantVerdict(False, f"{op.old_primary} has not demoted yet")
-            if _pos(co) < _pos(po):
+            if not po.pg_running and po.lease_released:
+                # Stopped cleanly, not yet back as a standby: its WAL ends with the shutdown checkpoint.
+                if po.stopped_lsn is None:
+                    return GrantVerdict(False, f"{op.old_primary} stopped; its final WAL position is not known yet")
+                if _pos(co) <= po.stopped_lsn:
+                    return GrantVerdict(
+                        False,
+                        f"{holder} has not received {op.old_primary}'s shutdown checkpoint "
+                        f"({_pos(co)} <= {po.stopped_lsn})",
+                    )
+            elif _pos(co) < _pos(po):
                 return GrantVerdict(
                     False, f"{holder} has not caught up with {op.old_primary} ({_pos(co)} < {_pos(po)})"
                 )
@@ -758,4 +768,24 @@ def decide_grant(inp: ArbiterInput, holder: str) -> GrantVerdict:
     policy = grant_policy(inp.state, inp.observations, inp.settings, holder, inp.now, inp.primary_down_since)
     if not policy.granted:
         return policy
+    released = _released_old_primary(inp, holder)
+    if released is not None:
+        inp.lease.on_released(released)
     return inp.lease.try_grant(holder, inp.now, applied_position=inp.state.last_position)
+
+
+def _released_old_primary(inp: ArbiterInput, holder: str) -> str | None:
+    """The old primary of the accepted switchover to ``holder``, if it reported that it stopped
+    accepting writes and gave its lease up: its grant then no longer delays the candidate's.
+
+    Sound because the holder releases only after its PostgreSQL stopped cleanly, and answers to
+    renewals it sent before releasing are ignored on its side (:meth:`HolderLease.release`)."""
+    op = inp.state.current_operation
+    if not switchover_accepted(op) or op is None or holder != op.candidate or op.old_primary is None:
+        return None
+    po = inp.observations.get(op.old_primary)
+    if po is None or not is_fresh(po, inp.now, inp.settings) or not po.lease_released:
+        return None
+    if po.pg_running and po.role == "primary":
+        return None
+    return op.old_primary

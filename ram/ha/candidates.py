@@ -55,6 +55,8 @@ class MemberObservation:
     ``lease_released``: it gave its lease up (clean demotion); ``timeline_start_lsn``: where its
     current timeline forked (from the timeline history file; a new primary's switch point).
     For a primary, ``received_lsn`` is its current WAL position (``InstanceStatus.wal_position``).
+    ``stopped_lsn``: for a cleanly stopped server, where its last (shutdown) checkpoint record
+    starts — all of its WAL before that record; None when running, crashed or unknown.
     """
 
     name: str
@@ -70,6 +72,7 @@ class MemberObservation:
     state_position: int = 0
     lease_released: bool = False
     timeline_start_lsn: int | None = None
+    stopped_lsn: int | None = None
 
     @property
     def wal_position(self) -> int | None:

@@ -44,6 +44,9 @@ from ram.postgres.status import InstanceStatus, parse_lsn
 log = logging.getLogger("ram.ha")
 
 _FENCE_WATCH_S = 0.02
+_ARBITER_MIN_GAP_S = 0.02
+#: While a promotion waits for its lease, ask again this often (not at the renewal interval).
+_PROMOTE_RETRY_S = 0.05
 
 
 async def _reachable(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -78,17 +81,21 @@ class HAController:
         self._last_action = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._wake_keeper = asyncio.Event()
+        self._wake_arbiter = asyncio.Event()
+        self._wake_lease = asyncio.Event()
+        self._observing = asyncio.Lock()
         self._initializing = False
         self._demoting = False
         self._sync_names: str | None = None
         self._slots_for: tuple[list[str], tuple[int | None, int | None]] | None = None
         self._password_set = False
         self._following: str | None = None
-        self._stopped_history: tuple[int, bool] | None = None
+        self._stopped_history: tuple[int, bool, int | None] | None = None
         self._timeline_start: int | None = None
         self._timeline_start_for: int | None = None
         node.on_report = self._on_report
         node.lease_decider = self._decide_lease
+        node.on_applied = self._on_applied
 
     # ----------------------------------------------------------------------------------- life
 
@@ -98,7 +105,7 @@ class HAController:
             loop.create_task(self._every(self.settings.report_interval_s, self._observe), name="ram.ha.observe"),
             loop.create_task(self._lease_loop(), name="ram.ha.lease"),
             loop.create_task(self._fence_watch(), name="ram.ha.fence"),
-            loop.create_task(self._every(self.settings.report_interval_s, self._arbitrate), name="ram.ha.arbiter"),
+            loop.create_task(self._arbiter_loop(), name="ram.ha.arbiter"),
             loop.create_task(self._keeper_loop(), name="ram.ha.keeper"),
         ]
         log.info("ha controller started member=%s pgdata=%s", self.me, self.instance.spec.data_dir)
@@ -111,6 +118,7 @@ class HAController:
                 await task
         self.node.on_report = None
         self.node.lease_decider = None
+        self.node.on_applied = None
         with contextlib.suppress(Exception):
             await self.instance.stop("fast")
         log.info("ha controller stopped member=%s", self.me)
@@ -127,7 +135,20 @@ class HAController:
 
     # ---------------------------------------------------------------------------- observing
 
+    def _on_applied(self, _state: Any) -> None:
+        """A committed change: act on it now rather than at the next tick (a switchover or a
+        failover decision reaches the keepers and the arbiter within one apply)."""
+        self._wake_keeper.set()
+        self._wake_arbiter.set()
+        self._wake_lease.set()
+
     async def _observe(self) -> None:
+        """Read the local PostgreSQL's status and report it (serialised: the observe loop and the
+        keeper both call this, and two interleaved observations could report an older one last)."""
+        async with self._observing:
+            await self._observe_unlocked()
+
+    async def _observe_unlocked(self) -> None:
         if self._initializing:
             return  # initdb's private server is not the instance: neither report nor touch it
         now = time.monotonic()
@@ -227,8 +248,13 @@ class HAController:
         except Exception as exc:
             log.warning("pg_controldata failed error=%s", exc)
             return
-        was_standby = "recovery" in fields.get("Database cluster state", "")
-        self._stopped_history = (timeline, was_standby)
+        cluster_state = fields.get("Database cluster state", "")
+        was_standby = "recovery" in cluster_state
+        stopped_lsn = None
+        if cluster_state == "shut down":  # a clean stop: the shutdown checkpoint is its last WAL record
+            with contextlib.suppress(ValueError):
+                stopped_lsn = parse_lsn(fields.get("Latest checkpoint location", ""))
+        self._stopped_history = (timeline, was_standby, stopped_lsn)
 
     def _diverged(self, status: InstanceStatus) -> bool | None:
         """Is the running instance's WAL off the committed primary's history?
@@ -251,7 +277,7 @@ class HAController:
         pg_rewind itself finds out when nothing needs rewinding."""
         if self._stopped_history is None or self.node.state.timeline is None:
             return None
-        timeline, was_standby = self._stopped_history
+        timeline, was_standby, _ = self._stopped_history
         return not (was_standby and timeline == self.node.state.timeline)
 
     async def _ensure_slots(self, instance_key: tuple[int | None, int | None]) -> None:
@@ -282,6 +308,7 @@ class HAController:
             "state_position": self.node.state.last_position,
             "lease_released": self.lease_released,
             "timeline_start_lsn": self._timeline_start if primary else None,
+            "stopped_lsn": self._stopped_history[2] if not running and self._stopped_history else None,
         }
 
     def _on_report(self, node_id: int, body: bytes) -> None:
@@ -301,9 +328,12 @@ class HAController:
                 lease_released=bool(doc["lease_released"]),
                 timeline_start_lsn=doc.get("timeline_start_lsn"),
                 sync_standby_names=doc.get("sync_standby_names"),
+                stopped_lsn=doc.get("stopped_lsn"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("dropping malformed member report node_id=%d error=%s", node_id, exc)
+            return
+        self._wake_arbiter.set()
 
     # ------------------------------------------------------------------------------ arbiter
 
@@ -363,6 +393,21 @@ class HAController:
             return False, f"node {node_id} is not a member"
         verdict = decide_grant(self._arbiter_input(now), holder)
         return verdict.granted, verdict.reason
+
+    async def _arbiter_loop(self) -> None:
+        """Arbitrate on every tick, on every applied change and on every member report (at most
+        every ``_ARBITER_MIN_GAP_S``), so a decision waits for no timer."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_arbiter.wait(), self.settings.report_interval_s)
+            self._wake_arbiter.clear()
+            try:
+                await self._arbitrate()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("ha step failed step=arbitrate")
+            await asyncio.sleep(_ARBITER_MIN_GAP_S)
 
     async def _arbitrate(self) -> None:
         now = time.monotonic()
@@ -430,23 +475,34 @@ class HAController:
         )
 
     async def _lease_loop(self) -> None:
+        """Renew every ``renew_interval_s`` while the keeper wants the lease. A node that wants it
+        without holding it (a candidate about to promote) asks again every ``_PROMOTE_RETRY_S`` and on
+        every committed change, and wakes the keeper the moment it is granted."""
         interval = self.settings.renew_interval_s
         while True:
             started = time.monotonic()
+            wait = interval
             try:
                 if k.wants_lease(self._keeper_input(started)):
+                    held = self.holder.holds(started)
                     token = self.holder.on_renew_sent(started)
                     granted, reason = await self.node.request_lease(timeout=interval * 2)
                     if granted:
                         self.holder.on_renew_ok(token)
                         self.lease_released = False
+                        if not held:
+                            self._wake_keeper.set()
                     else:
                         log.debug("lease not renewed reason=%s", reason)
+                        if not held:
+                            wait = _PROMOTE_RETRY_S
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("lease renewal failed")
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            self._wake_lease.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_lease.wait(), max(0.0, wait - (time.monotonic() - started)))
 
     async def _fence_watch(self) -> None:
         """Fence the moment the lease runs out while PostgreSQL may accept writes (not on the keeper's
@@ -460,6 +516,17 @@ class HAController:
                 continue
             if writable and self.holder.must_fence(time.monotonic()):
                 await self._fence("lease expired (not renewed in time)")
+
+    async def _on_demote_stopped(self) -> None:
+        """Switchover: PostgreSQL stopped cleanly and accepts no writes. Give the lease up and report
+        the final WAL position now, so the candidate can promote while we restart as a standby."""
+        self.holder.release()
+        self.lease_released = True
+        self._stopped_history = None
+        async with self._observing:
+            self.status = InstanceStatus(running=False)
+            await self._read_stopped_history()
+            self.node.send_report(json.dumps(self._report(self.status)).encode())
 
     async def _fence(self, reason: str) -> None:
         log.warning("fencing postgres member=%s reason=%s", self.me, reason)
@@ -545,7 +612,7 @@ class HAController:
             # turn it into an immediate stop, which would lose the WAL the candidate is waiting for.
             self._demoting = True
             try:
-                await inst.demote(endpoint)
+                await inst.demote(endpoint, on_stopped=self._on_demote_stopped)
                 await self._observe()
             finally:
                 self._demoting = False

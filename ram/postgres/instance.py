@@ -16,7 +16,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -316,15 +316,25 @@ class ManagedInstance:
                 await conn.execute("CHECKPOINT")
             return (await self.status()).timeline
 
-    async def demote(self, primary: PrimaryEndpoint, *, use_slot: bool = True) -> StopResult:
+    async def demote(
+        self,
+        primary: PrimaryEndpoint,
+        *,
+        use_slot: bool = True,
+        on_stopped: Callable[[], Awaitable[None]] | None = None,
+    ) -> StopResult:
         """Turn this node into a standby of ``primary``: clean stop, standby.signal + primary_conninfo, start.
 
         For a planned switchover: the old primary stopped cleanly before the new one was promoted,
         so its WAL is a prefix of the new timeline and it can simply follow. After a failover (it
-        may have diverged) use :meth:`rejoin`, which runs pg_rewind first.
+        may have diverged) use :meth:`rejoin`, which runs pg_rewind first. ``on_stopped`` runs
+        between the clean stop and the start as a standby: a switchover lets the candidate promote
+        from that moment instead of waiting for this server to come back up.
         """
         async with self._lock:
             stopped = await self.stop_unlocked("fast", None)
+            if on_stopped is not None:
+                await on_stopped()
             slot = self.spec.slot_name if use_slot else None
             await asyncio.to_thread(conffiles.write_standby_config, self.spec, primary, slot)
             await self.start_unlocked()

@@ -317,6 +317,10 @@ def test_degraded_event_reason() -> None:
 
 # --- lease grant policy -----------------------------------------------------------------------------
 
+STOPPED: dict[str, Any] = {
+    "pg_running": False, "role": "unknown", "received_lsn": None, "replayed_lsn": None, "lease_released": True
+}
+
 
 @pytest.mark.parametrize(
     ("state", "per", "holder", "granted", "reason"),
@@ -331,6 +335,22 @@ def test_degraded_event_reason() -> None:
         (SWITCH_OK, {"pg1": {"role": "replica", "received_lsn": 2000}}, "pg2", False, "pg2 has not caught up"),
         (SWITCH_OK, {"pg1": {"role": "replica"}}, "pg2", True, "pg2 is the switchover candidate and has caught up"),
         (SWITCH_OK, {"pg1": {"role": "replica"}}, "pg3", False, "switchover pg1 -> pg2 in progress"),
+        # Stopped cleanly, not yet a standby: judged by where its shutdown checkpoint starts.
+        (SWITCH_OK, {"pg1": STOPPED}, "pg2", False, "pg1 stopped; its final WAL position is not known"),
+        (
+            SWITCH_OK,
+            {"pg1": {**STOPPED, "stopped_lsn": 1000}, "pg2": {"received_lsn": 1000, "replayed_lsn": 900}},
+            "pg2",
+            False,
+            "pg2 has not received pg1's shutdown checkpoint (1000 <= 1000)",
+        ),
+        (
+            SWITCH_OK,
+            {"pg1": {**STOPPED, "stopped_lsn": 1000}, "pg2": {"received_lsn": 1104, "replayed_lsn": 900}},
+            "pg2",
+            True,
+            "pg2 is the switchover candidate and has caught up",
+        ),
     ],
 )
 def test_grant_policy(
@@ -353,3 +373,22 @@ def test_decide_grant_combines_policy_and_view() -> None:
     assert not r.granted and r.reason.startswith("lease of pg1 may be valid")
     assert steady_holder(FAILOVER) is None
     assert decide_grant(replace(inp, now=NOW + S.arbiter_wait_s), "pg2").granted
+
+
+def test_released_old_primary_does_not_delay_the_candidate() -> None:
+    """A clean demotion ends the old primary's grant at once; a merely silent one does not."""
+    lv = ArbiterLeaseView(S)
+    lv.on_became_leader(NOW - 0.1, steady_holder="pg1")
+    lv.on_grant("pg1", NOW - 0.05)
+    caught_up = {"pg2": {"received_lsn": 5000}}
+    stopped = observations(pg1={**STOPPED, "stopped_lsn": 1000}, **caught_up)
+    not_released = observations(pg1={**STOPPED, "stopped_lsn": 1000, "lease_released": False}, **caught_up)
+    r = decide_grant(ArbiterInput(now=NOW, state=SWITCH_OK, observations=not_released, lease=lv, settings=S), "pg2")
+    assert not r.granted and r.reason.startswith("lease of pg1 may be valid"), r.reason
+    r = decide_grant(ArbiterInput(now=NOW, state=SWITCH_OK, observations=stopped, lease=lv, settings=S), "pg2")
+    assert r.granted, r.reason
+    # Only the switchover's candidate benefits; the release is not a licence for anyone else.
+    lv2 = ArbiterLeaseView(S)
+    lv2.on_became_leader(NOW - 0.1, steady_holder="pg1")
+    r = decide_grant(ArbiterInput(now=NOW, state=FAILOVER, observations=stopped, lease=lv2, settings=S), "pg2")
+    assert not r.granted, r.reason

@@ -157,7 +157,8 @@ class RaftNode:
         self._pool = pool
         self._rng = rng or random.Random()
         self._storage = RaftStorage(pool)
-        self._on_applied = on_applied
+        #: Called with the new state after every applied batch or installed snapshot (HA wakes on it).
+        self.on_applied = on_applied
         host, port = parse_address(config.raft.listen)
         self._addresses: dict[int, str] = {p.id: p.address for p in config.raft.peers}
         self._addresses[config.node_id] = config.raft.listen
@@ -667,6 +668,8 @@ class RaftNode:
         self._snapshot_index = snapshot.index
         self.stats.snapshots_installed += 1
         self._wake_applied()
+        if self.on_applied is not None:
+            self.on_applied(self.state)
 
     def _after_ready(self, rd: Ready) -> None:
         core = self.core
@@ -794,8 +797,8 @@ class RaftNode:
                     NoLeaderError(f"leadership changed; entry {index} was replaced by term {term}", self.leader_id)
                 )
         self._wake_applied()
-        if self._on_applied is not None:
-            self._on_applied(self.state)
+        if self.on_applied is not None:
+            self.on_applied(self.state)
 
     def _decide_entry(self, state: ClusterState, entry: Entry) -> tuple[int, datetime, list[Event]]:
         epoch = datetime.fromtimestamp(0, UTC)

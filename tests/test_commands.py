@@ -11,13 +11,14 @@ from ram.eventstore.commands import (
     DesignatePrimary,
     FailOperation,
     ReportFact,
+    RequestMemberAction,
     RequestSwitchover,
     SetMaintenance,
     SetTags,
     StartFailover,
     decide,
 )
-from ram.eventstore.events import MemberHealthChanged, MemberSpec, MemberTags, StoredEvent
+from ram.eventstore.events import MemberActionCompleted, MemberHealthChanged, MemberSpec, MemberTags, StoredEvent
 from ram.projections.state import ClusterState, fold
 
 TS = datetime(2026, 11, 26, tzinfo=UTC)
@@ -95,4 +96,26 @@ def test_facts_need_a_known_member() -> None:
     _, types = apply(cluster(), ReportFact(event=ok), 3)
     assert types == ["member_health_changed"]
     _, types = apply(cluster(), ReportFact(event=bad), 3)
+    assert types == ["command_rejected"]
+
+
+def test_member_action_lifecycle() -> None:
+    """One pending action per member; the primary is never re-cloned; the member's report clears it
+    only for the action that was asked."""
+    state, types = apply(cluster(), RequestMemberAction(name="pg2", action="restart", requested_by="op"), 3)
+    assert types == ["member_action_requested"]
+    assert (state.members["pg2"].pending_action, state.members["pg2"].pending_action_position) == ("restart", 3)
+    again, types = apply(state, RequestMemberAction(name="pg2", action="reinit"), 4)
+    assert types == ["command_rejected"] and again.members["pg2"].pending_action == "restart"
+    other, types = apply(state, ReportFact(event=MemberActionCompleted(name="pg2", action="reinit", ok=True)), 4)
+    assert types == ["member_action_completed"] and other.members["pg2"].pending_action == "restart"
+    done, _ = apply(state, ReportFact(event=MemberActionCompleted(name="pg2", action="restart", ok=True)), 4)
+    assert done.members["pg2"].pending_action is None and done.members["pg2"].pending_action_position is None
+    _, types = apply(cluster(), RequestMemberAction(name="pg1", action="reinit"), 3)
+    assert types == ["command_rejected"]
+    _, types = apply(cluster(), RequestMemberAction(name="ghost", action="restart"), 3)
+    assert types == ["command_rejected"]
+    busy, _ = apply(cluster(), RequestSwitchover(candidate="pg3"), 3)
+    assert busy.current_operation is not None
+    _, types = apply(busy, RequestMemberAction(name="pg2", action="restart"), 4)
     assert types == ["command_rejected"]

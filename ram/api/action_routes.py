@@ -3,7 +3,7 @@ committed and applied on this node (a follower forwards the proposal to the lead
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from litestar import Request, delete, get, patch, post, put
 from litestar.params import Body, FromPath, JSONBody, QueryParameter
@@ -29,6 +29,7 @@ from ram.eventstore.commands import (
     AddMember,
     PatchConfig,
     RemoveMember,
+    RequestMemberAction,
     RequestSwitchover,
     SetMaintenance,
     SetTags,
@@ -330,18 +331,33 @@ def _member_or_404(ctx: ApiContext, name: str) -> None:
         raise ApiError(404, f"no member named {name!r}")
 
 
+async def _member_action(request: Request[Any, Any, Any], ctx: Ctx, name: str,
+                         action: Literal["restart", "reinit"]) -> OperationAcceptedOut:
+    _member_or_404(ctx, name)
+    _require_ha(ctx, f"{action} is")
+    state = ctx.node.state
+    if action == "reinit" and name == state.primary:
+        raise ApiError(409, f"{name} is the primary and can not be re-cloned; switch over first")
+    result = await ctx.node.propose(RequestMemberAction(name=name, action=action, requested_by=_who(request, "")))
+    return OperationAcceptedOut(operation=f"{action} {name}", write=_write_out(result))
+
+
 @post("/members/{name:str}/restart", summary="Restart a member's PostgreSQL", tags=["members"], status_code=202,
       responses=_HA_ERRORS)
-async def restart_member(ctx: Ctx, name: FromPath[str]) -> OperationAcceptedOut:
-    _member_or_404(ctx, name)
-    raise _not_yet("restart is")
+async def restart_member(request: Request[Any, Any, Any], ctx: Ctx, name: FromPath[str]) -> OperationAcceptedOut:
+    """Ask NAME to restart its PostgreSQL in the same role (fast stop, start), e.g. to apply parameters
+    pending restart. Answered once the request is committed; NAME reports ``member_action_completed``
+    when done. Refused (409) while another restart / reinit of NAME or a failover / switchover is pending."""
+    return await _member_action(request, ctx, name, "restart")
 
 
 @post("/members/{name:str}/reinit", summary="Re-clone a member from the primary", tags=["members"],
       status_code=202, responses=_HA_ERRORS)
-async def reinit_member(ctx: Ctx, name: FromPath[str]) -> OperationAcceptedOut:
-    _member_or_404(ctx, name)
-    raise _not_yet("reinit is")
+async def reinit_member(request: Request[Any, Any, Any], ctx: Ctx, name: FromPath[str]) -> OperationAcceptedOut:
+    """Ask replica NAME to discard its data directory and clone it again from the primary (only when
+    the primary is reachable; otherwise the data is kept and the request reported failed). Answered
+    once committed; NAME reports ``member_action_completed`` when done. The primary is refused (409)."""
+    return await _member_action(request, ctx, name, "reinit")
 
 
 ROUTES = [

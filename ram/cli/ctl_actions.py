@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import getpass
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -158,36 +159,72 @@ def failover(candidate: str, reason: str, force: bool) -> None:
     _accepted(api.request("POST", "/failover", json={"candidate": candidate, "reason": reason}), "Failover")
 
 
-def _member_operation(name: str, force: bool, action: str, question: str) -> None:
+def _member_operation(name: str, force: bool, action: str, question: str, wait: float) -> None:
     api = client()
     if not force:
         _require_member(_cluster(api), name)
         confirm(question, force)
     answer = api.request("POST", f"/members/{quote(name, safe='')}/{action}")
     _accepted(answer, f"{action.capitalize()} of {name}")
+    if wait > 0:
+        write = answer.get("write") or {} if isinstance(answer, dict) else {}
+        _wait_member_action(api, name, action, int(write.get("index") or 0), wait)
+
+
+def _wait_member_action(api: ApiClient, name: str, action: str, since: int, timeout: float) -> None:
+    """Follow the events until NAME reports how the action ended (a dot a second meanwhile)."""
+    deadline = time.monotonic() + timeout
+    after = max(0, since - 1)
+    click.echo(f"Waiting for {name} to {action}", nl=False, err=True)
+    while time.monotonic() < deadline:
+        page = api.request("GET", "/events", params={"after": after, "type": "member_action_completed"})
+        for ev in (page.get("events") or []) if isinstance(page, dict) else []:
+            after = max(after, int(ev.get("position") or 0))
+            data = ev.get("data") or {}
+            if data.get("name") == name and data.get("action") == action:
+                click.echo("", err=True)
+                if not data.get("ok"):
+                    raise CtlError(f"{action} of {name} failed: {data.get('message')}")
+                click.echo(f"{action.capitalize()} of {name} done: {data.get('message')}")
+                return
+        click.echo(".", nl=False, err=True)
+        time.sleep(1.0)
+    click.echo("", err=True)
+    raise CtlError(f"{name} did not report the end of the {action} within {timeout:g} s "
+                   f"(see 'ramctrl events --type member_action_completed')")
+
+
+def _wait_option(default: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--wait", "wait", type=click.FloatRange(min=0), default=default, show_default=True, metavar="SECONDS",
+        help="How long to wait for the member to report the outcome (0: return once the request is committed).",
+    )
 
 
 @click.command()
 @click.argument("name")
 @force_option
-def restart(name: str, force: bool) -> None:
-    """Restart NAME's PostgreSQL (e.g. to apply parameters pending restart).
+@_wait_option(120)
+def restart(name: str, force: bool, wait: float) -> None:
+    """Restart NAME's PostgreSQL in its current role (e.g. to apply parameters pending restart).
 
     \b
     Example:
       ramctrl restart node2
+      ramctrl restart node2 --force --wait 0
     """
-    _member_operation(name, force, "restart", f"Restart PostgreSQL on {name}?")
+    _member_operation(name, force, "restart", f"Restart PostgreSQL on {name}?", wait)
 
 
 @click.command()
 @click.argument("name")
 @force_option
-def reinit(name: str, force: bool) -> None:
-    """Re-clone NAME from the primary, discarding its data directory.
+@_wait_option(1800)
+def reinit(name: str, force: bool, wait: float) -> None:
+    """Re-clone replica NAME from the primary, discarding its data directory.
 
     \b
     Example:
       ramctrl reinit node3 --force
     """
-    _member_operation(name, force, "reinit", f"Discard {name}'s data and clone it again from the primary?")
+    _member_operation(name, force, "reinit", f"Discard {name}'s data and clone it again from the primary?", wait)

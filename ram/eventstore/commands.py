@@ -26,6 +26,8 @@ from ram.eventstore.events import (
     FailoverStarted,
     LearnerPromoted,
     MaintenanceModeChanged,
+    MemberActionCompleted,
+    MemberActionRequested,
     MemberAdded,
     MemberHealthChanged,
     MemberRemoved,
@@ -163,10 +165,20 @@ class FailOperation(_Command):
 
 FactEvent = Annotated[
     Union[  # noqa: UP007
-        MemberHealthChanged, ReplicaFollowing, ReplicaRejoined, NodeFenced, SynchronousStandbysChanged
+        MemberHealthChanged, ReplicaFollowing, ReplicaRejoined, NodeFenced, SynchronousStandbysChanged,
+        MemberActionCompleted,
     ],
     Field(discriminator="type"),
 ]
+
+
+class RequestMemberAction(_Command):
+    """An operator asks member ``name`` to restart its PostgreSQL or to re-clone it (``reinit``)."""
+
+    kind: Literal["request_member_action"] = "request_member_action"
+    name: str
+    action: Literal["restart", "reinit"]
+    requested_by: str = ""
 
 
 class Arbitrate(_Command):
@@ -204,6 +216,7 @@ Command = Annotated[
         FailOperation,
         ReportFact,
         Arbitrate,
+        RequestMemberAction,
     ],
     Field(discriminator="kind"),
 ]
@@ -329,6 +342,8 @@ def _decide(state: ClusterState, command: _Command, ts: datetime, term: int) -> 
         return [DynamicConfigChanged(changes=changes, pending_restart=command.pending_restart, by=command.by)]
     if isinstance(command, (DesignatePrimary, StartFailover, RequestSwitchover, CompleteOperation, FailOperation)):
         return _decide_operation(state, command)
+    if isinstance(command, RequestMemberAction):
+        return [_member_action(state, command)]
     if isinstance(command, Arbitrate):
         if state.last_position != command.based_on:
             return []
@@ -340,6 +355,21 @@ def _decide(state: ClusterState, command: _Command, ts: datetime, term: int) -> 
             raise Rejected(f"no member named {subject!r}")
         return [fact]
     raise Rejected(f"unknown command {type(command).__name__}")
+
+
+def _member_action(state: ClusterState, command: RequestMemberAction) -> MemberActionRequested:
+    member = state.members.get(command.name)
+    if member is None:
+        raise Rejected(f"no member named {command.name!r}")
+    if member.pending_action is not None:
+        raise Rejected(f"{command.name} has a {member.pending_action} pending already (asked at position "
+                       f"{member.pending_action_position}); wait for it to complete")
+    op = state.current_operation
+    if op is not None:
+        raise Rejected(f"a {op.kind} is in progress; retry when it has completed")
+    if command.action == "reinit" and command.name == state.primary:
+        raise Rejected(f"{command.name} is the primary and can not be re-cloned; switch over first")
+    return MemberActionRequested(name=command.name, action=command.action, requested_by=command.requested_by)
 
 
 def _eligible_target(state: ClusterState, name: str, *, forced: bool) -> None:

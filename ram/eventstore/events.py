@@ -55,6 +55,8 @@ __all__ = [
     "LearnerPromoted",
     "MaintenanceModeChanged",
     "MalformedEvent",
+    "MemberActionCompleted",
+    "MemberActionRequested",
     "MemberAdded",
     "MemberHealthChanged",
     "MemberRemoved",
@@ -424,6 +426,26 @@ class CommandRejected(_EventBase):
     requested_by: Text = ""
 
 
+class MemberActionRequested(_EventBase):
+    """An operator asked a member to restart its PostgreSQL or to re-clone it from the primary
+    (``reinit``). The member's own keeper carries it out and reports ``member_action_completed``."""
+
+    type: Literal["member_action_requested"] = "member_action_requested"
+    name: Name
+    action: Literal["restart", "reinit"]
+    requested_by: Text = ""
+
+
+class MemberActionCompleted(_EventBase):
+    """The member finished (``ok``) or gave up on the requested action; ``message`` says what happened."""
+
+    type: Literal["member_action_completed"] = "member_action_completed"
+    name: Name
+    action: Literal["restart", "reinit"]
+    ok: bool
+    message: Text = ""
+
+
 Event: TypeAlias = Annotated[
     Union[  # noqa: UP007
         ClusterBootstrapped,
@@ -447,6 +469,8 @@ Event: TypeAlias = Annotated[
         DynamicConfigChanged,
         NodeFenced,
         CommandRejected,
+        MemberActionRequested,
+        MemberActionCompleted,
     ],
     Field(discriminator="type"),
 ]

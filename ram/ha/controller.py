@@ -23,13 +23,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from ram.config import NodeConfig
 from ram.consensus.runtime.node import ProposalError, RaftNode
 from ram.consensus.types import Role
 from ram.eventstore.commands import Arbitrate, ReportFact
-from ram.eventstore.events import MemberHealthChanged, NodeFenced, ReplicaFollowing, ReplicaRejoined
+from ram.eventstore.events import (
+    MemberActionCompleted,
+    MemberHealthChanged,
+    NodeFenced,
+    ReplicaFollowing,
+    ReplicaRejoined,
+)
 from ram.ha import keeper as k
 from ram.ha.arbiter import ArbiterInput, Wait, arbitrate, decide_grant, steady_holder
 from ram.ha.candidates import MemberObservation
@@ -93,6 +99,7 @@ class HAController:
         self._stopped_history: tuple[int, bool, int | None] | None = None
         self._timeline_start: int | None = None
         self._timeline_start_for: int | None = None
+        self._action_done_position: int | None = None
         node.on_report = self._on_report
         node.lease_decider = self._decide_lease
         node.on_applied = self._on_applied
@@ -472,6 +479,7 @@ class HAController:
             diverged=diverged,
             pg_down_since=self.pg_down_since,
             rewind_failed=self.rewind_failed,
+            completed_action_position=self._action_done_position,
         )
 
     async def _lease_loop(self) -> None:
@@ -662,7 +670,51 @@ class HAController:
                 inst.spec, f"ALTER SYSTEM SET synchronous_standby_names = {sql.quote_literal(action.standby_names)}"
             )
             await sql.execute(inst.spec, "SELECT pg_reload_conf()")
+        elif isinstance(action, (k.RestartPostgres, k.Reinit, k.RefuseMemberAction)):
+            await self._member_action(action)
         elif isinstance(action, k.ReportCannotRejoin):
             self._spawn_fact(
                 MemberHealthChanged(name=self.me, healthy=False, pg_running=False, reason=action.reason[:1000])
             )
+
+    async def _member_action(self, action: k.RestartPostgres | k.Reinit | k.RefuseMemberAction) -> None:
+        """Carry out an operator's restart / reinit once, and record how it ended (the request stays
+        pending in the committed state until that record commits; a crash before it repeats the
+        action, which is safe for both)."""
+        kind: Literal["restart", "reinit"]
+        started = time.monotonic()
+        if isinstance(action, k.RefuseMemberAction):
+            kind, ok, message = action.action, False, action.reason
+        elif isinstance(action, k.RestartPostgres):
+            kind = "restart"
+            try:
+                await self.instance.restart("fast")
+                ok, message = True, f"PostgreSQL restarted in {time.monotonic() - started:.1f} s"
+            except Exception as exc:
+                ok, message = False, f"restart failed: {exc}"
+        else:
+            kind = "reinit"
+            ok, message = await self._reinit(action.primary)
+            if ok:
+                message = f"{message} in {time.monotonic() - started:.1f} s"
+        self._action_done_position = action.position
+        log.info("member action done action=%s ok=%s message=%s", kind, ok, message)
+        self._spawn_fact(MemberActionCompleted(name=self.me, action=kind, ok=ok, message=message[:1000]))
+
+    async def _reinit(self, primary: str) -> tuple[bool, str]:
+        endpoint = endpoint_of(self.node.state, primary)
+        if endpoint is None:
+            return False, f"reinit failed: {primary} has no PostgreSQL address"
+        if not await _reachable(endpoint.host, endpoint.port):
+            return False, f"reinit not started: {primary} ({endpoint.host}:{endpoint.port}) is unreachable; data kept"
+        inst = self.instance
+        try:
+            await inst.stop("fast")
+            await inst.clone_from(endpoint, wipe=True)
+            await inst.start()
+        except Exception as exc:
+            return False, f"reinit failed: {exc}"
+        self.rewind_failed = False
+        self._stopped_history = None
+        self._spawn_fact(ReplicaRejoined(name=self.me, primary=primary, method="clone"))
+        return True, f"re-cloned from {primary}"

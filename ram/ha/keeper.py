@@ -42,8 +42,11 @@ __all__ = [
     "LocalPostgres",
     "Nothing",
     "Promote",
+    "RefuseMemberAction",
+    "Reinit",
     "ReportCannotRejoin",
     "RestartCrashed",
+    "RestartPostgres",
     "Rewind",
     "StartPostgres",
     "desired_role",
@@ -130,6 +133,29 @@ class ReportCannotRejoin(Action):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class RestartPostgres(Action):
+    """An operator asked for a restart (e.g. for a pending-restart parameter): stop fast, start, same role."""
+
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reinit(Action):
+    """An operator asked to throw this replica's data away and clone it from ``primary`` again."""
+
+    primary: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseMemberAction(Action):
+    """The requested restart / reinit can not be done here; report it as failed with ``reason``."""
+
+    action: Literal["restart", "reinit"]
+    position: int
+
+
 # -- inputs ---------------------------------------------------------------------------------------
 
 
@@ -159,7 +185,9 @@ class KeeperInput:
     """``lease_valid``: ``HolderLease.holds(now)``. ``diverged``: this node's WAL is not a prefix of
     the primary's timeline (None: unknown; :func:`is_diverged` computes it from the history).
     ``pg_down_since``: own-clock instant PostgreSQL was found not running while it should run.
-    ``rewind_failed``: the last Rewind attempt failed."""
+    ``rewind_failed``: the last Rewind attempt failed. ``completed_action_position``: the position
+    of the last operator action (restart / reinit) this node carried out, so it is not repeated while
+    its completion is being committed."""
 
     me: str
     now: float
@@ -170,6 +198,7 @@ class KeeperInput:
     diverged: bool | None = None
     pg_down_since: float | None = None
     rewind_failed: bool = False
+    completed_action_position: int | None = None
 
 
 Kind = Literal["primary", "promote", "demote", "replica", "none"]
@@ -265,6 +294,23 @@ def _sync_names(c: Ctx) -> str:
     return pg_target(c.inp.state, c.inp.settings)[1]
 
 
+def _pending(c: Ctx, action: str) -> bool:
+    """Is ``action`` requested of this node by an operator and not yet carried out?"""
+    m = c.inp.state.members.get(c.inp.me)
+    return (
+        m is not None
+        and m.pending_action == action
+        and m.pending_action_position is not None
+        and m.pending_action_position != c.inp.completed_action_position
+    )
+
+
+def _action_position(c: Ctx) -> int:
+    pos = c.inp.state.members[c.inp.me].pending_action_position
+    assert pos is not None
+    return pos
+
+
 def _r(cls: Callable[[str], Action]) -> Callable[[Ctx, str], Action]:
     return lambda c, reason: cls(f"{reason} ({c.want.reason})")
 
@@ -323,6 +369,37 @@ KEEPER_RULES: list[KeeperRule] = [
     ),
     KeeperRule(
         "demoted", lambda c: c.want.kind == "demote", _r(Nothing), "demoted: waiting for the candidate to promote"
+    ),
+    # Operator requests (also in maintenance mode: the operator asked for exactly this).
+    KeeperRule(
+        "restart-no-data",
+        lambda c: _pending(c, "restart") and not c.pg.has_data,
+        lambda c, r: RefuseMemberAction(r, action="restart", position=_action_position(c)),
+        "restart refused: no data directory",
+    ),
+    KeeperRule(
+        "restart-not-running",
+        lambda c: _pending(c, "restart") and not c.pg.running,
+        lambda c, r: RefuseMemberAction(r, action="restart", position=_action_position(c)),
+        "restart refused: PostgreSQL is not running (RAM starts it itself once the member's role allows)",
+    ),
+    KeeperRule(
+        "restart-requested",
+        lambda c: _pending(c, "restart") and (c.want.kind != "primary" or c.inp.lease_valid),
+        lambda c, r: RestartPostgres(f"{r} ({c.want.reason})", position=_action_position(c)),
+        "restart requested by an operator",
+    ),
+    KeeperRule(
+        "reinit-refused",
+        lambda c: _pending(c, "reinit") and c.want.kind != "replica",
+        lambda c, r: RefuseMemberAction(f"{r}: {c.want.reason}", action="reinit", position=_action_position(c)),
+        "reinit refused: only a replica can be re-cloned",
+    ),
+    KeeperRule(
+        "reinit-requested",
+        lambda c: _pending(c, "reinit"),
+        lambda c, r: Reinit(f"{r} ({c.want.reason})", primary=_up(c), position=_action_position(c)),
+        "reinit requested by an operator: re-clone from the primary",
     ),
     # Maintenance: no other action on PostgreSQL.
     KeeperRule("maintenance", lambda c: c.inp.state.maintenance, _r(Nothing), "maintenance mode: hands off"),

@@ -78,6 +78,8 @@ async def _load(conn: asyncpg.Connection) -> ClusterState:
             fenced=r["fenced"],
             fence_reason=r["fence_reason"],
             rejoin_method=r["rejoin_method"],
+            pending_action=r.get("pending_action"),  # columns of revision 0004
+            pending_action_position=r.get("pending_action_position"),
         )
     timelines = tuple(
         TimelineRecord(

@@ -51,6 +51,8 @@ from ram.eventstore.events import (
     FailoverStarted,
     LearnerPromoted,
     MaintenanceModeChanged,
+    MemberActionCompleted,
+    MemberActionRequested,
     MemberAdded,
     MemberHealthChanged,
     MemberRemoved,
@@ -135,6 +137,9 @@ class Member:
     fenced: bool = False
     fence_reason: str = ""
     rejoin_method: Literal["rewind", "clone"] | None = None
+    # An operator's restart / reinit request not yet carried out (and the position it was asked at).
+    pending_action: Literal["restart", "reinit"] | None = None
+    pending_action_position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +453,13 @@ def _apply(state: ClusterState, se: StoredEvent) -> ClusterState:
             return _update_member(state, ev.name, fenced=True, fence_reason=ev.reason)
         case CommandRejected():
             return state
+        case MemberActionRequested():
+            return _update_member(state, ev.name, pending_action=ev.action, pending_action_position=pos)
+        case MemberActionCompleted():
+            m = state.members.get(ev.name)
+            if m is None or m.pending_action != ev.action:
+                return state
+            return _update_member(state, ev.name, pending_action=None, pending_action_position=None)
     raise AssertionError(f"unhandled event type {type(ev).__name__}")  # pragma: no cover - exhaustive
 
 

@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +116,75 @@ async def test_isolated_primary_fences_itself_and_majority_fails_over(e2e: E2ECl
     # Healed: the old primary rejoins as a replica.
     c = await e2e.wait_healthy(90)
     assert c["primary"] != old and not await e2e.writable(old)
+
+
+async def _action_outcome(e2e: E2ECluster, name: str, action: str, since: int, timeout: float) -> dict[str, Any]:
+    """The ``member_action_completed`` event ``name`` reports for ``action`` after position ``since``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = await e2e.api("GET", f"/events?after={since}&type=member_action_completed")
+        for ev in reply.json()["events"]:
+            if ev["data"]["name"] == name and ev["data"]["action"] == action:
+                return dict(ev["data"])
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{name} did not report the end of its {action} within {timeout} s")
+
+
+def _leave_marker(data_dir: Path) -> Path:
+    """A file in the data directory, owned like it, that a re-clone must not keep."""
+    marker = data_dir / "ram_e2e_marker"
+    marker.write_text("from before the reinit\n")
+    shutil.chown(marker, user=data_dir.owner())
+    return marker
+
+
+async def test_restart_and_reinit_members(e2e: E2ECluster) -> None:
+    c = await e2e.wait_healthy(60)
+    primary = c["primary"]
+    replica = sorted(m["name"] for m in c["members"] if m["name"] != primary)[0]
+    member = e2e.member(replica)
+
+    # Restart of a replica: a new postmaster, same role, streaming again.
+    before = e2e.postmaster_pid(member)
+    reply = await e2e.api("POST", f"/members/{replica}/restart")
+    assert reply.status_code == 202, reply.text
+    outcome = await _action_outcome(e2e, replica, "restart", reply.json()["write"]["index"] - 1, 60)
+    assert outcome["ok"], outcome
+    assert e2e.postmaster_pid(member) not in (None, before)
+    await e2e.wait_healthy(60)
+
+    # The primary is never re-cloned; a second request for the same member waits for the first.
+    reply = await e2e.api("POST", f"/members/{primary}/reinit")
+    assert reply.status_code == 409 and "primary" in reply.json()["error"], reply.text
+
+    # Reinit of a replica: its data directory is replaced by a fresh clone that holds the primary's data.
+    marker = _leave_marker(Path(member.pg_data_dir))
+    async with Writer(e2e.info.writer_dsn()) as writer:
+        await asyncio.sleep(0.5)
+        reply = await e2e.api("POST", f"/members/{replica}/reinit")
+        assert reply.status_code == 202, reply.text
+        again = await e2e.api("POST", f"/members/{replica}/restart")
+        assert again.status_code == 409 and "pending" in again.json()["error"], again.text
+        outcome = await _action_outcome(e2e, replica, "reinit", reply.json()["write"]["index"] - 1, 120)
+        assert outcome["ok"], outcome
+        await asyncio.sleep(0.5)
+    assert not marker.exists(), "reinit kept the old data directory"
+    await e2e.wait_healthy(60)
+    expected = set(writer.acked)
+    deadline = time.monotonic() + 30
+    while set(await e2e.rows(replica, writer.table)) != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+    assert set(await e2e.rows(replica, writer.table)) == expected
+
+    # Restart of the primary: in place, no failover, writes resume on the same server.
+    async with Writer(e2e.info.writer_dsn()) as writer:
+        await asyncio.sleep(0.5)
+        reply = await e2e.api("POST", f"/members/{primary}/restart")
+        assert reply.status_code == 202, reply.text
+        outcome = await _action_outcome(e2e, primary, "restart", reply.json()["write"]["index"] - 1, 60)
+        assert outcome["ok"], outcome
+        await asyncio.sleep(1.0)
+    assert (await e2e.cluster())["primary"] == primary
+    last_server = writer.servers[-1][1]
+    assert last_server == e2e.member(primary).host
+    await e2e.wait_healthy(60)

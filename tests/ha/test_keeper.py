@@ -20,8 +20,11 @@ from ram.ha.keeper import (
     LocalPostgres,
     Nothing,
     Promote,
+    RefuseMemberAction,
+    Reinit,
     ReportCannotRejoin,
     RestartCrashed,
+    RestartPostgres,
     Rewind,
     StartPostgres,
     is_diverged,
@@ -43,6 +46,11 @@ FAILOVER = cluster(operations=(operation("failover", "pg1", "pg2"),))
 SWITCH = cluster(operations=(operation("switchover", "pg1", "pg2", reason=ACCEPTED_PREFIX + "ok"),))
 SWITCH_UNACCEPTED = cluster(operations=(operation("switchover", "pg1", "pg2"),))
 BOOT = cluster(primary="pg1", timeline_history=())
+
+
+def asked(action: str, name: str = "pg2", **kw: Any) -> ClusterState:
+    """A cluster where an operator asked ``name`` for ``action`` at position 7."""
+    return cluster(members={name: {"pending_action": action, "pending_action_position": 7}}, **kw)
 
 
 def inp(me: str, state: ClusterState, pg: LocalPostgres, **kw: Any) -> KeeperInput:
@@ -106,6 +114,29 @@ ROWS: list[tuple[str, KeeperInput, type, str]] = [
         Nothing,
         "primary running",
     ),
+    ("restart-no-data", inp("pg2", asked("restart"), EMPTY_PG), RefuseMemberAction, "restart refused: no data"),
+    ("restart-not-running", inp("pg2", asked("restart"), DOWN_PG), RefuseMemberAction, "restart refused: PostgreSQL"),
+    ("restart-requested", inp("pg2", asked("restart"), REPLICA_PG), RestartPostgres, "restart requested by an"),
+    (
+        "restart-requested-in-maintenance",
+        inp("pg2", asked("restart", maintenance=True), REPLICA_PG),
+        RestartPostgres,
+        "restart requested by an operator",
+    ),
+    (
+        "restart-requested-primary",
+        inp("pg1", asked("restart", "pg1"), PRIMARY_PG, lease_valid=True),
+        RestartPostgres,
+        "restart requested by an operator (committed primary)",
+    ),
+    (
+        "restart-done-not-repeated",
+        inp("pg2", asked("restart"), REPLICA_PG, completed_action_position=7),
+        Nothing,
+        "streaming from the primary",
+    ),
+    ("reinit-refused", inp("pg1", asked("reinit", "pg1"), PRIMARY_PG, lease_valid=True), RefuseMemberAction, "reinit"),
+    ("reinit-requested", inp("pg2", asked("reinit"), REPLICA_PG), Reinit, "reinit requested by an operator"),
     ("maintenance", inp("pg2", cluster(maintenance=True), DOWN_PG), Nothing, "maintenance mode: hands off"),
     ("initdb", inp("pg1", BOOT, EMPTY_PG), InitDb, "initialize the initial primary"),
     (
@@ -272,3 +303,14 @@ def test_is_diverged() -> None:
     assert is_diverged(st, 3, 1) is True
     assert is_diverged(st, None, 1) is None
     assert is_diverged(cluster(primary="pg2", timeline=2, timeline_history=()), 1, 10) is None
+
+
+def test_operator_actions_never_unfence_or_promote() -> None:
+    """A restart of a primary without a lease waits (it would come back writable); a restart of a
+    node that must not accept writes is preceded by fencing."""
+    a = next_action(inp("pg1", asked("restart", "pg1"), PRIMARY_PG, lease_valid=False))
+    assert isinstance(a, Fence), a
+    a = next_action(inp("pg2", asked("restart"), PRIMARY_PG, lease_valid=True))
+    assert isinstance(a, Fence), a
+    a = next_action(inp("pg2", asked("reinit"), REPLICA_PG))
+    assert isinstance(a, Reinit) and a.primary == "pg1" and a.position == 7

@@ -82,6 +82,7 @@ def sync_changes(draw: st.DrawFn) -> e.SynchronousStandbysChanged:
     )
 
 
+actions = st.sampled_from(["restart", "reinit"])
 candidates = st.builds(e.CandidateInfo, name=names, lsn=st.none() | lsns, eligible=st.booleans(), note=texts)
 
 config_changes = st.builds(e.ConfigChange, old=json_values, new=st.none() | non_null_json)
@@ -160,6 +161,8 @@ events: st.SearchStrategy[e.Event] = st.one_of(
     ),
     st.builds(e.NodeFenced, name=names, reason=texts, lease_expired_at_ms=st.none() | st.integers(0, 2**45)),
     st.builds(e.CommandRejected, command=st.sampled_from(["add_member", "set_tags"]), reason=texts),
+    st.builds(e.MemberActionRequested, name=names, action=actions, requested_by=texts),
+    st.builds(e.MemberActionCompleted, name=names, action=actions, ok=st.booleans(), message=texts),
 )
 
 

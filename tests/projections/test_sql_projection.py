@@ -287,6 +287,7 @@ async def test_upgrade_with_existing_events_rebuilds_and_downgrade_drops(store_d
         assert (left, funcs) == (0, 0)
         assert await c.fetchval("SELECT count(*) FROM pgraft.events") == 2
         await asyncio.to_thread(schema.upgrade, store_dsn)
+        await c.reload_schema_state()  # later revisions add columns: plans cached above are stale
         assert (await load_state(c)).primary == "n2"
     finally:
         await c.close()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ram.postgres import conffiles
 from ram.postgres.commands import chown_to_owner, run_command
+from ram.postgres.durability import sync_data_directory
 from ram.postgres.errors import InstanceStateError
 from ram.postgres.spec import ManagedInstanceSpec
 from ram.postgres.sql import local_connection, quote_literal
@@ -110,11 +111,12 @@ async def initdb_primary(instance: ManagedInstance, *, start: bool = True) -> No
     ]
     if spec.data_checksums:
         argv.append("--data-checksums")
-    if not spec.sync_data:
-        argv.append("--no-sync")
+    argv.append("--no-sync")  # one syncfs below instead of an fsync per file (see ram.postgres.durability)
     await run_command(argv, owner=spec.owner, timeout=spec.timeouts.start)
     await asyncio.to_thread(conffiles.write_config, spec)
     await asyncio.to_thread(conffiles.write_standby_config, spec, None, None)
+    if spec.sync_data:
+        await asyncio.to_thread(sync_data_directory, spec.data_dir)
     await instance.start()
     await ensure_replication_user(spec)
     if not start:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from ram.postgres import conffiles
 from ram.postgres.bootstrap import prepare_dirs
 from ram.postgres.commands import chown_to_owner, run_command
+from ram.postgres.durability import sync_data_directory
 from ram.postgres.errors import InstanceStateError
 from ram.postgres.spec import ManagedInstanceSpec, PrimaryEndpoint
 
@@ -112,8 +113,7 @@ async def clone_from(
     ]
     if slot:
         argv += ["--slot", slot]
-    if not spec.sync_data:
-        argv.append("--no-sync")
+    argv.append("--no-sync")  # one syncfs below instead of an fsync per file (see ram.postgres.durability)
     await run_command(
         argv,
         owner=spec.owner,
@@ -123,3 +123,5 @@ async def clone_from(
     )
     await asyncio.to_thread(conffiles.write_config, spec)
     await asyncio.to_thread(conffiles.write_standby_config, spec, primary, slot)
+    if spec.sync_data:
+        await asyncio.to_thread(sync_data_directory, spec.data_dir)

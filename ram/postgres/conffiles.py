@@ -58,6 +58,9 @@ def base_settings(spec: ManagedInstanceSpec) -> dict[str, str]:
         "hot_standby_feedback": "on",
         "wal_log_hints": "on",
         "wal_keep_size": "128MB",
+        # After a crash, flush the data directory with one syncfs() rather than an fsync per file:
+        # seconds faster on virtual disks, and it is what a rejoin after a node loss waits for.
+        "recovery_init_sync_method": "syncfs",
         "password_encryption": "scram-sha-256",
         "logging_collector": "off",
         "log_line_prefix": "%m [%p] %q%u@%d ",

@@ -20,6 +20,8 @@ When pg_rewind fails (WAL the fork point needs was recycled, different system id
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -27,11 +29,14 @@ from typing import TYPE_CHECKING, Literal
 from ram.postgres import conffiles
 from ram.postgres.clone import CloneProgress, clone_from
 from ram.postgres.commands import PostgresCommandError, run_command
+from ram.postgres.durability import sync_data_directory
 from ram.postgres.errors import InstanceStateError
 from ram.postgres.spec import PrimaryEndpoint
 
 if TYPE_CHECKING:
     from ram.postgres.instance import ManagedInstance
+
+log = logging.getLogger(__name__)
 
 CLEAN_STATES = frozenset({"shut down", "shut down in recovery"})
 
@@ -93,11 +98,13 @@ async def rewind_from(instance: ManagedInstance, primary: PrimaryEndpoint, *, us
     spec = instance.spec
     if not instance.initialized:
         return RewindResult(False, False, f"{spec.data_dir} holds no cluster", usable=False)
+    started = time.monotonic()
     await instance.stop_unlocked("fast", None)
     try:
         crashed = await ensure_clean_shutdown(instance)
     except (PostgresCommandError, InstanceStateError) as exc:
         return RewindResult(False, False, str(exc))
+    recovered = time.monotonic()
     await asyncio.to_thread(conffiles.write_passfile, spec)
     argv = [
         str(instance.bindir / "pg_rewind"),
@@ -106,8 +113,7 @@ async def rewind_from(instance: ManagedInstance, primary: PrimaryEndpoint, *, us
             spec, primary, dbname="postgres", application_name=f"{spec.name}_rewind"
         ),
     ]
-    if not spec.sync_data:
-        argv.append("--no-sync")
+    argv.append("--no-sync")  # one syncfs below instead of an fsync per file (see ram.postgres.durability)
     try:
         result = await run_command(
             argv, owner=spec.owner, timeout=spec.timeouts.rewind, env={"PGPASSFILE": str(spec.pgpass)}, check=False
@@ -123,6 +129,10 @@ async def rewind_from(instance: ManagedInstance, primary: PrimaryEndpoint, *, us
     # pg_rewind copied the source's configuration files over ours: put the node's own back.
     await asyncio.to_thread(conffiles.write_config, spec)
     await asyncio.to_thread(conffiles.write_standby_config, spec, primary, spec.slot_name if use_slot else None)
+    if spec.sync_data:
+        await asyncio.to_thread(sync_data_directory, spec.data_dir)
+    log.info("pg_rewind done rewound=%s crash_recovery_s=%.2f rewind_and_sync_s=%.2f", rewound,
+             recovered - started if crashed else 0.0, time.monotonic() - recovered)
     return RewindResult(True, rewound, _last_lines(output), crash_recovered=crashed)
 
 
@@ -143,7 +153,9 @@ async def rejoin(
     allow = instance.spec.clone_on_rewind_failure if allow_clone is None else allow_clone
     result = await rewind_from(instance, primary, use_slot=use_slot)
     if result.ok:
+        started = time.monotonic()
         await instance.start_unlocked()
+        log.info("rewound standby started start_s=%.2f", time.monotonic() - started)
         return RejoinResult("rewind", result, True)
     if not allow:
         return RejoinResult("none", result, False)

@@ -110,8 +110,9 @@ class ManagedInstanceSpec:
     data_checksums: bool = False
     #: When pg_rewind fails, may ``rejoin`` wipe the data directory and clone afresh?
     clone_on_rewind_failure: bool = False
-    #: fsync the data directory after initdb / pg_basebackup / pg_rewind. Only tests turn this off
-    #: (as PostgreSQL's own test suites do with --no-sync): a crash could then corrupt the copy.
+    #: Flush the data directory (syncfs, see ram.postgres.durability) after initdb / pg_basebackup /
+    #: pg_rewind. Only tests turn this off (as PostgreSQL's own test suites do with --no-sync): a
+    #: crash could then corrupt the copy.
     sync_data: bool = True
     log_file: Path | None = None
     #: A libpq password file RAM writes (outside the data dir, so clones don't copy it).

@@ -39,6 +39,7 @@ from ram.eventstore.events import (
 from ram.ha import keeper as k
 from ram.ha.arbiter import ArbiterInput, Wait, arbitrate, decide_grant, steady_holder
 from ram.ha.candidates import MemberObservation
+from ram.ha.fence_guard_client import FenceGuardProcess
 from ram.ha.lease import ArbiterLeaseView, HolderLease
 from ram.ha.pgspec import endpoint_of, instance_spec
 from ram.postgres import sql
@@ -100,6 +101,9 @@ class HAController:
         self._timeline_start: int | None = None
         self._timeline_start_for: int | None = None
         self._action_done_position: int | None = None
+        #: Fences PostgreSQL if this process dies or freezes while holding the lease.
+        self.guard = FenceGuardProcess(self.instance.spec.data_dir)
+        self._guard_fence_at: float | None = None
         node.on_report = self._on_report
         node.lease_decider = self._decide_lease
         node.on_applied = self._on_applied
@@ -107,6 +111,7 @@ class HAController:
     # ----------------------------------------------------------------------------------- life
 
     async def start(self) -> None:
+        await self.guard.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._every(self.settings.report_interval_s, self._observe), name="ram.ha.observe"),
@@ -128,6 +133,7 @@ class HAController:
         self.node.on_applied = None
         with contextlib.suppress(Exception):
             await self.instance.stop("fast")
+        await self.guard.close()
         log.info("ha controller stopped member=%s", self.me)
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
@@ -497,6 +503,7 @@ class HAController:
                     granted, reason = await self.node.request_lease(timeout=interval * 2)
                     if granted:
                         self.holder.on_renew_ok(token)
+                        self._tell_guard()
                         self.lease_released = False
                         if not held:
                             self._wake_keeper.set()
@@ -512,11 +519,27 @@ class HAController:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_lease.wait(), max(0.0, wait - (time.monotonic() - started)))
 
+    def _tell_guard(self) -> None:
+        """Keep the fence guard's deadline equal to the lease's fence time (or disarmed without one)."""
+        at = self.holder.fence_at()
+        if at == self._guard_fence_at:
+            return
+        self._guard_fence_at = at
+        if at is None:
+            self.guard.disarm()
+        else:
+            self.guard.arm(at)
+
+    def _release_lease(self) -> None:
+        self.holder.release()
+        self._tell_guard()
+
     async def _fence_watch(self) -> None:
         """Fence the moment the lease runs out while PostgreSQL may accept writes (not on the keeper's
         schedule: a clone or rewind in progress must not delay it)."""
         while True:
             await asyncio.sleep(_FENCE_WATCH_S)
+            await self.guard.ensure_running()
             status = self.status
             writable = status is not None and status.running and status.in_recovery is False
             if self._initializing or self._demoting:
@@ -528,7 +551,7 @@ class HAController:
     async def _on_demote_stopped(self) -> None:
         """Switchover: PostgreSQL stopped cleanly and accepts no writes. Give the lease up and report
         the final WAL position now, so the candidate can promote while we restart as a standby."""
-        self.holder.release()
+        self._release_lease()
         self.lease_released = True
         self._stopped_history = None
         async with self._observing:
@@ -540,7 +563,7 @@ class HAController:
         log.warning("fencing postgres member=%s reason=%s", self.me, reason)
         await self.instance.fence()
         self.status = InstanceStatus(running=False)
-        self.holder.release()
+        self._release_lease()
         self._spawn_fact(NodeFenced(name=self.me, reason=reason[:1000], lease_expired_at_ms=int(time.time() * 1000)))
 
     def _report_following(self, primary: str) -> None:
@@ -624,7 +647,7 @@ class HAController:
                 await self._observe()
             finally:
                 self._demoting = False
-            self.holder.release()
+            self._release_lease()
             self.lease_released = True
             self._report_following(action.follow)
         elif isinstance(action, k.Follow):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -188,3 +189,68 @@ async def test_restart_and_reinit_members(e2e: E2ECluster) -> None:
     last_server = writer.servers[-1][1]
     assert last_server == e2e.member(primary).host
     await e2e.wait_healthy(60)
+
+
+def _no_late_acks(writer: Writer, old_host: str, since: float) -> None:
+    """No write acknowledged by the old primary after another server acknowledged its first."""
+    first_new = min(t for t, s in writer.servers if s != old_host and t > since)
+    late = [t - first_new for t, s in writer.servers if s == old_host and t >= first_new]
+    assert not late, f"the old primary acknowledged writes after the new one accepted its first: {late[:3]}"
+
+
+async def _fenced_within(e2e: E2ECluster, name: str, since: float, bound: float) -> float:
+    deadline = time.monotonic() + bound + 10
+    while time.monotonic() < deadline and await e2e.writable(name):
+        await asyncio.sleep(0.05)
+    took = time.monotonic() - since
+    assert not await e2e.writable(name), f"{name} still accepts writes"
+    assert took < bound, f"{name} stopped accepting writes only after {took:.1f} s"
+    return took
+
+
+async def test_ram_killed_alone_its_guard_fences_the_primary(e2e: E2ECluster) -> None:
+    """kill -9 of `ram` only: its PostgreSQL would accept writes forever; the fence guard stops it."""
+    c = await e2e.wait_healthy(60)
+    old = c["primary"]
+    member = e2e.member(old)
+    assert member.pid is not None
+    async with Writer(e2e.info.writer_dsn()) as writer:
+        await asyncio.sleep(0.5)
+        killed_at = time.monotonic()
+        os.kill(member.pid, signal.SIGKILL)
+        await _fenced_within(e2e, old, killed_at, 3.0)
+        c = await e2e.wait_for(lambda c: c["primary"] not in (None, old), 30, "a new primary")
+        new_host = e2e.member(c["primary"]).host
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(s == new_host for t, s in writer.servers if t > killed_at):
+            await asyncio.sleep(0.1)
+    _no_late_acks(writer, member.host, killed_at)
+    e2e.restart_node(old)
+    c = await e2e.wait_healthy(90)
+    assert c["primary"] != old and not await e2e.writable(old)
+
+
+async def test_frozen_ram_is_fenced_and_rejoins_when_it_thaws(e2e: E2ECluster) -> None:
+    """SIGSTOP of the primary's `ram` (a hung process): the guard fences within the lease; after
+    SIGCONT the old node finds itself demoted and rejoins."""
+    c = await e2e.wait_healthy(60)
+    old = c["primary"]
+    member = e2e.member(old)
+    assert member.pid is not None
+    async with Writer(e2e.info.writer_dsn()) as writer:
+        await asyncio.sleep(0.5)
+        frozen_at = time.monotonic()
+        os.kill(member.pid, signal.SIGSTOP)
+        try:
+            await _fenced_within(e2e, old, frozen_at, 4.0)
+            c = await e2e.wait_for(lambda c: c["primary"] not in (None, old), 30, "a new primary")
+            new_host = e2e.member(c["primary"]).host
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not any(s == new_host for t, s in writer.servers if t > frozen_at):
+                await asyncio.sleep(0.1)
+        finally:
+            os.kill(member.pid, signal.SIGCONT)
+        await asyncio.sleep(1.0)
+    _no_late_acks(writer, member.host, frozen_at)
+    c = await e2e.wait_healthy(90)
+    assert c["primary"] != old and not await e2e.writable(old)

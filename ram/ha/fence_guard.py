@@ -1,0 +1,167 @@
+"""The fence guard: a dead man's switch that fences the primary when `ram` itself stops working.
+
+Lease fencing (:mod:`ram.ha.lease`) is done by the `ram` process. If that process is killed or
+frozen (kill -9, SIGSTOP, an OOM kill, a hung event loop) while its PostgreSQL keeps running,
+nobody fences it — and after the lease expires the arbiter promotes another node: two primaries.
+So every node runs this small separate process beside `ram`, connected by a pipe:
+
+* ``ARM <t>``: the lease is held; fence at CLOCK_MONOTONIC time ``t`` (the holder's ``fence_at``)
+  unless a later ``ARM`` moves it. Both processes read the same system-wide monotonic clock.
+* ``DISARM``: no lease is held (a replica, or after a clean demotion): nothing to fence.
+* ``EXIT``: a clean stop of `ram` (which stops PostgreSQL itself).
+* end of input while armed — `ram` died: fence at once (earlier than the lease requires; always safe).
+
+Fencing is an immediate shutdown (SIGQUIT to the postmaster, which takes every backend down with
+it), then SIGKILL of the postmaster and its children if they are still there after
+``KILL_AFTER_S``. The guard imports nothing from RAM, so it starts in milliseconds and has
+nothing to break; it exits after `ram` went away.
+
+Run as ``python -m ram.ha.fence_guard DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+KILL_AFTER_S = 1.0
+
+
+@dataclass
+class GuardState:
+    """What the guard knows: the deadline while armed (None: disarmed), and whether to stop."""
+
+    deadline: float | None = None
+    done: bool = False
+    fence_now: bool = False
+
+
+def apply_message(state: GuardState, line: str) -> GuardState:
+    """One protocol line (see the module docstring); an unknown line is ignored, never fatal."""
+    words = line.split()
+    if not words:
+        return state
+    if words[0] == "ARM" and len(words) == 2:
+        with contextlib.suppress(ValueError):
+            return GuardState(deadline=float(words[1]))
+    elif words[0] == "DISARM":
+        return GuardState(deadline=None)
+    elif words[0] == "EXIT":
+        return GuardState(deadline=None, done=True)
+    return state
+
+
+def on_end_of_input(state: GuardState) -> GuardState:
+    """`ram` went away without saying EXIT: a held lease can no longer be renewed nor fenced by it."""
+    return GuardState(deadline=None, done=True, fence_now=state.deadline is not None)
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The running postmaster of ``data_dir`` (checked against /proc, so a reused pid is not hit)."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+        pid = int(lines[0])
+        recorded_dir = lines[1].strip() if len(lines) > 1 else ""
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    if b"postgres" not in cmdline or (recorded_dir and Path(recorded_dir).resolve() != data_dir.resolve()):
+        return None
+    return pid
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("PPid:"):
+                    if int(line.split()[1]) == pid:
+                        out.append(int(entry.name))
+                    break
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def fence(data_dir: Path) -> str:
+    """Immediate shutdown of ``data_dir``'s postmaster; SIGKILL what is left after KILL_AFTER_S.
+
+    A server started as a standby (standby.signal present) accepts no writes and is left alone: a
+    candidate holds the lease before it promotes, and promotion removes the file."""
+    pid = postmaster_pid(data_dir)
+    if pid is None:
+        return "no running postmaster"
+    if (data_dir / "standby.signal").exists():
+        return f"postmaster {pid} runs as a standby: not fenced"
+    children = _children(pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGQUIT)
+    deadline = time.monotonic() + KILL_AFTER_S
+    while time.monotonic() < deadline and (_alive(pid) or any(_alive(c) for c in children)):
+        time.sleep(0.01)
+    left = [p for p in [pid, *children] if _alive(p)]
+    for p in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)
+    return f"postmaster {pid} sent SIGQUIT" + (f"; SIGKILL to {left}" if left else "")
+
+
+def _say(message: str) -> None:
+    print(f"ram fence guard: {message}", file=sys.stderr, flush=True)
+
+
+def run(data_dir: Path, stdin_fd: int = 0) -> int:
+    state = GuardState()
+    buffer = b""
+    while not state.done:
+        timeout = None if state.deadline is None else max(0.0, state.deadline - time.monotonic())
+        ready, _, _ = select.select([stdin_fd], [], [], timeout)
+        if not ready:
+            _say(f"lease not renewed in time (ram is not responding): {fence(data_dir)}")
+            state = GuardState(deadline=None)
+            continue
+        chunk = os.read(stdin_fd, 4096)
+        if not chunk:
+            state = on_end_of_input(state)
+            break
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            state = apply_message(state, line.decode(errors="replace"))
+        if state.deadline is not None and time.monotonic() >= state.deadline:
+            _say(f"lease expired: {fence(data_dir)}")
+            state = GuardState(deadline=None, done=state.done)
+    if state.fence_now:
+        _say(f"ram exited while holding the lease: {fence(data_dir)}")
+    return 0
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python -m ram.ha.fence_guard DATA_DIR", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for ram must not kill the guard first
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return run(Path(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

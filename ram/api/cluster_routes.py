@@ -1,13 +1,22 @@
-"""Read endpoints: the cluster as this node's projection shows it, members, events, history."""
+"""Read endpoints: the cluster as this node's projection shows it, members, events, history.
+
+``/cluster`` and ``/members/{name}`` are read-your-cluster fresh by default: a Raft read barrier
+(ReadIndex through the leader) first makes sure this node has applied everything committed before the
+request, so a follower never shows a state older than a write that was already acknowledged. When the
+barrier can not complete (no leader, partitioned, store stuck) the node still answers from its own
+state, marked ``stale`` with the reason: an operator of a cut-off node needs an answer most. Health
+checks (``health_routes``) never take that round trip: load balancers poll them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from litestar import get
+from litestar import Request, get
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -18,17 +27,35 @@ from ram.api.schemas import (
     EventOut,
     EventPage,
     HistoryOut,
-    MemberOut,
+    MemberReadOut,
     OperationOut,
     SyncOut,
     TimelineOut,
 )
-from ram.api.views import member_out, raft_leader_name
+from ram.api.views import leader_api_url, member_out, raft_leader_name
+from ram.consensus.runtime.node import ProposalError
 from ram.eventstore.events import EVENT_TYPES, MAX_INT64, StoredEvent, encode_event
-from ram.eventstore.store import follow, read_range
+from ram.eventstore.store import follow, read_last, read_range
 
 KEEPALIVE_S = 15.0
 STREAM_QUEUE = 256
+MAX_PAGE = 1000
+#: Longest a fresh read waits for the Raft read barrier before answering from the local state
+#: (marked stale): long enough for a leader round trip and a short apply backlog, short enough
+#: that ``ramctrl status`` on a partitioned node still answers at once.
+READ_BARRIER_TIMEOUT_S = 0.5
+_SKIP_BARRIER = ("ok", "true", "1", "yes")
+_DO_BARRIER = ("false", "0", "no")
+
+Stale = Annotated[
+    str | None,
+    QueryParameter(
+        name="stale",
+        required=False,
+        description="`ok`: answer from this node's applied state at once, without a Raft read barrier "
+        "(the answer is then marked stale). Default: confirm the state is current first.",
+    ),
+]
 
 Types = Annotated[
     list[str] | None,
@@ -62,8 +89,62 @@ def event_out(stored: StoredEvent) -> EventOut:
     )
 
 
-@get("/cluster", summary="Cluster status", tags=["cluster"], sync_to_thread=False)
-def get_cluster(ctx: Ctx) -> ClusterOut:
+@dataclass(frozen=True)
+class Freshness:
+    """How current a read is: ``read_index`` is the barrier's commit index when it completed."""
+
+    stale: bool
+    reason: str = ""
+    read_index: int | None = None
+
+
+def _skip_barrier(value: str | None) -> bool:
+    if value is None:
+        return False
+    text = value.strip().lower()
+    if text in _SKIP_BARRIER:
+        return True
+    if text in _DO_BARRIER or not text:
+        return False
+    raise ApiError(
+        400,
+        f"query parameter 'stale': expected 'ok' (answer without a Raft read barrier) or 'false' (the default); "
+        f"got {value[:40]!r}",
+    )
+
+
+async def fresh_read(ctx: Ctx, stale: str | None) -> Freshness:
+    """Wait (briefly) until this node has applied everything committed before now.
+
+    Never fails the request: without a leader or a quorum the caller serves its own state, marked.
+    """
+    if _skip_barrier(stale):
+        return Freshness(stale=True, reason="not checked: stale=ok skips the Raft read barrier")
+    try:
+        async with asyncio.timeout(READ_BARRIER_TIMEOUT_S):
+            index = await ctx.node.read_barrier(timeout=READ_BARRIER_TIMEOUT_S)
+    except TimeoutError:
+        return Freshness(
+            stale=True, reason=f"Raft read barrier not complete within {READ_BARRIER_TIMEOUT_S:g} s"
+        )
+    except ProposalError as exc:
+        return Freshness(stale=True, reason=f"Raft read barrier failed: {' '.join(str(exc).split())}")
+    return Freshness(stale=False, read_index=index)
+
+
+@get(
+    "/cluster",
+    summary="Cluster status",
+    description="This node's applied cluster state, confirmed current by a Raft read barrier (ReadIndex): it "
+    "is at least as new as every write acknowledged before the request, on any node. When the barrier fails "
+    f"or takes over {READ_BARRIER_TIMEOUT_S:g} s (no leader, partitioned node) the local state is served "
+    "anyway with `stale: true` and `stale_reason`; `?stale=ok` skips the barrier. `applied_index` is how far "
+    "this node has applied the Raft log.",
+    tags=["cluster"],
+    responses=error_responses(400),
+)
+async def get_cluster(ctx: Ctx, stale: Stale = None) -> ClusterOut:
+    freshness = await fresh_read(ctx, stale)
     node = ctx.node
     state = node.state
     return ClusterOut(
@@ -71,6 +152,7 @@ def get_cluster(ctx: Ctx) -> ClusterOut:
         cluster_name=state.cluster_name,
         members=[member_out(node, state, m) for _, m in sorted(state.members.items())],
         raft_leader=raft_leader_name(node),
+        raft_leader_api=leader_api_url(node),
         raft_term=node.term,
         primary=state.primary,
         timeline=state.timeline,
@@ -81,36 +163,105 @@ def get_cluster(ctx: Ctx) -> ClusterOut:
         applied_index=node.applied_index,
         commit_index=node.commit_index,
         node=ctx.name,
+        stale=freshness.stale,
+        stale_reason=freshness.reason,
+        read_index=freshness.read_index,
     )
 
 
 @get(
     "/members/{name:str}",
     summary="One member",
+    description="Read like `GET /cluster`: confirmed current by a Raft read barrier unless `?stale=ok`.",
     tags=["cluster"],
-    sync_to_thread=False,
     responses=error_responses(400, 404),
 )
-def get_member(ctx: Ctx, name: FromPath[str]) -> MemberOut:
-    state = ctx.node.state
+async def get_member(ctx: Ctx, name: FromPath[str], stale: Stale = None) -> MemberReadOut:
+    freshness = await fresh_read(ctx, stale)
+    node = ctx.node
+    state = node.state
     member = state.members.get(name)
     if member is None:
         raise ApiError(404, f"no member named {name!r}; members: {', '.join(sorted(state.members)) or '(none)'}")
-    return member_out(ctx.node, state, member)
+    out = member_out(node, state, member)
+    return MemberReadOut(
+        **out.model_dump(),
+        applied_index=node.applied_index,
+        node=ctx.name,
+        stale=freshness.stale,
+        stale_reason=freshness.reason,
+        read_index=freshness.read_index,
+    )
 
 
-@get("/events", summary="Events, oldest first, paged", tags=["events"], responses=error_responses(400))
+@get(
+    "/events",
+    summary="Events, oldest first, paged forward from a position or the newest ones",
+    description="Two ways to read, both returning events oldest first and whole entries (all events of a "
+    "position):\n\n"
+    "* forward (default): `?after=P&limit=N` — about N events with position > P (`after` defaults to 0); "
+    "continue with `after=next_after` while `more` is true.\n"
+    "* newest: `?last=N` — about the N newest events (what happened lately); page further back with "
+    "`?last=N&before=next_before` while `more` is true, and follow on from the newest with "
+    "`after=next_after` (or `/events/stream?after=next_after`).\n\n"
+    "`type` (repeatable) filters both. `last` can not be combined with `after` or `limit`, and `before` "
+    "needs `last`.",
+    tags=["events"],
+    responses=error_responses(400),
+)
 async def get_events(
     ctx: Ctx,
+    request: Request[Any, Any, Any],
     types: Types = None,
     after: Annotated[int, QueryParameter(ge=0, le=MAX_INT64, description="Events after this position.")] = 0,
-    limit: Annotated[int, QueryParameter(ge=1, le=1000, description="About this many events (whole entries).")] = 100,
+    limit: Annotated[
+        int, QueryParameter(ge=1, le=MAX_PAGE, description="About this many events (whole entries).")
+    ] = 100,
+    last: Annotated[
+        int | None,
+        QueryParameter(
+            ge=1, le=MAX_PAGE, required=False,
+            description="Instead of paging forward: about this many of the newest events (whole entries).",
+        ),
+    ] = None,
+    before: Annotated[
+        int | None,
+        QueryParameter(
+            ge=0, le=MAX_INT64, required=False,
+            description="With `last`: only events before this position (page back with `next_before`).",
+        ),
+    ] = None,
 ) -> EventPage:
     selected = _check_types(types)
+    if last is None:
+        if before is not None:
+            raise ApiError(400, "query parameter 'before' needs 'last' (e.g. ?last=20&before=1234)")
+        async with ctx.pool.acquire() as conn:
+            events = await read_range(conn, after=after, limit=limit, types=selected)
+        out = [event_out(e) for e in events]
+        return EventPage(
+            events=out,
+            next_after=out[-1].position if out else after,
+            more=len(out) >= limit,
+            next_before=out[0].position if out else None,
+        )
+    given = request.query_params
+    for other in ("after", "limit"):
+        if other in given:
+            raise ApiError(
+                400,
+                f"query parameter 'last' can not be combined with '{other}': 'last' reads the newest events "
+                "(page back with 'before'), 'after'/'limit' page forward from a position",
+            )
     async with ctx.pool.acquire() as conn:
-        events = await read_range(conn, after=after, limit=limit, types=selected)
+        events = await read_last(conn, before=before, limit=last, types=selected)
     out = [event_out(e) for e in events]
-    return EventPage(events=out, next_after=out[-1].position if out else after, more=len(out) >= limit)
+    # Nothing (of these types) before the bound: continuing forward starts at the bound.
+    bound = max(0, before - 1) if before is not None else 0
+    next_after = out[-1].position if out else bound
+    return EventPage(
+        events=out, next_after=next_after, more=len(out) >= last, next_before=out[0].position if out else None
+    )
 
 
 def _parse_last_event_id(value: str | None) -> tuple[int, int] | None:

@@ -1,13 +1,18 @@
-"""Errors as one JSON shape: ``{"error": "<one line>", "status": N}`` (plus ``leader`` for 503s).
+"""Errors as one JSON shape: ``{"error": "<one line>", "status": N}`` (plus leader hints for 503s).
 
 Every bad request is a 4xx naming what is wrong; a proposal that does not fit the state is a 409;
-a write that can not be committed now (no leader, no quorum, conf change in flight) is a 503 with
-the leader's address when known. A 500 means a bug here, never bad input.
+a write that can not be committed now (no leader, no quorum, conf change in flight) is a 503. When
+the answering node knows a Raft leader other than itself, the 503 names it: ``leader`` (its Raft
+address, kept for compatibility), ``leader_name`` and ``leader_api`` (``http://host:port``, where an
+operator or client can retry), and a ``Location`` header with the same request on the leader. The
+message says it too, because ``ramctrl`` shows only the message. A 500 means a bug here, never bad
+input.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import MediaType, Request, Response
@@ -17,8 +22,9 @@ from litestar.openapi.spec import Example
 from litestar.types import ExceptionHandlersMap
 
 from ram.api.schemas import ErrorBody
+from ram.api.views import leader_api_url, raft_leader_name
 from ram.consensus.core import ConfChangeInProgress
-from ram.consensus.runtime.node import CommandRefused, NoLeaderError, ProposalError, ProposalTimeout
+from ram.consensus.runtime.node import CommandRefused, NoLeaderError, ProposalError, ProposalTimeout, RaftNode
 
 log = logging.getLogger("ram.api")
 
@@ -41,13 +47,64 @@ def one_line(text: str) -> str:
     return line if len(line) <= _MAX_MESSAGE else line[: _MAX_MESSAGE - 1] + "…"
 
 
+@dataclass(frozen=True)
+class LeaderHint:
+    """Where the Raft leader is, for a 503 answered by another node."""
+
+    name: str | None
+    raft_address: str | None
+    api: str | None
+
+
+def leader_hint(node: RaftNode | None, leader_id: int = 0) -> LeaderHint | None:
+    """The leader ``leader_id`` (default: the one ``node`` knows), unless unknown or ``node`` itself:
+    sending an operator back to the node that just refused would help nobody."""
+    if node is None:
+        return None
+    leader = leader_id or node.leader_id
+    if not leader or leader == node.config.node_id:
+        return None
+    name = next((m.name for m in node.state.members.values() if m.node_id == leader), None)
+    if name is None and leader == node.leader_id:
+        name = raft_leader_name(node)
+    return LeaderHint(name=name, raft_address=node.address_of(leader), api=leader_api_url(node, leader))
+
+
 def error_response(
-    status: int, message: str, *, leader: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    *,
+    leader: str | None = None,
+    headers: dict[str, str] | None = None,
+    hint: LeaderHint | None = None,
+    path: str = "",
 ) -> Response[dict[str, Any]]:
+    """The JSON error; with ``hint``, the leader's name, Raft address and API (``path`` appended in
+    the ``Location`` header: the same request, on the leader)."""
     body: dict[str, Any] = {"error": one_line(message), "status": status}
+    if hint is not None:
+        leader = leader or hint.raft_address
+        if hint.name is not None:
+            body["leader_name"] = hint.name
+        if hint.api is not None:
+            body["leader_api"] = hint.api
+            headers = {**(headers or {}), "Location": hint.api + path}
+            if hint.api not in message:
+                body["error"] = one_line(f"{message} (leader API: {hint.api})")
     if leader is not None:
         body["leader"] = leader
     return Response(content=body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def _node_of(request: Request[Any, Any, Any]) -> RaftNode | None:
+    ctx = getattr(request.app.state, "ctx", None)
+    node = getattr(ctx, "node", None)
+    return node if isinstance(node, RaftNode) else None
+
+
+def _request_path(request: Request[Any, Any, Any]) -> str:
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
 
 
 def _describe_validation(exc: ValidationException) -> str:
@@ -92,32 +149,40 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     return error_response(status, message, headers=headers or None)
 
 
-def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
-    return error_response(exc.status, exc.message, leader=exc.leader, headers=exc.headers or None)
+def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
+    hint = leader_hint(_node_of(request)) if exc.status == 503 else None
+    return error_response(
+        exc.status, exc.message, leader=exc.leader, headers=exc.headers or None, hint=hint, path=_request_path(request)
+    )
 
 
-def _proposal_error(_: Request[Any, Any, Any], exc: ProposalError) -> Response[dict[str, Any]]:
-    return proposal_error_response(exc)
+def _proposal_error(request: Request[Any, Any, Any], exc: ProposalError) -> Response[dict[str, Any]]:
+    return proposal_error_response(exc, _node_of(request), _request_path(request))
 
 
-def proposal_error_response(exc: Exception) -> Response[dict[str, Any]]:
+def proposal_error_response(exc: Exception, node: RaftNode | None = None, path: str = "") -> Response[dict[str, Any]]:
+    """409 for a refused command; 503 (retry later, or on the leader named in the answer) otherwise."""
     if isinstance(exc, CommandRefused):
         return error_response(409, f"refused: {exc}")
+    retry = {"Retry-After": "1"}
     if isinstance(exc, NoLeaderError):
+        hint = leader_hint(node, exc.leader_id)
         return error_response(
-            503, f"cannot commit now: {exc}", leader=exc.leader_address, headers={"Retry-After": "1"}
+            503, f"cannot commit now: {exc}", leader=exc.leader_address, headers=retry, hint=hint, path=path
         )
+    hint = leader_hint(node)
     if isinstance(exc, ProposalTimeout):
-        return error_response(503, f"not committed: {exc}", headers={"Retry-After": "1"})
+        return error_response(503, f"not committed: {exc}", headers=retry, hint=hint, path=path)
     if isinstance(exc, ConfChangeInProgress):
         return error_response(
-            503, f"membership change not possible right now: {exc}; retry shortly", headers={"Retry-After": "1"}
+            503, f"membership change not possible right now: {exc}; retry shortly", headers=retry, hint=hint,
+            path=path,
         )
-    return error_response(503, f"cannot commit now: {exc}", headers={"Retry-After": "1"})
+    return error_response(503, f"cannot commit now: {exc}", headers=retry, hint=hint, path=path)
 
 
-def _conf_change(_: Request[Any, Any, Any], exc: ConfChangeInProgress) -> Response[dict[str, Any]]:
-    return proposal_error_response(exc)
+def _conf_change(request: Request[Any, Any, Any], exc: ConfChangeInProgress) -> Response[dict[str, Any]]:
+    return proposal_error_response(exc, _node_of(request), _request_path(request))
 
 
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -34,6 +34,12 @@ class ErrorBody(_Response):
     error: str
     status: int
     leader: str | None = Field(default=None, description="Raft leader's address, when a write could not reach it.")
+    leader_name: str | None = Field(default=None, description="The Raft leader's member name, when known (503).")
+    leader_api: str | None = Field(
+        default=None,
+        description="The Raft leader's HTTP API, `http://host:port`, when known and not this node (503): send the "
+        "request there. The `Location` header names the same request on it.",
+    )
 
 
 # ------------------------------------------------------------------------------------ cluster
@@ -73,11 +79,19 @@ class SyncOut(_Response):
     standbys: list[str]
 
 
+_STALE = (
+    "false: a Raft read barrier confirmed that this state includes every write committed before the request. "
+    "true: this node's own applied state, not confirmed (no leader reachable, barrier timed out, or ?stale=ok); "
+    "it may be behind the cluster."
+)
+
+
 class ClusterOut(_Response):
     cluster_id: str | None
     cluster_name: str | None
     members: list[MemberOut]
     raft_leader: str | None = Field(description="Name of the member leading Raft, as this node knows it.")
+    raft_leader_api: str | None = Field(description="The Raft leader's HTTP API, `http://host:port`, when known.")
     raft_term: int
     primary: str | None
     timeline: int | None
@@ -85,9 +99,26 @@ class ClusterOut(_Response):
     maintenance: bool
     maintenance_reason: str
     pending_restart: list[str]
-    applied_index: int
+    applied_index: int = Field(description="How far this node has applied the Raft log (the state's position).")
     commit_index: int
     node: str = Field(description="The member answering this request.")
+    stale: bool = Field(description=_STALE)
+    stale_reason: str = Field(description="Why the state is not confirmed current; empty when it is.")
+    read_index: int | None = Field(
+        description="Commit index the Raft read barrier confirmed (the state includes it); null when stale."
+    )
+
+
+class MemberReadOut(MemberOut):
+    """``GET /members/{name}``: the member, and how current this node's view of it is."""
+
+    applied_index: int = Field(description="How far this node has applied the Raft log (the state's position).")
+    node: str = Field(description="The member answering this request.")
+    stale: bool = Field(description=_STALE)
+    stale_reason: str = Field(description="Why the state is not confirmed current; empty when it is.")
+    read_index: int | None = Field(
+        description="Commit index the Raft read barrier confirmed (the state includes it); null when stale."
+    )
 
 
 # ------------------------------------------------------------------------------------- events
@@ -106,8 +137,16 @@ class EventOut(_Response):
 
 class EventPage(_Response):
     events: list[EventOut]
-    next_after: int = Field(description="Pass as ?after= to read the next page.")
-    more: bool = Field(description="Whether the page was full (there may be more events).")
+    next_after: int = Field(description="Pass as ?after= to read the next (newer) page.")
+    more: bool = Field(
+        description="Whether the page was full: there may be more events (newer ones when paging forward, older "
+        "ones with ?last=)."
+    )
+    next_before: int | None = Field(
+        default=None,
+        description="Oldest position on this page: pass as ?before= (with ?last=) to read the events before it; "
+        "null when the page is empty.",
+    )
 
 
 # ------------------------------------------------------------------------------------ history

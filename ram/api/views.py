@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ram.api.schemas import MemberOut, MemberStateName, MemberTagsOut, PgRole
+from ram.config import api_address
 from ram.consensus.runtime.node import RaftNode
 from ram.projections.state import ClusterState, Member
 
@@ -39,6 +40,32 @@ def raft_leader_name(node: RaftNode) -> str | None:
     if leader == node.config.node_id:
         return node.config.name
     return f"node{leader}"
+
+
+def api_url(address: str) -> str:
+    """``host:port`` (IPv6 as ``[::1]:port``) -> ``http://host:port``: what a client can use directly."""
+    host, _, port = address.rpartition(":")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def leader_api_url(node: RaftNode, leader_id: int | None = None) -> str | None:
+    """The HTTP API of the Raft leader (``leader_id``, default: the one this node knows), or None.
+
+    Writes and read barriers go to the leader; an operator or client pointed at a node that can not
+    serve them needs the leader's *API*, not its Raft address, to retry there. The address is the one
+    the cluster state records for that member (this node's own config for itself).
+    """
+    leader = node.leader_id if leader_id is None else leader_id
+    if not leader:
+        return None
+    for member in node.state.members.values():
+        if member.node_id == leader:
+            return api_url(member.api_address)
+    if leader == node.config.node_id:
+        return api_url(api_address(node.config))
+    return None
 
 
 def member_out(node: RaftNode, state: ClusterState, member: Member) -> MemberOut:

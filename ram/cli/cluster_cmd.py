@@ -27,7 +27,7 @@ def cluster_group() -> None:
 def _cluster_state(info: ClusterInfo) -> dict[str, Any] | None:
     for member in info.members:
         try:
-            reply = httpx.get(f"{member.api_url}/cluster", timeout=1.0)
+            reply = httpx.get(f"{member.api_url}/cluster?stale=ok", timeout=2.0)
         except httpx.HTTPError:
             continue
         if reply.status_code == 200:

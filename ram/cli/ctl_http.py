@@ -87,6 +87,17 @@ def _error_message(response: httpx.Response) -> tuple[str, dict[str, Any]]:
     return f"HTTP {response.status_code} from {response.request.url}" + (f": {text}" if text else ""), {}
 
 
+def leader_api(body: Mapping[str, Any]) -> str | None:
+    """The leader's API URL a 503 names (``leader_api``), when it is a usable http(s) URL."""
+    value = body.get("leader_api")
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        return normalize_url(value)
+    except CtlError:
+        return None
+
+
 class ApiClient:
     """Tries each API URL in turn; remembers the one that answered for the rest of the command."""
 
@@ -108,7 +119,8 @@ class ApiClient:
         self.close()
 
     def _prefer(self, url: str) -> None:
-        self.urls.remove(url)
+        if url in self.urls:
+            self.urls.remove(url)
         self.urls.insert(0, url)
 
     def request(
@@ -124,7 +136,8 @@ class ApiClient:
 
         An error status raises :class:`HttpError` with the API's message, unless it is in ``ok``
         (health checks answer 503 with a body that *is* the answer). A 503 of a write (no leader
-        or no quorum on that node) is tried once more on the next URL.
+        or no quorum on that node) is tried once more: on the Raft leader's API when the answer
+        names one (``leader_api``), else on the next URL.
         """
         response = self.send(method, path, params=params, json=json, ok=ok)
         try:
@@ -144,7 +157,11 @@ class ApiClient:
         idempotent = method in ("GET", "HEAD")
         failures: list[str] = []
         refused: HttpError | None = None
-        for url in list(self.urls):
+        candidates = list(self.urls)
+        position = 0
+        while position < len(candidates):
+            url = candidates[position]
+            position += 1
             try:
                 response = self._http.request(method, url + path, params=params, json=json)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -165,9 +182,17 @@ class ApiClient:
                 return response
             message, body = _error_message(response)
             error = HttpError(message, response.status_code, body)
-            if response.status_code == 503 and refused is None and url != self.urls[-1]:
-                refused = error  # this node can not commit now; one other node may
-                continue
+            if response.status_code == 503 and refused is None:
+                # This node can not commit now; one other node may. The leader it names comes first
+                # (it may be an address the operator did not list), then the remaining URLs.
+                leader = leader_api(body)
+                if leader is not None and leader != url:
+                    if leader in candidates[position:]:
+                        candidates.remove(leader)
+                    candidates.insert(position, leader)
+                if position < len(candidates):
+                    refused = error
+                    continue
             raise error
         if refused is not None:
             raise refused

@@ -82,6 +82,11 @@ def render_status(cluster: Mapping[str, Any]) -> str:
         lines.append(f"Synchronous mode: {sync['mode']}, num_sync {sync.get('num_sync')}, standbys: {standbys}")
     if cluster.get("pending_restart"):
         lines.append("Pending restart: " + ", ".join(cluster["pending_restart"]))
+    if cluster.get("stale"):
+        # A partitioned or lagging node still answers; say plainly that this may be old news.
+        reason = cluster.get("stale_reason") or "not confirmed by the Raft leader"
+        node, applied = cluster.get("node", "?"), cluster.get("applied_index", "?")
+        lines.append(f"Stale: {node}'s own view, applied up to position {applied}; it may be behind ({reason})")
     return "\n".join(lines)
 
 

@@ -128,15 +128,40 @@ async def read_range(
     return [_row_to_event(row) for row in rows]
 
 
-async def read_tail(conn: asyncpg.Connection, count: int = 20, types: Sequence[str] | None = None) -> list[StoredEvent]:
-    """The newest ``count`` events, oldest first."""
-    if count <= 0:
-        raise ValueError(f"count must be positive, got {count}")
+async def read_last(
+    conn: asyncpg.Connection,
+    *,
+    before: int | None = None,
+    limit: int = 20,
+    types: Sequence[str] | None = None,
+) -> list[StoredEvent]:
+    """The newest events with position < ``before`` (all when None), returned oldest first.
+
+    The mirror of :func:`read_range` for "what happened lately" on a long-lived cluster: about
+    ``limit`` events, and the page never starts inside an entry (every event of its first position is
+    included), so ``before=<first position seen>`` pages further back without skipping anything and
+    ``after=<last position seen>`` continues forward: a correct cursor. One statement; both scans are
+    ranges of the (position, sub) key (the bound is written so that a generic plan can still use it
+    as an index condition).
+    """
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
     rows = await conn.fetch(
-        f"SELECT * FROM (SELECT {_SELECT_COLUMNS} FROM pgraft.events "
-        "WHERE ($2::text[] IS NULL OR type = ANY($2)) ORDER BY position DESC, sub DESC LIMIT $1) t "
-        "ORDER BY position, sub",
-        count,
+        f"""
+        WITH page_start AS (
+            SELECT min(position) AS position FROM (
+                SELECT position FROM pgraft.events
+                WHERE position <= COALESCE($1::bigint - 1, 9223372036854775807)
+                  AND ($3::text[] IS NULL OR type = ANY($3))
+                ORDER BY position DESC, sub DESC LIMIT $2) picked)
+        SELECT {_SELECT_COLUMNS} FROM pgraft.events
+        WHERE position >= (SELECT position FROM page_start)
+          AND position <= COALESCE($1::bigint - 1, 9223372036854775807)
+          AND ($3::text[] IS NULL OR type = ANY($3))
+        ORDER BY position, sub
+        """,
+        before,
+        limit,
         list(types) if types else None,
     )
     return [_row_to_event(row) for row in rows]

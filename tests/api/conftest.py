@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from ram.api import ApiServer, create_app, serve
+from ram.config import parse_address
 from ram.consensus.runtime.node import RaftNode
 from ram.consensus.types import Role
 from ram.postgres.server import PostgresServer
@@ -75,7 +76,9 @@ async def api_cluster(pg_server: PostgresServer) -> AsyncIterator[ApiCluster]:
         for node in nodes:
             await node.start()
         for node, pool, dsn in zip(nodes, pools, dsns, strict=True):
-            servers.append(await serve(create_app(node, store_dsn=dsn, pool=pool), "127.0.0.1", 0))
+            # On the advertised API address: the cluster state names it (leader hints point there).
+            host, port = parse_address(node.config.api.listen or "")
+            servers.append(await serve(create_app(node, store_dsn=dsn, pool=pool), host, port))
         cluster = ApiCluster(nodes, pools, servers, dsns)
         await cluster.settled()
         yield cluster

@@ -9,12 +9,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ram.api import serve
 from ram.api.context import ApiContext
+from ram.consensus.runtime.node import ApplyResult, NoLeaderError, ProposalTimeout
 from ram.consensus.types import Role
 from ram.projections.sql import load_state
 from tests.api.conftest import ApiCluster
@@ -194,6 +196,15 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("GET", "/events?after=-1", {}, 400, "after"),
     ("GET", "/events?after=99999999999999999999999", {}, 400, "after"),
     ("GET", "/events?type=no_such_event", {}, 400, "no_such_event"),
+    ("GET", "/events?last=0", {}, 400, "last"),
+    ("GET", "/events?last=1001", {}, 400, "last"),
+    ("GET", "/events?last=many", {}, 400, "last"),
+    ("GET", "/events?last=5&after=3", {}, 400, "'after'"),
+    ("GET", "/events?last=5&limit=3", {}, 400, "'limit'"),
+    ("GET", "/events?before=3", {}, 400, "'before' needs 'last'"),
+    ("GET", "/events?last=5&before=-1", {}, 400, "before"),
+    ("GET", "/cluster?stale=maybe", {}, 400, "'stale'"),
+    ("GET", "/members/node1?stale=maybe", {}, 400, "'stale'"),
     ("GET", "/events/stream?type=no_such_event", {}, 400, "no_such_event"),
     ("GET", "/events/stream", {"headers": {"Last-Event-ID": "abc"}}, 400, "Last-Event-ID"),
     ("GET", "/replica?lag=12XB", {}, 400, "lag"),
@@ -246,6 +257,47 @@ async def test_events_paging_and_type_filter(api_cluster: ApiCluster, client: ht
     r = await client.get(url + "/events", params=[("type", "raft_leader_elected"), ("type", "cluster_bootstrapped")])
     types = {e["type"] for e in r.json()["events"]}
     assert types == {"raft_leader_elected", "cluster_bootstrapped"}
+
+
+async def test_events_last_reads_the_newest_and_pages_back(
+    api_cluster: ApiCluster, client: httpx.AsyncClient
+) -> None:
+    url = api_cluster.url(1)
+    for n in range(3):  # a few single-event entries on top of the bootstrap's multi-event entry
+        assert (await client.patch(url + "/config", json={f"tail.probe{n}": n})).status_code == 200
+    everything = (await client.get(url + "/events", params={"limit": 1000})).json()["events"]
+    ids = [e["id"] for e in everything]
+
+    newest = (await client.get(url + "/events", params={"last": 3})).json()
+    got = [e["id"] for e in newest["events"]]
+    assert got == ids[-len(got):] and len(got) >= 3, "the newest events, oldest first"
+    assert newest["next_after"] == everything[-1]["position"]
+    assert newest["next_before"] == newest["events"][0]["position"] and newest["more"] is True
+    # The page holds whole entries: nothing of its first position is left out.
+    first = newest["events"][0]["position"]
+    assert got == [e["id"] for e in everything if e["position"] >= first]
+    # Continuing forward from next_after: nothing yet.
+    after = (await client.get(url + "/events", params={"after": newest["next_after"]})).json()
+    assert after["events"] == [] and after["next_after"] == newest["next_after"]
+
+    # Paging back one event at a time walks the whole history, skipping nothing, repeating nothing.
+    pages: list[list[str]] = []
+    before: int | None = None
+    for _ in range(1000):
+        params: dict[str, int] = {"last": 1} if before is None else {"last": 1, "before": before}
+        page = (await client.get(url + "/events", params=params)).json()
+        if not page["events"]:
+            assert page["more"] is False and page["next_before"] is None
+            break
+        pages.append([e["id"] for e in page["events"]])
+        before = page["next_before"]
+    assert [i for page_ids in reversed(pages) for i in page_ids] == ids
+
+    # The type filter applies to the newest too.
+    typed = (await client.get(url + "/events", params={"last": 1, "type": "dynamic_config_changed"})).json()
+    assert [list(e["data"]["changes"]) for e in typed["events"]] == [["tail.probe2"]]
+    nothing = (await client.get(url + "/events", params={"last": 5, "before": 1})).json()
+    assert nothing == {"events": [], "next_after": 0, "more": False, "next_before": None}
 
 
 async def _next_event(lines: AsyncIterator[str]) -> dict[str, str]:
@@ -303,6 +355,115 @@ async def test_sse_resumes_after_last_event_id(api_cluster: ApiCluster, client: 
         async with asyncio.timeout(10):
             event = await _next_event(response.aiter_lines())
     assert event["id"] == second["id"]
+
+
+# --------------------------------------------------------------------------- fresh reads
+
+
+async def test_follower_cluster_read_is_at_least_as_new_as_a_committed_write(
+    api_cluster: ApiCluster, client: httpx.AsyncClient
+) -> None:
+    leader = await api_cluster.settled()
+    li, fi = api_cluster.index_of(leader), api_cluster.index_of(api_cluster.follower())
+    follower = api_cluster.nodes[fi]
+    reason = f"fresh read {time.time()}"
+    # Hold the follower's applied-index row: it receives and acknowledges nothing new it could apply,
+    # while the leader and the third node still commit. The follower lags, deterministically.
+    lock = await asyncpg.connect(api_cluster.dsns[fi])
+    tx = lock.transaction()
+    await tx.start()
+    released = False
+    try:
+        await lock.execute("SELECT applied_index FROM pgraft.applied FOR UPDATE")
+        r = await client.post(api_cluster.url(li) + "/maintenance", json={"reason": reason})
+        assert r.status_code == 200, r.text
+        index = r.json()["write"]["index"]
+        assert follower.applied_index < index
+
+        # ?stale=ok: at once, this node's own (older) state, marked as such.
+        started = time.monotonic()
+        body = (await client.get(api_cluster.url(fi) + "/cluster", params={"stale": "ok"})).json()
+        assert time.monotonic() - started < 0.4
+        assert body["stale"] is True and "stale=ok" in body["stale_reason"] and body["read_index"] is None
+        assert body["applied_index"] < index and body["maintenance_reason"] != reason
+
+        # Default, the follower still can not apply: it answers anyway (a cut-off node must), marked stale.
+        body = (await client.get(api_cluster.url(fi) + "/cluster")).json()
+        assert body["stale"] is True and "read barrier" in body["stale_reason"], body
+        assert body["applied_index"] < index
+        member = (await client.get(api_cluster.url(fi) + "/members/" + leader.config.name)).json()
+        assert member["stale"] is True and member["applied_index"] < index and member["node"] == follower.config.name
+
+        # Default, and the follower catches up while the request waits: the answer includes the write.
+        async def release() -> None:
+            nonlocal released
+            await asyncio.sleep(0.1)
+            await tx.rollback()
+            released = True
+
+        releasing = asyncio.get_running_loop().create_task(release())
+        r = await client.get(api_cluster.url(fi) + "/cluster")
+        await releasing
+        body = r.json()
+        assert r.status_code == 200 and body["stale"] is False and body["stale_reason"] == "", body
+        assert body["read_index"] >= index and body["applied_index"] >= index
+        assert body["maintenance"] is True and body["maintenance_reason"] == reason
+        assert body["node"] == follower.config.name
+        member = (await client.get(api_cluster.url(fi) + "/members/" + leader.config.name)).json()
+        assert member["stale"] is False and member["read_index"] >= index and member["is_raft_leader"] is True
+    finally:
+        if not released:
+            await tx.rollback()
+        await lock.close()
+        assert (await client.delete(api_cluster.url(li) + "/maintenance")).status_code == 200
+        await api_cluster.barrier()
+
+
+async def test_every_node_reads_fresh_and_names_the_leader_api(
+    api_cluster: ApiCluster, client: httpx.AsyncClient
+) -> None:
+    leader = await api_cluster.settled()
+    leader_url = api_cluster.url(api_cluster.index_of(leader))
+    for i in range(3):
+        body = (await client.get(api_cluster.url(i) + "/cluster")).json()
+        assert body["stale"] is False and body["read_index"] <= body["applied_index"]
+        assert body["raft_leader_api"] == leader_url
+
+
+async def test_a_503_names_the_leader_api(
+    api_cluster: ApiCluster, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leader = await api_cluster.settled()
+    li, fi = api_cluster.index_of(leader), api_cluster.index_of(api_cluster.follower())
+    follower, leader_url = api_cluster.nodes[fi], api_cluster.url(li)
+    lid, raft = leader.config.node_id, leader.config.raft.listen
+    before = [n.applied_index for n in api_cluster.nodes]
+
+    async def moved(command: object, *, timeout: float | None = None) -> ApplyResult:
+        raise NoLeaderError(f"not the leader; the leader is node {lid} at {raft}", lid, raft)
+
+    monkeypatch.setattr(follower, "propose", moved)
+    r = await client.post(api_cluster.url(fi) + "/maintenance?x=1", json={"reason": "hint"})
+    message = _error(r, 503)
+    body = r.json()
+    assert body["leader"] == raft and body["leader_name"] == leader.config.name
+    assert body["leader_api"] == leader_url and leader_url in message
+    assert r.headers["location"] == leader_url + "/maintenance?x=1" and r.headers["retry-after"] == "1"
+
+    async def silent(command: object, *, timeout: float | None = None) -> ApplyResult:
+        raise ProposalTimeout(f"leader (node {lid}) did not answer within 10 s")
+
+    monkeypatch.setattr(follower, "propose", silent)
+    r = await client.patch(api_cluster.url(fi) + "/config", json={"hint.probe": 1})
+    assert "did not answer" in _error(r, 503)
+    assert r.json()["leader_api"] == leader_url and r.headers["location"] == leader_url + "/config"
+
+    # The leader itself without a quorum: there is nobody to point at.
+    monkeypatch.setattr(leader, "propose", silent)
+    r = await client.post(leader_url + "/maintenance", json={})
+    _error(r, 503)
+    assert "leader_api" not in r.json() and "location" not in r.headers
+    assert [n.applied_index for n in api_cluster.nodes] == before
 
 
 # ----------------------------------------------------------------------------------- health

@@ -9,7 +9,8 @@ from ram.cli.ctl_http import EXIT_UNREACHABLE, ApiClient, CtlError, HttpError, U
 
 
 def _client(behaviour: dict[str, str], seen: list[str]) -> ApiClient:
-    """``behaviour``: host -> "ok" | "refused" | "503" | "timeout" | "html"."""
+    """``behaviour``: host -> "ok" | "refused" | "503" | "timeout" | "html" | "503>HOST" (names HOST's API
+    as the leader's)."""
 
     def handle(request: httpx.Request) -> httpx.Response:
         host = request.url.host
@@ -21,11 +22,16 @@ def _client(behaviour: dict[str, str], seen: list[str]) -> ApiClient:
             raise httpx.ReadTimeout("timed out", request=request)
         if kind == "503":
             return httpx.Response(503, json={"error": f"cannot commit now on {host}", "status": 503, "leader": "x:1"})
+        if kind.startswith("503>"):
+            leader = kind.removeprefix("503>")
+            return httpx.Response(503, json={"error": f"not the leader: {host}", "status": 503, "leader": "x:1",
+                                             "leader_api": f"http://{leader}:1"})
         if kind == "html":
             return httpx.Response(404, text="<html>nope</html>")
         return httpx.Response(200, json={"host": host})
 
-    return ApiClient([f"http://{h}:1" for h in behaviour], transport=httpx.MockTransport(handle))
+    listed = [h for h in behaviour if not h.startswith("unlisted")]
+    return ApiClient([f"http://{h}:1" for h in listed], transport=httpx.MockTransport(handle))
 
 
 def test_connect_errors_move_on_and_the_answering_url_is_kept() -> None:
@@ -52,6 +58,32 @@ def test_a_503_is_retried_once_on_another_url() -> None:
         _client({"a": "503", "b": "503", "c": "ok"}, seen).request("POST", "/maintenance")
     assert info.value.status == 503 and info.value.message == "cannot commit now on b"
     assert seen == ["POST a", "POST b"]
+
+
+def test_a_503_naming_the_leader_is_retried_once_there() -> None:
+    seen: list[str] = []
+    # The leader comes first even when it is not listed, and the answering URL is kept.
+    api = _client({"a": "503>unlisted-leader", "b": "ok", "unlisted-leader": "ok"}, seen)
+    assert api.request("POST", "/maintenance") == {"host": "unlisted-leader"}
+    assert api.urls[0] == "http://unlisted-leader:1"
+    seen.clear()
+    # A listed leader is tried next (not twice), before the URLs in between.
+    assert _client({"a": "503>c", "b": "ok", "c": "ok"}, seen).request("POST", "/maintenance") == {"host": "c"}
+    assert seen == ["POST a", "POST c"]
+    seen.clear()
+    # Once only: a leader that refuses too (and names another) ends it with its own answer.
+    with pytest.raises(HttpError) as info:
+        _client({"a": "503>c", "b": "ok", "c": "503>b"}, seen).request("POST", "/maintenance")
+    assert info.value.message == "not the leader: c" and seen == ["POST a", "POST c"]
+    seen.clear()
+    # A node naming itself is not asked again; the next URL is.
+    assert _client({"a": "503>a", "b": "ok"}, seen).request("POST", "/maintenance") == {"host": "b"}
+    assert seen == ["POST a", "POST b"]
+    seen.clear()
+    # An unreachable leader: the remaining URLs are still tried, and the refusal is what is reported.
+    with pytest.raises(HttpError, match="not the leader: a"):
+        _client({"a": "503>unlisted-gone", "unlisted-gone": "refused"}, seen).request("POST", "/maintenance")
+    assert seen == ["POST a", "POST unlisted-gone"]
 
 
 def test_a_write_that_may_have_arrived_is_not_repeated() -> None:

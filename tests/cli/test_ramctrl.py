@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from ram.cli.ctl_status import render_status
+from ram.consensus.runtime.node import ApplyResult, NoLeaderError
 from tests.api.conftest import ApiCluster
 from tests.cli.conftest import ctl, ctl_process, one_error_line
 from tests.conftest import free_port
@@ -156,12 +159,47 @@ async def test_events_table_type_and_paging(api_cluster: ApiCluster) -> None:
     records = [json.loads(line) for line in run.stdout.splitlines()]
     assert {r["type"] for r in records} == {"cluster_bootstrapped", "raft_leader_elected"}
     assert [r["position"] for r in records] == sorted(r["position"] for r in records)
-    page = await ctl(api_cluster, "events", "--limit", "1")
-    assert page.exit_code == 0 and "--after" in page.stderr
+    page = await ctl(api_cluster, "events", "--after", "0", "--limit", "1")
+    assert page.exit_code == 0 and "(more: ramctrl events --after " in page.stderr
+    assert "cluster_bootstrapped" in page.stdout.splitlines()[2]  # --after 0: from the start
+    older = await ctl(api_cluster, "events", "--limit", "1")  # without --after: the newest
+    assert older.exit_code == 0 and "(older: ramctrl events --last 1 --before " in older.stderr
     bad = await ctl(api_cluster, "events", "--type", "no_such_type")
     assert bad.exit_code == 1 and "unknown event type" in one_error_line(bad)
     far = await ctl(api_cluster, "events", "--after", "999999999")
     assert far.exit_code == 0 and "No events" in far.stdout
+
+
+async def test_events_show_the_newest_by_default(api_cluster: ApiCluster) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        for n in range(22):  # more than a default screen of events
+            r = await http.patch(api_cluster.url(n % 3) + "/config", json={"newest.probe": n})
+            assert r.status_code == 200, r.text
+    await api_cluster.barrier()
+    everything = (await _get(api_cluster, "/events?limit=1000"))["events"]
+    run = await ctl(api_cluster, "events", "--json")
+    assert run.exit_code == 0, run
+    shown = [json.loads(line)["id"] for line in run.stdout.splitlines()]
+    assert len(shown) == 20 and shown == [e["id"] for e in everything][-20:]  # oldest -> newest
+    table = await ctl(api_cluster, "events")
+    rows = table.stdout.splitlines()[2:]
+    assert len(rows) == 20 and rows[-1].split()[0] == everything[-1]["id"] and "newest.probe" in rows[-1]
+    assert f"--before {everything[-20]['position']}" in table.stderr
+
+    three = await ctl(api_cluster, "events", "--last", "3", "--json")
+    assert [json.loads(line)["id"] for line in three.stdout.splitlines()] == [e["id"] for e in everything][-3:]
+    back = await ctl(api_cluster, "events", "--last", "2", "--before", str(everything[-3]["position"]), "--json")
+    assert [json.loads(line)["id"] for line in back.stdout.splitlines()] == [e["id"] for e in everything][-5:-3]
+
+    for args, needle in [
+        (("--after", "3", "--last", "2"), "--after"),
+        (("--last", "2", "--limit", "3"), "--limit"),
+        (("--last", "0"), "--follow"),
+        (("--before", "5", "--follow"), "--before"),
+        (("--last", "1001"), "--last"),
+    ]:
+        bad = await ctl(api_cluster, "events", *args)
+        assert bad.exit_code == 2 and needle in bad.stderr and "Traceback" not in bad.stderr, (args, bad)
 
 
 async def test_events_follow_receives_a_new_event(api_cluster: ApiCluster) -> None:
@@ -180,6 +218,30 @@ async def test_events_follow_receives_a_new_event(api_cluster: ApiCluster) -> No
         assert event["type"] == "dynamic_config_changed" and "follow.marker" in event["data"]["changes"]
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean end, exit 0
+        code = await asyncio.wait_for(proc.wait(), 10)
+    stderr = (await proc.stderr.read()).decode()
+    assert code == 0 and "Traceback" not in stderr, stderr
+
+
+async def test_events_follow_starts_after_the_newest_shown(api_cluster: ApiCluster) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        for n in range(3):
+            assert (await http.patch(api_cluster.url(0) + "/config", json={"tail.follow": n})).status_code == 200
+    await api_cluster.barrier()
+    typed = (await _get(api_cluster, "/events?last=2&type=dynamic_config_changed"))["events"]
+    urls = [a for i in (1, 2) for a in ("--api", api_cluster.url(i))]
+    proc = await ctl_process(*urls, "events", "--follow", "--json", "--last", "2", "--type", "dynamic_config_changed")
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        shown = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 20)) for _ in range(2)]
+        assert [e["id"] for e in shown] == [e["id"] for e in typed]
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.patch(api_cluster.url(0) + "/config", json={"tail.follow": "new"})
+            assert r.status_code == 200, r.text
+        event = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        assert event["position"] == r.json()["write"]["index"], "the next line is the new event, nothing replayed"
+    finally:
+        proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 10)
     stderr = (await proc.stderr.read()).decode()
     assert code == 0 and "Traceback" not in stderr, stderr
@@ -290,6 +352,36 @@ async def test_dead_first_url_fails_over_to_the_next(api_cluster: ApiCluster) ->
     assert json.loads(run.stdout)["node"] == api_cluster.nodes[1].config.name
     write = await ctl(api_cluster, "config", "set", "failover.ok=1", apis=[_dead_url(), api_cluster.url(2)])
     assert write.exit_code == 0, write
+
+
+async def test_a_refusing_node_sends_ramctrl_to_the_leader(
+    api_cluster: ApiCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leader = await api_cluster.settled()
+    fi = api_cluster.index_of(api_cluster.follower())
+    follower = api_cluster.nodes[fi]
+    lid, raft = leader.config.node_id, leader.config.raft.listen
+
+    async def moved(command: object, *, timeout: float | None = None) -> ApplyResult:
+        raise NoLeaderError(f"not the leader; the leader is node {lid} at {raft}", lid, raft)
+
+    monkeypatch.setattr(follower, "propose", moved)
+    # Only the refusing node is named: its 503 names the leader's API, which ramctrl tries once.
+    run = await ctl(api_cluster, "pause", "--reason", "via the leader", apis=[api_cluster.url(fi)])
+    assert run.exit_code == 0 and "Maintenance mode: on" in run.stdout, run
+    await api_cluster.barrier()
+    assert (await _get(api_cluster, "/cluster"))["maintenance_reason"] == "via the leader"
+    monkeypatch.undo()
+    assert (await ctl(api_cluster, "resume")).exit_code == 0
+
+
+async def test_status_says_when_the_answer_may_be_stale(api_cluster: ApiCluster) -> None:
+    run = await ctl(api_cluster, "status")
+    assert run.exit_code == 0 and "Stale" not in run.stdout
+    body = await _get(api_cluster, "/cluster?stale=ok")
+    assert body["stale"] is True
+    text = render_status(body)
+    assert text.splitlines()[-1].startswith(f"Stale: {body['node']}'s own view, applied up to position ")
 
 
 async def test_ram_api_environment_variable(api_cluster: ApiCluster) -> None:

@@ -111,8 +111,8 @@ class E2ECluster:
     # ------------------------------------------------------------------------------- queries
 
     async def cluster(self) -> dict[str, Any]:
-        """The cluster as the Raft leader sees it (a node that just restarted serves its stale
-        projection until it has caught up; the leader's is current)."""
+        """The cluster as the Raft leader sees it (a follower's answer is fresh too, but when the
+        read barrier fails it serves its own, possibly stale, state: the leader's is the reference)."""
         answers: list[dict[str, Any]] = []
         async with httpx.AsyncClient(timeout=2) as client:
             for member in self.info.members:

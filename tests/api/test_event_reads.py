@@ -1,0 +1,69 @@
+"""The store read behind ``GET /events?last=``: the newest events in whole entries, a cursor both ways.
+
+A live cluster today commits one event per entry, so entries with several events (which the event
+model allows and the cursors must never split) are written here directly into a fresh store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+
+from ram.eventstore import schema
+from ram.eventstore.events import MaintenanceModeChanged, RaftLeaderElected
+from ram.eventstore.store import EntryEvents, append_entries, read_last, read_range
+
+#: Events per entry at positions 1..9 (0: an entry that produced none, which still takes a position).
+SHAPE = [1, 3, 0, 2, 1, 4, 1, 0, 2]
+
+
+def _entries() -> list[EntryEvents]:
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    entries = []
+    for i, count in enumerate(SHAPE):
+        position = i + 1
+        events = [
+            MaintenanceModeChanged(enabled=bool(sub % 2), reason=f"p{position}.{sub}") if sub % 2
+            else RaftLeaderElected(term=position, leader_name="node1", leader_node_id=1)
+            for sub in range(count)
+        ]
+        entries.append(EntryEvents(position=position, term=1, proposer=1, ts=ts, events=events))
+    return entries
+
+
+def _ids(events: list[object]) -> list[tuple[int, int]]:
+    return [(e.position, e.sub) for e in events]  # type: ignore[attr-defined]
+
+
+async def test_read_last_pages_back_in_whole_entries(store_dsn: str) -> None:
+    await asyncio.to_thread(schema.upgrade, store_dsn)
+    conn = await asyncpg.connect(store_dsn)
+    try:
+        await append_entries(conn, _entries())
+        everything = _ids(await read_range(conn, after=0, limit=1000))
+        assert len(everything) == sum(SHAPE)
+
+        for limit in (1, 2, 3, 5, 100):
+            pages: list[list[tuple[int, int]]] = []
+            before: int | None = None
+            while page := _ids(await read_last(conn, before=before, limit=limit)):
+                positions = {p for p, _ in page}
+                # Whole entries, oldest first, at least ``limit`` events unless the history ran out.
+                assert page == [i for i in everything if i[0] in positions] and page == sorted(page)
+                assert len(page) >= limit or page[0] == everything[0]
+                pages.append(page)
+                before = page[0][0]
+            assert [i for page in reversed(pages) for i in page] == everything, limit
+
+        # The newest 2 events: the whole last entry (position 9, two events); 3 reaches into position 7.
+        assert _ids(await read_last(conn, limit=2)) == [(9, 0), (9, 1)]
+        assert _ids(await read_last(conn, limit=3)) == [(7, 0), (9, 0), (9, 1)]
+        assert await read_last(conn, before=1, limit=10) == []
+        assert _ids(await read_last(conn, before=3, limit=1)) == [(2, 0), (2, 1), (2, 2)]
+        typed = await read_last(conn, limit=2, types=["maintenance_mode_changed"])
+        assert _ids(typed) == [(6, 1), (6, 3), (9, 1)]  # position 6 whole: both of its matching events
+        assert {e.event.type for e in typed} == {"maintenance_mode_changed"}
+    finally:
+        await conn.close()

@@ -1,4 +1,5 @@
-"""Synchronous mode: losing the primary's node loses no acknowledged commit."""
+"""Synchronous modes (``on``: FIRST k, ``quorum``: ANY k): losing the primary's node loses no
+acknowledged commit."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 from tests.e2e.cluster import E2ECluster, Writer
 
 
-@pytest.fixture(scope="module")
-async def sync_cluster() -> AsyncIterator[E2ECluster]:
-    cluster = E2ECluster(ha={"synchronous_mode": "on", "synchronous_node_count": 1})
+@pytest.fixture(scope="module", params=["on", "quorum"])
+async def sync_cluster(request: pytest.FixtureRequest) -> AsyncIterator[E2ECluster]:
+    cluster = E2ECluster(ha={"synchronous_mode": request.param, "synchronous_node_count": 1})
     try:
         await cluster.start()
         await cluster.wait_for(lambda c: bool(c["synchronous"]["standbys"]), 150, "a committed synchronous standby")
@@ -26,13 +27,15 @@ async def test_sync_node_loss_loses_no_acknowledged_write(sync_cluster: E2EClust
     e2e = sync_cluster
     c = await e2e.cluster()
     old = c["primary"]
-    assert c["synchronous"]["mode"] == "on" and c["synchronous"]["standbys"]
+    mode = c["synchronous"]["mode"]
+    assert mode in ("on", "quorum") and c["synchronous"]["standbys"]
     conn = await e2e.connect(old)
     try:
         names = await conn.fetchval("SHOW synchronous_standby_names")
     finally:
         await conn.close()
     assert names, "the primary does not enforce synchronous replication"
+    assert names.startswith("ANY" if mode == "quorum" else "FIRST"), names
     async with Writer(e2e.info.writer_dsn()) as writer:
         await asyncio.sleep(1.5)
         killed_at = time.monotonic()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -31,6 +32,11 @@ from ram.postgres.server import PostgresServer
 from ram.postgres.spec import ManagedInstanceSpec, PrimaryEndpoint
 from ram.postgres.sql import fetch, local_connection
 from ram.postgres.status import InstanceStatus, read_status
+
+log = logging.getLogger(__name__)
+
+#: A start taking longer than this is logged with the server's own lines.
+_SLOW_START_S = 10.0
 
 StopMode = Literal["smart", "fast", "immediate"]
 
@@ -165,10 +171,18 @@ class ManagedInstance:
         await asyncio.to_thread(conffiles.write_config, self.spec)
         await asyncio.to_thread(self._clear_stale_pidfile)
         offset = self.log_size()
+        started = time.monotonic()
         try:
             await self._server.start()
         except PostgresCommandError as exc:
             raise self._with_log(exc, offset) from exc
+        took = time.monotonic() - started
+        if took > _SLOW_START_S:
+            # Rare multi-second starts are worth their own account in our log.
+            log.warning("postgres start was slow seconds=%.1f server_log=%s", took,
+                        " / ".join(self.log_since(offset, lines=8)))
+        else:
+            log.info("postgres started seconds=%.2f", took)
 
     async def stop(self, mode: StopMode = "fast", timeout: float | None = None) -> StopResult:
         """Stop: ``mode`` first (fast by default), ``immediate`` if that exceeds ``timeout``, SIGKILL last.

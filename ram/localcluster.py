@@ -279,18 +279,28 @@ def pid_alive(pid: int | None) -> bool:
 
 def stop_node(member: MemberInfo, *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> bool:
     """Stop one node process by pid (SIGTERM, then SIGKILL after ``timeout``). True if it was running."""
-    pid = member.pid
-    if not pid_alive(pid):
-        return False
-    assert pid is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if pid_alive(pid):
+    return bool(stop_nodes([member], sig=sig, timeout=timeout))
+
+
+def stop_nodes(members: list[MemberInfo], *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> list[MemberInfo]:
+    """Stop several nodes at once; returns those that were running.
+
+    All are signalled together: stopped one after another, the nodes still running would see the
+    primary's node go away and commit a failover before their own turn came.
+    """
+    running = [m for m in members if pid_alive(m.pid)]
+    for member in running:
+        assert member.pid is not None
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        while pid_alive(pid):
-            time.sleep(0.02)
-    return True
+            os.kill(member.pid, sig)
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(m.pid) for m in running) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for member in running:
+        if pid_alive(member.pid):
+            assert member.pid is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member.pid, signal.SIGKILL)
+            while pid_alive(member.pid):
+                time.sleep(0.02)
+    return running

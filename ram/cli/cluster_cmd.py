@@ -13,7 +13,7 @@ import click
 import httpx
 
 from ram.cli.errors import UserError, friendly_errors
-from ram.localcluster import ClusterInfo, pid_alive, plan, prepare, start_node, stop_node, store_server
+from ram.localcluster import ClusterInfo, pid_alive, plan, prepare, start_node, stop_nodes, store_server
 from ram.postgres.commands import PostgresCommandError
 
 DEFAULT_DIR = Path("ram-cluster")
@@ -145,9 +145,9 @@ def cluster_down(directory: Path, purge: bool, force: bool) -> None:
       ram cluster down --dir ./ram-cluster --purge --force
     """
     info = ClusterInfo.load(directory)
+    for member in stop_nodes(info.members):
+        click.echo(f"stopped {member.name} (pid {member.pid})")
     for member in info.members:
-        if stop_node(member):
-            click.echo(f"stopped {member.name} (pid {member.pid})")
         member.pid = None
     info.save()
     asyncio.run(store_server(info).stop())

@@ -42,6 +42,7 @@ from pydantic import (
 
 __all__ = [
     "EVENT_TYPES",
+    "SWITCHOVER_ACCEPTED_PREFIX",
     "CandidateInfo",
     "ClusterBootstrapped",
     "CommandRejected",
@@ -320,6 +321,11 @@ class SwitchoverRequested(_EventBase):
     scheduled_at: AwareDatetime | None = None
     requested_by: Text = ""
     reason: Text = ""
+
+
+#: A ``switchover_requested`` whose reason starts with this is the arbiter accepting the request in
+#: progress (with the candidate it chose): it updates that operation rather than starting another.
+SWITCHOVER_ACCEPTED_PREFIX = "accepted by the arbiter: "
 
 
 class SwitchoverCompleted(_EventBase):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ram.eventstore.events import (
+    SWITCHOVER_ACCEPTED_PREFIX,
     Event,
     FailoverCompleted,
     FailoverFailed,
@@ -74,7 +75,7 @@ __all__ = [
     "switchover_accepted",
 ]
 
-ACCEPTED_PREFIX = "accepted by the arbiter: "
+ACCEPTED_PREFIX = SWITCHOVER_ACCEPTED_PREFIX
 
 
 # -- decisions ------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import JsonValue
 
 from ram.eventstore.events import (
+    SWITCHOVER_ACCEPTED_PREFIX,
     CandidateInfo,
     ClusterBootstrapped,
     CommandRejected,
@@ -391,6 +392,17 @@ def _apply(state: ClusterState, se: StoredEvent) -> ClusterState:
         case FailoverFailed():
             return _close_operation(state, "failover", "failed", se, old_primary=ev.old_primary, error=ev.reason)
         case SwitchoverRequested():
+            current = state.current_operation
+            accepted = ev.reason.startswith(SWITCHOVER_ACCEPTED_PREFIX)
+            if accepted and current is not None and current.kind == "switchover":
+                # The arbiter accepted the request in progress: the same operation, now with its
+                # candidate (and a new started_position, which restarts the operation's timers).
+                ops = tuple(
+                    replace(op, started_position=pos, old_primary=ev.primary, candidate=ev.candidate, reason=ev.reason)
+                    if op is current else op
+                    for op in state.operations
+                )
+                return replace(state, operations=ops)
             return _start_operation(
                 state,
                 OperationRecord(

@@ -110,6 +110,11 @@ async def test_switchover_to_a_named_replica_and_back(e2e: E2ECluster) -> None:
     assert reply.status_code == 202, reply.text
     await e2e.wait_for(lambda c: c["primary"] == old, 30, f"{old} to become primary again")
     await e2e.wait_healthy(60)
+    # Each switchover is one row of the history (the arbiter's acceptance updates the request).
+    since = reply.json()["write"]["index"]
+    ops = (await e2e.api("GET", "/history")).json()["operations"]
+    switchovers = [op for op in ops if op["kind"] == "switchover" and op["started_position"] >= since]
+    assert [(op["outcome"], op["candidate"]) for op in switchovers] == [("succeeded", old)], switchovers
 
 
 async def test_switchover_refusals(e2e: E2ECluster) -> None:

@@ -137,7 +137,7 @@ events: st.SearchStrategy[e.Event] = st.one_of(
         candidate=opt_names,
         scheduled_at=st.none() | timestamps,
         requested_by=texts,
-        reason=texts,
+        reason=texts | texts.map(lambda t: (e.SWITCHOVER_ACCEPTED_PREFIX + t)[:1000]),
     ),
     st.builds(
         e.SwitchoverCompleted,

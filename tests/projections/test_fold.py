@@ -306,3 +306,21 @@ def test_fold_is_split_invariant(seq: list[e.StoredEvent], data: st.DataObject) 
     assert state == whole
     assert whole.events_applied == len(seq)
     assert whole.last_position == (seq[-1].position if seq else 0)
+
+
+def test_accepted_switchover_is_the_same_operation() -> None:
+    """The arbiter's acceptance names the candidate of the request in progress: one history row."""
+    log, s = booted()
+    s = fold(s, log(e.SwitchoverRequested(primary="n1", candidate=None, requested_by="alice", reason="patching")))
+    requested = s.operations[-1]
+    accepted_reason = e.SWITCHOVER_ACCEPTED_PREFIX + "n2 has the most WAL"
+    s = fold(s, log(e.SwitchoverRequested(primary="n1", candidate="n2", requested_by="alice", reason=accepted_reason)))
+    assert len(s.operations) == 1
+    op = s.operations[0]
+    assert (op.outcome, op.candidate, op.reason, op.requested_by) == ("in_progress", "n2", accepted_reason, "alice")
+    assert op.started_at == requested.started_at and op.started_position == requested.started_position + 1
+    s = fold(s, log(e.SwitchoverCompleted(old_primary="n1", new_primary="n2", timeline=2, lsn=9, duration_ms=700)))
+    assert [o.outcome for o in s.operations] == ["succeeded"]
+    # Without a switchover in progress an acceptance starts one (the fold is total).
+    s = fold(s, log(e.SwitchoverRequested(primary="n2", candidate="n1", reason=accepted_reason)))
+    assert [o.outcome for o in s.operations] == ["succeeded", "in_progress"]

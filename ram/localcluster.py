@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import secrets
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from typing import Any
 import asyncpg
 
 from ram.eventstore import schema
+from ram.postgres.commands import default_owner
 from ram.postgres.server import PostgresServer
 
 CLUSTER_FILE = "cluster.json"
@@ -218,8 +220,39 @@ def _write_layout(info: ClusterInfo, dsns: dict[str, str], ha: dict[str, Any] | 
     info.save()
 
 
+def unreachable_ancestor(directory: Path, owner: str) -> Path | None:
+    """The first existing ancestor of ``directory`` that ``owner`` can not enter (None: all fine).
+
+    As root, PostgreSQL runs as another user, which must be able to walk down to its data
+    directories: a checkout under /root (mode 0700) is the usual trap."""
+    if os.geteuid() != 0 or owner == "root":
+        return None
+    try:
+        uid = pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        return None
+    for ancestor in reversed(directory.resolve().parents):
+        try:
+            st = ancestor.stat()
+        except OSError:
+            break
+        if st.st_uid == uid:
+            continue
+        if not st.st_mode & 0o001:  # not searchable by others (group membership is not checked)
+            return ancestor
+    return None
+
+
 async def prepare(info: ClusterInfo, ha: dict[str, Any] | None = None) -> None:
     """Create directories, the store instance and one migrated database per node, and node configs."""
+    owner = default_owner()
+    blocked = unreachable_ancestor(Path(info.dir), owner)
+    if blocked is not None:
+        raise ValueError(
+            f"{info.dir}: PostgreSQL runs as {owner!r}, which can not enter {blocked} "
+            f"(mode {blocked.stat().st_mode & 0o777:o}); use --dir under a directory it can reach, "
+            f"e.g. --dir /var/tmp/ram-cluster"
+        )
     await asyncio.to_thread(Path(info.dir).mkdir, parents=True, exist_ok=True)
     os.chmod(info.dir, 0o755)
     server = store_server(info)

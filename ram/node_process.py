@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 import asyncpg
 
-from ram.api.app import ApiServer, create_app, serve
 from ram.config import NodeConfig, api_address, parse_address
 from ram.consensus.runtime.node import RaftNode
 from ram.consensus.runtime.storage import open_store_pool
 from ram.eventstore import schema
 from ram.ha.controller import HAController
 from ram.postgres.server import PostgresServer
+
+if TYPE_CHECKING:
+    from ram.api.app import ApiServer
 
 log = logging.getLogger("ram.process")
 
@@ -54,7 +58,7 @@ async def open_store(config: NodeConfig) -> tuple[str, PostgresServer | None]:
 async def run_node(config: NodeConfig) -> None:
     """Run until SIGTERM/SIGINT; a leader transfers leadership before it goes."""
     dsn, server = await open_store(config)
-    await asyncio.to_thread(schema.upgrade, dsn)
+    await schema.ensure_schema(dsn)
     pool = await open_store_pool(dsn, size=config.store.pool_size)
     node = RaftNode(config, pool)
     stop = asyncio.Event()
@@ -68,8 +72,12 @@ async def run_node(config: NodeConfig) -> None:
         if config.postgres.manage:
             ha = HAController(node, config)
             await ha.start()
+        # The API framework takes most of our import time; importing it only now (in a thread, the
+        # event loop keeps running) lets Raft and the HA controller start — and a rejoin's pg_rewind
+        # run — while it loads.
+        api_module = await asyncio.to_thread(importlib.import_module, "ram.api.app")
         api_host, api_port = parse_address(api_address(config))
-        api = await serve(create_app(node, store_dsn=dsn, pool=pool), api_host, api_port)
+        api = await api_module.serve(api_module.create_app(node, store_dsn=dsn, pool=pool), api_host, api_port)
         log.info("api listening url=%s", api.url)
         stop_wait = asyncio.ensure_future(stop.wait())
         fail_wait = asyncio.ensure_future(node.failed.wait())

@@ -42,3 +42,25 @@ async def test_upgrade_downgrade_reupgrade(store_dsn: str) -> None:
     assert {"events", "log", "hard_state", "snapshot", "applied"} <= await _tables(store_dsn)
     # Upgrading an up-to-date store is a no-op, not an error.
     await asyncio.to_thread(schema.upgrade, store_dsn)
+
+
+def test_schema_head_constant_matches_the_migrations() -> None:
+    """ensure_schema skips Alembic when the store is at SCHEMA_HEAD: the constant must be the real head."""
+    assert schema.head_revision() == schema.SCHEMA_HEAD
+
+
+async def test_ensure_schema_upgrades_once_then_only_checks(store_dsn: str) -> None:
+    await schema.ensure_schema(store_dsn)
+    conn = await asyncpg.connect(store_dsn)
+    try:
+        assert await schema.current_revision(conn) == schema.SCHEMA_HEAD
+        await conn.execute("CREATE TABLE pgraft.ensure_marker ()")  # survives only if nothing is re-run
+    finally:
+        await conn.close()
+    await schema.ensure_schema(store_dsn)
+    conn = await asyncpg.connect(store_dsn)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('pgraft.ensure_marker') IS NOT NULL")
+        await conn.execute("DROP TABLE pgraft.ensure_marker")
+    finally:
+        await conn.close()

@@ -1,16 +1,24 @@
 """Creating and upgrading the `pgraft` schema with Alembic, from code.
 
 `ram store upgrade` and `ram node run` call these; they are synchronous (Alembic is), so async
-callers run them in a worker thread with ``asyncio.to_thread``.
+callers run them in a worker thread with ``asyncio.to_thread``. Alembic is imported only when a
+migration actually runs: a node starting on an up-to-date store (every restart but the first) checks
+the revision with one query (:func:`ensure_schema`) and does not pay Alembic's import time.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
+import asyncpg
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+#: The newest revision in migrations/ (a test checks it against Alembic's own view).
+SCHEMA_HEAD = "0004"
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 
@@ -33,6 +41,8 @@ def execute_script(sql: str) -> None:
 
 def alembic_config(dsn: str) -> Config:
     """An Alembic config pointing at our migrations and the given store DSN."""
+    from alembic.config import Config
+
     if not (MIGRATIONS_DIR / "env.py").exists():
         raise FileNotFoundError(f"migrations not found at {MIGRATIONS_DIR}")
     cfg = Config()
@@ -43,16 +53,22 @@ def alembic_config(dsn: str) -> Config:
 
 def upgrade(dsn: str, revision: str = "head") -> None:
     """Bring the store's `pgraft` schema up to ``revision`` (idempotent)."""
+    from alembic import command
+
     command.upgrade(alembic_config(dsn), revision)
 
 
 def downgrade(dsn: str, revision: str = "base") -> None:
     """Take the schema down to ``revision``; ``base`` removes schema `pgraft` entirely."""
+    from alembic import command
+
     command.downgrade(alembic_config(dsn), revision)
 
 
 def head_revision() -> str:
-    """The newest revision this code knows."""
+    """The newest revision this code knows (from the migration scripts; see :data:`SCHEMA_HEAD`)."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config("unused")).get_current_head()
     assert head is not None
     return head
@@ -68,10 +84,23 @@ async def current_revision(conn: object) -> str | None:
     return str(value) if value is not None else None
 
 
+async def ensure_schema(dsn: str) -> None:
+    """Upgrade the store to :data:`SCHEMA_HEAD` unless it is there already (one query then)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        current = await current_revision(conn)
+    finally:
+        await conn.close()
+    if current != SCHEMA_HEAD:
+        await asyncio.to_thread(upgrade, dsn)
+
+
 __all__ = [
     "MIGRATIONS_DIR",
+    "SCHEMA_HEAD",
     "current_revision",
     "downgrade",
+    "ensure_schema",
     "execute_script",
     "head_revision",
     "upgrade",

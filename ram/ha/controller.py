@@ -38,7 +38,7 @@ from ram.eventstore.events import (
 )
 from ram.ha import keeper as k
 from ram.ha.arbiter import ArbiterInput, Wait, arbitrate, decide_grant, steady_holder
-from ram.ha.candidates import MemberObservation
+from ram.ha.candidates import MemberObservation, is_fresh
 from ram.ha.fence_guard_client import FenceGuardProcess
 from ram.ha.lease import ArbiterLeaseView, HolderLease
 from ram.ha.pgspec import endpoint_of, instance_spec
@@ -54,6 +54,9 @@ _FENCE_WATCH_S = 0.02
 _ARBITER_MIN_GAP_S = 0.02
 #: While a promotion waits for its lease, ask again this often (not at the renewal interval).
 _PROMOTE_RETRY_S = 0.05
+#: A leader that hosts the steady primary hands Raft leadership to a replica's node once it has led
+#: this long (and at most this often).
+_LEADER_MOVE_AFTER_S = 2.0
 
 
 async def _reachable(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -104,6 +107,7 @@ class HAController:
         #: Fences PostgreSQL if this process dies or freezes while holding the lease.
         self.guard = FenceGuardProcess(self.instance.spec.data_dir)
         self._guard_fence_at: float | None = None
+        self._leadership_moved_at = 0.0
         node.on_report = self._on_report
         node.lease_decider = self._decide_lease
         node.on_applied = self._on_applied
@@ -422,10 +426,38 @@ class HAController:
                 log.exception("ha step failed step=arbitrate")
             await asyncio.sleep(_ARBITER_MIN_GAP_S)
 
+    def _move_leadership_off_the_primary(self, now: float) -> None:
+        """Keep the Raft leader and the primary on different nodes.
+
+        When one node is both, losing it costs an election AND then the full lease wait of the new
+        leader (which must presume the last grant happened as late as its own election) before a
+        failover; with the leader elsewhere the survivors just wait out the lease. So a leader that
+        hosts the steady primary hands leadership to a healthy replica's node."""
+        node = self.node
+        state = node.state
+        if steady_holder(state) != self.me or not node.leader_since:
+            return
+        if now - node.leader_since < _LEADER_MOVE_AFTER_S or now - self._leadership_moved_at < _LEADER_MOVE_AFTER_S:
+            return
+        replicas = {
+            m.node_id
+            for m in state.members.values()
+            if m.name != self.me and not m.is_learner and m.healthy and m.reported_role == "replica"
+            and is_fresh(self.observations.get(m.name), now, self.settings)
+        }
+        if not replicas:
+            return
+        target = node.transfer_leadership(among=replicas)
+        if target is not None:
+            self._leadership_moved_at = now
+            log.info("moving raft leadership off the primary's node target=%d reason=%s", target,
+                     "a node loss would otherwise need an election before the failover")
+
     async def _arbitrate(self) -> None:
         now = time.monotonic()
         if not self._leading(now):
             return
+        self._move_leadership_off_the_primary(now)
         inp = self._arbiter_input(now)
         decisions = [d for d in arbitrate(inp) if not isinstance(d, Wait)]
         if not decisions:

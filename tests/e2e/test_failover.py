@@ -27,6 +27,9 @@ async def test_bootstrap_streams_to_every_replica(e2e: E2ECluster) -> None:
         "primary_promoted",
         "replica_following",
     }
+    # The Raft leader moves off the primary's node (so losing that node needs no election first).
+    c = await e2e.wait_for(lambda c: c["raft_leader"] not in (None, c["primary"]), 20, "the leader off the primary")
+    assert c["primary"] == primary
 
 
 async def _wait_rows(e2e: E2ECluster, name: str, expected: list[int], table: str, timeout: float = 15) -> None:

@@ -275,20 +275,31 @@ class RaftNode:
         self._fail_all(ProposalError("node is shutting down"))
         log.info("node stopped node_id=%d", self.config.node_id)
 
-    async def _transfer_before_stop(self) -> None:
+    def transfer_leadership(self, among: set[int] | None = None) -> int | None:
+        """As leader, hand leadership to the most up-to-date active voter (``among`` these node ids,
+        when given); returns the target, or None when there is none. Does not wait for the result."""
         core = self.core
-        assert core is not None
+        if core is None or core.role is not Role.LEADER:
+            return None
         candidates = [
             (info.match, pid)
             for pid, info in core.progress.items()
-            if pid != core.id and not info.is_learner and info.recent_active
+            if pid != core.id and not info.is_learner and info.recent_active and (among is None or pid in among)
         ]
         if not candidates:
-            return
+            return None
         _, target = max(candidates)
-        log.info("transferring leadership before stop target=%d", target)
         core.transfer_leadership(target)
         self._wake.set()
+        return target
+
+    async def _transfer_before_stop(self) -> None:
+        core = self.core
+        assert core is not None
+        target = self.transfer_leadership()
+        if target is None:
+            return
+        log.info("transferring leadership before stop target=%d", target)
         deadline = time.monotonic() + self.config.raft.election_ms / 1000 * 2
         while core.role is Role.LEADER and (left := deadline - time.monotonic()) > 0:
             self._leader_changed.clear()

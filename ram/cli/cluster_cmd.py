@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
 from ram.cli.errors import UserError, friendly_errors
 from ram.localcluster import ClusterInfo, pid_alive, plan, prepare, start_node, stop_nodes, store_server
@@ -25,6 +24,8 @@ def cluster_group() -> None:
 
 
 def _cluster_state(info: ClusterInfo) -> dict[str, Any] | None:
+    import httpx  # here, not at the top: every `ram node run` imports this module and never needs it
+
     for member in info.members:
         try:
             reply = httpx.get(f"{member.api_url}/cluster?stale=ok", timeout=2.0)

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ram.config import NodeConfig
-from ram.consensus.runtime.node import ProposalError, RaftNode
+from ram.consensus.runtime.node import CommandRefused, ProposalError, RaftNode
 from ram.consensus.types import Role
 from ram.eventstore.commands import Arbitrate, ReportFact
 from ram.eventstore.events import (
@@ -57,6 +57,11 @@ _PROMOTE_RETRY_S = 0.05
 #: A leader that hosts the steady primary hands Raft leadership to a replica's node once it has led
 #: this long (and at most this often).
 _LEADER_MOVE_AFTER_S = 2.0
+#: How long a fact (health, following, fenced, ...) is retried while it can not be committed.
+_FACT_RETRY_S = 30.0
+#: A replica that streams from the committed primary while the state says otherwise re-reports it
+#: at most this often (a lost ``replica_following`` must not stay lost).
+_FOLLOWING_REPORT_EVERY_S = 2.0
 
 
 async def _reachable(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -94,6 +99,7 @@ class HAController:
         self._wake_arbiter = asyncio.Event()
         self._wake_lease = asyncio.Event()
         self._observing = asyncio.Lock()
+        self._upkeep = asyncio.Lock()
         self._initializing = False
         self._demoting = False
         self._sync_names: str | None = None
@@ -108,6 +114,8 @@ class HAController:
         self.guard = FenceGuardProcess(self.instance.spec.data_dir)
         self._guard_fence_at: float | None = None
         self._leadership_moved_at = 0.0
+        self._steady_primary_since: float | None = None
+        self._following_reported_at = 0.0
         node.on_report = self._on_report
         node.lease_decider = self._decide_lease
         node.on_applied = self._on_applied
@@ -164,6 +172,19 @@ class HAController:
         keeper both call this, and two interleaved observations could report an older one last)."""
         async with self._observing:
             await self._observe_unlocked()
+        await self._primary_upkeep()
+
+    async def _primary_upkeep(self) -> None:
+        """Slots and the superuser password on the primary: outside the observation lock, so a
+        statement that waits on the server can never hold up reporting, fencing or the keeper."""
+        status = self.status
+        if self._upkeep.locked() or status is None or not (status.running and status.accepting):
+            return
+        if status.in_recovery is not False or self.node.state.primary != self.me:
+            return
+        async with self._upkeep:
+            await self._ensure_slots((status.timeline, status.pid))
+            await self._ensure_superuser_password()
 
     async def _observe_unlocked(self) -> None:
         if self._initializing:
@@ -194,9 +215,8 @@ class HAController:
         self.node.send_report(json.dumps(report).encode())
         if running and status.in_recovery is False:
             await self._read_timeline_start(status.timeline)
-        if running and status.in_recovery is False and self.node.state.primary == self.me:
-            await self._ensure_slots((status.timeline, status.pid))
-            await self._ensure_superuser_password()
+        if running and status.in_recovery:
+            self._reconcile_following(status, now)
 
     async def _ensure_superuser_password(self) -> None:
         """Set the configured superuser password once per primary term (a SCRAM verifier, so the
@@ -205,7 +225,13 @@ class HAController:
         if not password or self._password_set:
             return
         verifier = scram_verifier(password)
-        await sql.execute(self.instance.spec, f"ALTER ROLE postgres PASSWORD {sql.quote_literal(verifier)}")
+        # synchronous_commit=local: a new primary may still wait for a synchronous standby that is
+        # gone (until the keeper reconfigures it); this bookkeeping must not wait with it.
+        await sql.execute(
+            self.instance.spec,
+            "BEGIN; SET LOCAL synchronous_commit = local; "
+            f"ALTER ROLE postgres PASSWORD {sql.quote_literal(verifier)}; COMMIT",
+        )
         self._password_set = True
 
     async def _standby_timeline(self, status: InstanceStatus) -> int | None:
@@ -436,8 +462,12 @@ class HAController:
         node = self.node
         state = node.state
         if steady_holder(state) != self.me or not node.leader_since:
+            self._steady_primary_since = None
             return
-        if now - node.leader_since < _LEADER_MOVE_AFTER_S or now - self._leadership_moved_at < _LEADER_MOVE_AFTER_S:
+        if self._steady_primary_since is None:
+            self._steady_primary_since = now  # let the follow-up decisions of a failover commit first
+        settled = min(now - node.leader_since, now - self._steady_primary_since, now - self._leadership_moved_at)
+        if settled < _LEADER_MOVE_AFTER_S:
             return
         replicas = {
             m.node_id
@@ -598,6 +628,22 @@ class HAController:
         self._release_lease()
         self._spawn_fact(NodeFenced(name=self.me, reason=reason[:1000], lease_expired_at_ms=int(time.time() * 1000)))
 
+    def _reconcile_following(self, status: InstanceStatus, now: float) -> None:
+        """The committed ``following`` of this replica catches up with what it streams from."""
+        state = self.node.state
+        primary = state.primary
+        member = state.members.get(self.me)
+        if primary is None or primary == self.me or member is None or member.following == primary:
+            return
+        endpoint = endpoint_of(state, primary)
+        if endpoint is None or not streams_from(status.wal_receiver, endpoint):
+            return
+        if now - self._following_reported_at < _FOLLOWING_REPORT_EVERY_S:
+            return
+        self._following_reported_at = now
+        self._following = primary
+        self._spawn_fact(ReplicaFollowing(name=self.me, primary=primary))
+
     def _report_following(self, primary: str) -> None:
         """Record whom we follow, once per change (not on every re-point)."""
         member = self.node.state.members.get(self.me)
@@ -606,12 +652,42 @@ class HAController:
         self._following = primary
         self._spawn_fact(ReplicaFollowing(name=self.me, primary=primary))
 
+    def _fact_still_true(self, event: Any) -> bool:
+        """Is a fact that could not be committed yet still worth committing (not superseded)?"""
+        state = self.node.state
+        status = self.status
+        if isinstance(event, (ReplicaFollowing, ReplicaRejoined)):
+            return state.primary == event.primary
+        if isinstance(event, NodeFenced):
+            return status is None or not status.running
+        if isinstance(event, MemberActionCompleted):
+            member = state.members.get(self.me)
+            return member is not None and member.pending_action == event.action
+        return True
+
     def _spawn_fact(self, event: Any) -> None:
+        """Record a fact in the background, retrying while there is no leader or no quorum (an
+        election, a partition) for up to ``_FACT_RETRY_S`` as long as it still holds; a refusal
+        (unknown member) is final."""
+
         async def report() -> None:
-            try:
-                await self.node.propose(ReportFact(event=event), timeout=self.settings.lease_s * 3)
-            except ProposalError as exc:
-                log.info("could not record fact type=%s error=%s", event.type, exc)
+            deadline = time.monotonic() + _FACT_RETRY_S
+            while True:
+                try:
+                    await self.node.propose(ReportFact(event=event), timeout=self.settings.lease_s * 3)
+                    return
+                except CommandRefused as exc:
+                    log.info("fact refused type=%s error=%s", event.type, exc)
+                    return
+                except ProposalError as exc:
+                    if time.monotonic() >= deadline:
+                        log.warning("could not record fact type=%s error=%s", event.type, exc)
+                        return
+                    log.info("fact not recorded yet, retrying type=%s error=%s", event.type, exc)
+                await asyncio.sleep(self.settings.report_interval_s)
+                if not self._fact_still_true(event):
+                    log.info("fact superseded before it could be recorded type=%s", event.type)
+                    return
 
         task = asyncio.get_running_loop().create_task(report())
         self._tasks.append(task)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import glob
 import os
 import pwd
 import shutil
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +92,21 @@ def chown_to_owner(path: Path, owner: str) -> None:
     os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+_PR_SET_PDEATHSIG = 1
+#: Resolved here, in the parent: loading a library between fork and exec could deadlock.
+_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when `ram` dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Otherwise a pg_rewind or pg_basebackup started by a `ram` that was killed keeps writing into the
+    data directory while the restarted `ram` works on it. runuser passes the SIGTERM on to the
+    program; a server started by ``pg_ctl start`` is a grandchild and is not affected."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
 async def run_command(
     argv: Sequence[str],
     *,
@@ -123,6 +140,7 @@ async def run_command(
         env=full_env,
         cwd=str(cwd) if cwd else "/",
         start_new_session=True,
+        preexec_fn=_terminate_with_parent,
     )
     try:
         if on_stderr is None:

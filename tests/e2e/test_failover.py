@@ -7,7 +7,11 @@ previous one left. Timings are generous upper bounds; bench/failover.py measures
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
+from pathlib import Path
 
 from tests.e2e.cluster import E2ECluster, Writer
 
@@ -130,3 +134,61 @@ async def test_switchover_refusals(e2e: E2ECluster) -> None:
     reply = await e2e.api("POST", "/failover", json={"candidate": next(m["name"] for m in c["members"]
                                                                       if m["name"] != primary)})
     assert reply.status_code == 409 and "use a switchover" in reply.json()["error"]
+
+
+def _log_size(path: str) -> int:
+    with open(path, "rb") as f:
+        return f.seek(0, 2)
+
+
+def _log_since(path: str, offset: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def _processes_on(data_dir: str, program: str) -> list[int]:
+    """Pids of ``program`` processes whose command line names ``data_dir``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if program in cmd and data_dir in cmd:
+                    out.append(int(entry.name))
+    return out
+
+
+async def test_ram_killed_mid_rewind_rejoins_cleanly(e2e: E2ECluster) -> None:
+    """kill -9 of `ram` while it rewinds its former primary: the rewind dies with it (no orphan
+    keeps writing into the data directory), and the restarted node rejoins with the primary's data."""
+    c = await e2e.wait_healthy(60)
+    old = c["primary"]
+    member = e2e.member(old)
+    async with Writer(e2e.info.writer_dsn()) as writer:
+        await asyncio.sleep(0.5)
+        e2e.kill_node(old)
+        c = await e2e.wait_for(lambda c: c["primary"] not in (None, old), 30, "a new primary")
+        await asyncio.sleep(1.0)
+    new = c["primary"]
+    offset = _log_size(member.log_file)
+    e2e.restart_node(old)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "keeper action=Rewind" not in _log_since(member.log_file, offset):
+        await asyncio.sleep(0.02)
+    assert "keeper action=Rewind" in _log_since(member.log_file, offset), "the old primary did not rewind"
+    rewind_deadline = time.monotonic() + 3
+    while time.monotonic() < rewind_deadline and not _processes_on(member.pg_data_dir, "pg_rewind"):
+        await asyncio.sleep(0.01)
+    assert member.pid is not None
+    os.kill(member.pid, signal.SIGKILL)
+    orphans_deadline = time.monotonic() + 5
+    while time.monotonic() < orphans_deadline and (
+        _processes_on(member.pg_data_dir, "pg_rewind") or _processes_on(member.pg_data_dir, "--single")
+    ):
+        await asyncio.sleep(0.05)
+    assert not _processes_on(member.pg_data_dir, "pg_rewind"), "pg_rewind outlived the ram that started it"
+    e2e.restart_node(old)
+    c = await e2e.wait_healthy(120)
+    assert c["primary"] == new
+    await _wait_rows(e2e, old, await e2e.rows(new, writer.table), writer.table, timeout=30)

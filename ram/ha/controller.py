@@ -126,6 +126,7 @@ class HAController:
         await self.guard.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
+            loop.create_task(self._finish_crash_recovery(), name="ram.ha.crash-recovery"),
             loop.create_task(self._every(self.settings.report_interval_s, self._observe), name="ram.ha.observe"),
             loop.create_task(self._lease_loop(), name="ram.ha.lease"),
             loop.create_task(self._fence_watch(), name="ram.ha.fence"),
@@ -133,6 +134,15 @@ class HAController:
             loop.create_task(self._keeper_loop(), name="ram.ha.keeper"),
         ]
         log.info("ha controller started member=%s pgdata=%s", self.me, self.instance.spec.data_dir)
+
+    async def _finish_crash_recovery(self) -> None:
+        """Overlap a crashed former primary's crash recovery with the Raft catch-up at start."""
+        started = time.monotonic()
+        try:
+            if await self.instance.finish_crash_recovery():
+                log.info("crash recovery finished at start seconds=%.2f", time.monotonic() - started)
+        except Exception as exc:  # the keeper's own path (rewind or start) deals with it again
+            log.warning("crash recovery at start failed error=%s", exc)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -292,7 +302,9 @@ class HAController:
             log.warning("pg_controldata failed error=%s", exc)
             return
         cluster_state = fields.get("Database cluster state", "")
-        was_standby = "recovery" in cluster_state
+        if cluster_state in ("in crash recovery", "starting up", "shutting down"):
+            return  # a single-user recovery or a start/stop is under way: ask again next time
+        was_standby = cluster_state in ("shut down in recovery", "in archive recovery")
         stopped_lsn = None
         if cluster_state == "shut down":  # a clean stop: the shutdown checkpoint is its last WAL record
             with contextlib.suppress(ValueError):

@@ -27,7 +27,7 @@ from ram.postgres.bootstrap import initdb_primary, prepare_dirs
 from ram.postgres.clone import CloneProgress, clone_from
 from ram.postgres.commands import PostgresCommandError, find_bindir, run_command
 from ram.postgres.errors import InstanceStateError
-from ram.postgres.rewind import RejoinResult, RewindResult, rejoin, rewind_from
+from ram.postgres.rewind import RejoinResult, RewindResult, ensure_clean_shutdown, rejoin, rewind_from
 from ram.postgres.server import PostgresServer
 from ram.postgres.spec import ManagedInstanceSpec, PrimaryEndpoint
 from ram.postgres.sql import fetch, local_connection
@@ -145,6 +145,20 @@ class ManagedInstance:
         if state is None:
             raise InstanceStateError(f"pg_controldata gave no cluster state for {self.spec.data_dir}")
         return state
+
+    async def finish_crash_recovery(self) -> bool:
+        """If this stopped data directory was a primary that crashed, run its crash recovery now
+        (single-user mode, see :func:`ram.postgres.rewind.ensure_clean_shutdown`); True if it ran.
+
+        Every way on needs it first — a start as primary would do it anyway, and pg_rewind needs a
+        cleanly shut down target — so a node restarting after a crash does it while it still
+        catches up with the cluster, not after. A crashed standby is left alone."""
+        async with self._lock:
+            if not self.initialized or await self.is_running():
+                return False
+            if await self.cluster_state() != "in production":
+                return False
+            return await ensure_clean_shutdown(self)
 
     # -- creation ------------------------------------------------------------------------------
 

@@ -168,6 +168,21 @@ class E2ECluster:
         finally:
             await conn.close()
 
+    async def streaming_from(self, name: str) -> str | None:
+        """The host ``name``'s PostgreSQL streams WAL from right now (None: not a streaming standby)."""
+        try:
+            conn = await self.connect(name)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return None
+        try:
+            row = await conn.fetchrow("SELECT status, sender_host FROM pg_stat_wal_receiver")
+        except (OSError, asyncpg.PostgresError):
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        return str(row["sender_host"]) if row is not None and row["status"] == "streaming" else None
+
     async def writable(self, name: str) -> bool:
         try:
             conn = await self.connect(name)

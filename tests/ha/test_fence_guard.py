@@ -5,7 +5,6 @@ end-to-end tests cover the guard with real PostgreSQL (tests/e2e/test_policies.p
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -75,8 +74,13 @@ def test_finds_only_its_own_postmaster(postmaster: tuple[Path, subprocess.Popen[
     other.mkdir()
     (other / "postmaster.pid").write_text(f"{proc.pid}\n{data}\n")  # a pid file naming another directory
     assert postmaster_pid(other) is None
-    (other / "postmaster.pid").write_text(f"{os.getpid()}\n{other}\n")  # a live process that is not postgres
-    assert postmaster_pid(other) is None
+    sleeper = subprocess.Popen(["sleep", "30"])  # a live process that is not postgres
+    try:
+        (other / "postmaster.pid").write_text(f"{sleeper.pid}\n{other}\n")
+        assert postmaster_pid(other) is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_fences_when_the_lease_is_not_renewed(postmaster: tuple[Path, subprocess.Popen[bytes], Path]) -> None:

@@ -198,6 +198,15 @@ def _no_late_acks(writer: Writer, old_host: str, since: float) -> None:
     assert not late, f"the old primary acknowledged writes after the new one accepted its first: {late[:3]}"
 
 
+async def _taken_over(e2e: E2ECluster, writer: Writer, old: str, since: float) -> None:
+    """Wait until another member is primary and the writer had a write acknowledged there."""
+    c = await e2e.wait_for(lambda c: c["primary"] not in (None, old), 30, "a new primary")
+    new_host = e2e.member(c["primary"]).host
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(s == new_host for t, s in writer.servers if t > since):
+        await asyncio.sleep(0.1)
+
+
 async def _fenced_within(e2e: E2ECluster, name: str, since: float, bound: float) -> float:
     deadline = time.monotonic() + bound + 10
     while time.monotonic() < deadline and await e2e.writable(name):
@@ -219,11 +228,7 @@ async def test_ram_killed_alone_its_guard_fences_the_primary(e2e: E2ECluster) ->
         killed_at = time.monotonic()
         os.kill(member.pid, signal.SIGKILL)
         await _fenced_within(e2e, old, killed_at, 3.0)
-        c = await e2e.wait_for(lambda c: c["primary"] not in (None, old), 30, "a new primary")
-        new_host = e2e.member(c["primary"]).host
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any(s == new_host for t, s in writer.servers if t > killed_at):
-            await asyncio.sleep(0.1)
+        await _taken_over(e2e, writer, old, killed_at)
     _no_late_acks(writer, member.host, killed_at)
     e2e.restart_node(old)
     c = await e2e.wait_healthy(90)
@@ -243,11 +248,7 @@ async def test_frozen_ram_is_fenced_and_rejoins_when_it_thaws(e2e: E2ECluster) -
         os.kill(member.pid, signal.SIGSTOP)
         try:
             await _fenced_within(e2e, old, frozen_at, 4.0)
-            c = await e2e.wait_for(lambda c: c["primary"] not in (None, old), 30, "a new primary")
-            new_host = e2e.member(c["primary"]).host
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not any(s == new_host for t, s in writer.servers if t > frozen_at):
-                await asyncio.sleep(0.1)
+            await _taken_over(e2e, writer, old, frozen_at)
         finally:
             os.kill(member.pid, signal.SIGCONT)
         await asyncio.sleep(1.0)

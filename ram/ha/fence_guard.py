@@ -10,6 +10,8 @@ So every node runs this small separate process beside `ram`, connected by a pipe
 * ``DISARM``: no lease is held (a replica, or after a clean demotion): nothing to fence.
 * ``EXIT``: a clean stop of `ram` (which stops PostgreSQL itself).
 * end of input while armed — `ram` died: fence at once (earlier than the lease requires; always safe).
+  A server that still runs as a standby then is watched for ``WATCH_AFTER_EXIT_S`` more and fenced
+  if it turns writable: `ram` may have died in the middle of promoting it.
 
 Fencing is an immediate shutdown (SIGQUIT to the postmaster, which takes every backend down with
 it), then SIGKILL of the postmaster and its children if they are still there after
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KILL_AFTER_S = 1.0
+WATCH_AFTER_EXIT_S = 10.0
 
 
 @dataclass
@@ -40,6 +43,8 @@ class GuardState:
     deadline: float | None = None
     done: bool = False
     fence_now: bool = False
+    #: With ``fence_now``: the lease's fence time when `ram` went away.
+    armed_until: float | None = None
 
 
 def apply_message(state: GuardState, line: str) -> GuardState:
@@ -59,7 +64,7 @@ def apply_message(state: GuardState, line: str) -> GuardState:
 
 def on_end_of_input(state: GuardState) -> GuardState:
     """`ram` went away without saying EXIT: a held lease can no longer be renewed nor fenced by it."""
-    return GuardState(deadline=None, done=True, fence_now=state.deadline is not None)
+    return GuardState(deadline=None, done=True, fence_now=state.deadline is not None, armed_until=state.deadline)
 
 
 def postmaster_pid(data_dir: Path) -> int | None:
@@ -110,7 +115,7 @@ def fence(data_dir: Path) -> str:
     if pid is None:
         return "no running postmaster"
     if (data_dir / "standby.signal").exists():
-        return f"postmaster {pid} runs as a standby: not fenced"
+        return f"postmaster {pid} runs as a standby: {NOT_FENCED}"
     children = _children(pid)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGQUIT)
@@ -122,6 +127,18 @@ def fence(data_dir: Path) -> str:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p, signal.SIGKILL)
     return f"postmaster {pid} sent SIGQUIT" + (f"; SIGKILL to {left}" if left else "")
+
+
+NOT_FENCED = "not fenced"
+
+
+def fence_if_it_turns_writable(data_dir: Path, until: float) -> str:
+    """Fence now, or — a standby — as soon as it stops being one, until ``until``."""
+    while True:
+        result = fence(data_dir)
+        if not result.endswith(NOT_FENCED) or time.monotonic() >= until:
+            return result
+        time.sleep(0.02)
 
 
 def _say(message: str) -> None:
@@ -150,7 +167,8 @@ def run(data_dir: Path, stdin_fd: int = 0) -> int:
             _say(f"lease expired: {fence(data_dir)}")
             state = GuardState(deadline=None, done=state.done)
     if state.fence_now:
-        _say(f"ram exited while holding the lease: {fence(data_dir)}")
+        until = max(state.armed_until or 0.0, time.monotonic()) + WATCH_AFTER_EXIT_S
+        _say(f"ram exited while holding the lease: {fence_if_it_turns_writable(data_dir, until)}")
     return 0
 
 

@@ -141,3 +141,22 @@ def test_disarmed_or_standby_is_left_alone(postmaster: tuple[Path, subprocess.Po
     assert proc.poll() is None, "a standby accepts no writes: nothing to fence"
     guard.send_signal(signal.SIGKILL)
     guard.wait()
+
+
+def test_a_standby_promoted_after_ram_died_is_fenced(
+    postmaster: tuple[Path, subprocess.Popen[bytes], Path],
+) -> None:
+    """ram may die in the middle of promoting its server: the guard keeps watching a standby it was
+    guarding and fences it the moment it turns writable (promotion removes standby.signal)."""
+    data, proc, mark = postmaster
+    (data / "standby.signal").write_text("")
+    guard = _guard(data)
+    _send(guard, f"ARM {time.monotonic() + 60}")
+    time.sleep(0.2)
+    assert guard.stdin is not None
+    guard.stdin.close()
+    time.sleep(0.5)
+    assert proc.poll() is None, "a standby must not be fenced"
+    (data / "standby.signal").unlink()  # the promotion completes
+    assert proc.wait(timeout=10) == 0 and mark.read_text() == "SIGQUIT"
+    assert guard.wait(timeout=10) == 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,9 +25,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ram.config import NodeConfig
-from ram.consensus.runtime.node import CommandRefused, ProposalError, RaftNode
+from ram.consensus.runtime.node import ProposalError, RaftNode
 from ram.consensus.types import Role
-from ram.eventstore.commands import Arbitrate, ReportFact
+from ram.eventstore.commands import Arbitrate, FactEvent
 from ram.eventstore.events import (
     MemberActionCompleted,
     MemberHealthChanged,
@@ -39,9 +38,11 @@ from ram.eventstore.events import (
 from ram.ha import keeper as k
 from ram.ha.arbiter import ArbiterInput, Wait, arbitrate, decide_grant, steady_holder
 from ram.ha.candidates import MemberObservation, is_fresh
+from ram.ha.facts import FactReporter
 from ram.ha.fence_guard_client import FenceGuardProcess
 from ram.ha.lease import ArbiterLeaseView, HolderLease
 from ram.ha.pgspec import endpoint_of, instance_spec
+from ram.ha.reports import build_report, parse_report
 from ram.postgres import sql
 from ram.postgres.bootstrap import scram_verifier
 from ram.postgres.instance import ManagedInstance
@@ -116,6 +117,13 @@ class HAController:
         self._leadership_moved_at = 0.0
         self._steady_primary_since: float | None = None
         self._following_reported_at = 0.0
+        self.facts = FactReporter(
+            node,
+            self._fact_still_true,
+            proposal_timeout_s=self.settings.lease_s * 3,
+            retry_every_s=self.settings.report_interval_s,
+            retry_s=_FACT_RETRY_S,
+        )
         node.on_report = self._on_report
         node.lease_decider = self._decide_lease
         node.on_applied = self._on_applied
@@ -150,6 +158,7 @@ class HAController:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.facts.close()
         self.node.on_report = None
         self.node.lease_decider = None
         self.node.on_applied = None
@@ -218,11 +227,10 @@ class HAController:
         elif self.pg_down_since is None:
             self.pg_down_since = now
         self._wake_keeper.set()
-        report = self._report(status)
         self._sync_names = None
         if running and status.in_recovery is False:
-            self._sync_names = report["sync_standby_names"] = await self._sync_standby_names()
-        self.node.send_report(json.dumps(report).encode())
+            self._sync_names = await self._sync_standby_names()
+        self._send_report(status)
         if running and status.in_recovery is False:
             await self._read_timeline_start(status.timeline)
         if running and status.in_recovery:
@@ -347,47 +355,26 @@ class HAController:
         if created:
             log.info("replication slots created slots=%s", ",".join(created))
 
-    def _report(self, status: InstanceStatus) -> dict[str, Any]:
-        running = status.running and status.accepting
-        role = "unknown"
-        if running:
-            role = "replica" if status.in_recovery else "primary"
-        primary = running and status.in_recovery is False
-        return {
-            "name": self.me,
-            "pg_running": running,
-            "role": role,
-            "timeline": status.timeline,
-            "received_lsn": status.current_lsn if primary else status.received_lsn,
-            "replayed_lsn": status.current_lsn if primary else status.replayed_lsn,
-            "state_position": self.node.state.last_position,
-            "lease_released": self.lease_released,
-            "timeline_start_lsn": self._timeline_start if primary else None,
-            "stopped_lsn": self._stopped_history[2] if not running and self._stopped_history else None,
-        }
+    def _send_report(self, status: InstanceStatus) -> None:
+        self.node.send_report(
+            build_report(
+                self.me,
+                status,
+                state_position=self.node.state.last_position,
+                lease_released=self.lease_released,
+                timeline_start_lsn=self._timeline_start,
+                stopped_lsn=self._stopped_history[2] if self._stopped_history else None,
+                sync_standby_names=self._sync_names,
+            )
+        )
 
     def _on_report(self, node_id: int, body: bytes) -> None:
         try:
-            doc = json.loads(body)
-            self.observations[str(doc["name"])] = MemberObservation(
-                name=str(doc["name"]),
-                reachable=True,
-                pg_running=bool(doc["pg_running"]),
-                role=doc["role"],
-                timeline=doc["timeline"],
-                received_lsn=doc["received_lsn"],
-                replayed_lsn=doc["replayed_lsn"],
-                lag_bytes=None,
-                observed_at=time.monotonic(),
-                state_position=int(doc["state_position"]),
-                lease_released=bool(doc["lease_released"]),
-                timeline_start_lsn=doc.get("timeline_start_lsn"),
-                sync_standby_names=doc.get("sync_standby_names"),
-                stopped_lsn=doc.get("stopped_lsn"),
-            )
+            obs = parse_report(body, time.monotonic())
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("dropping malformed member report node_id=%d error=%s", node_id, exc)
             return
+        self.observations[obs.name] = obs
         self._wake_arbiter.set()
 
     # ------------------------------------------------------------------------------ arbiter
@@ -630,15 +617,16 @@ class HAController:
         self._stopped_history = None
         async with self._observing:
             self.status = InstanceStatus(running=False)
+            self._sync_names = None
             await self._read_stopped_history()
-            self.node.send_report(json.dumps(self._report(self.status)).encode())
+            self._send_report(self.status)
 
     async def _fence(self, reason: str) -> None:
         log.warning("fencing postgres member=%s reason=%s", self.me, reason)
         await self.instance.fence()
         self.status = InstanceStatus(running=False)
         self._release_lease()
-        self._spawn_fact(NodeFenced(name=self.me, reason=reason[:1000], lease_expired_at_ms=int(time.time() * 1000)))
+        self.facts.report(NodeFenced(name=self.me, reason=reason[:1000], lease_expired_at_ms=int(time.time() * 1000)))
 
     def _reconcile_following(self, status: InstanceStatus, now: float) -> None:
         """The committed ``following`` of this replica catches up with what it streams from."""
@@ -654,7 +642,7 @@ class HAController:
             return
         self._following_reported_at = now
         self._following = primary
-        self._spawn_fact(ReplicaFollowing(name=self.me, primary=primary))
+        self.facts.report(ReplicaFollowing(name=self.me, primary=primary))
 
     def _report_following(self, primary: str) -> None:
         """Record whom we follow, once per change (not on every re-point)."""
@@ -662,9 +650,9 @@ class HAController:
         if member is not None and member.following == primary and self._following == primary:
             return
         self._following = primary
-        self._spawn_fact(ReplicaFollowing(name=self.me, primary=primary))
+        self.facts.report(ReplicaFollowing(name=self.me, primary=primary))
 
-    def _fact_still_true(self, event: Any) -> bool:
+    def _fact_still_true(self, event: FactEvent) -> bool:
         """Is a fact that could not be committed yet still worth committing (not superseded)?"""
         state = self.node.state
         status = self.status
@@ -676,34 +664,6 @@ class HAController:
             member = state.members.get(self.me)
             return member is not None and member.pending_action == event.action
         return True
-
-    def _spawn_fact(self, event: Any) -> None:
-        """Record a fact in the background, retrying while there is no leader or no quorum (an
-        election, a partition) for up to ``_FACT_RETRY_S`` as long as it still holds; a refusal
-        (unknown member) is final."""
-
-        async def report() -> None:
-            deadline = time.monotonic() + _FACT_RETRY_S
-            while True:
-                try:
-                    await self.node.propose(ReportFact(event=event), timeout=self.settings.lease_s * 3)
-                    return
-                except CommandRefused as exc:
-                    log.info("fact refused type=%s error=%s", event.type, exc)
-                    return
-                except ProposalError as exc:
-                    if time.monotonic() >= deadline:
-                        log.warning("could not record fact type=%s error=%s", event.type, exc)
-                        return
-                    log.info("fact not recorded yet, retrying type=%s error=%s", event.type, exc)
-                await asyncio.sleep(self.settings.report_interval_s)
-                if not self._fact_still_true(event):
-                    log.info("fact superseded before it could be recorded type=%s", event.type)
-                    return
-
-        task = asyncio.get_running_loop().create_task(report())
-        self._tasks.append(task)
-        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     # ------------------------------------------------------------------------------- keeper
 
@@ -807,7 +767,7 @@ class HAController:
                 return
             self.rewind_failed = False
             self._stopped_history = None
-            self._spawn_fact(ReplicaRejoined(name=self.me, primary=action.primary, method="rewind"))
+            self.facts.report(ReplicaRejoined(name=self.me, primary=action.primary, method="rewind"))
         elif isinstance(action, k.ConfigureSync):
             await sql.execute(
                 inst.spec, f"ALTER SYSTEM SET synchronous_standby_names = {sql.quote_literal(action.standby_names)}"
@@ -816,7 +776,7 @@ class HAController:
         elif isinstance(action, (k.RestartPostgres, k.Reinit, k.RefuseMemberAction)):
             await self._member_action(action)
         elif isinstance(action, k.ReportCannotRejoin):
-            self._spawn_fact(
+            self.facts.report(
                 MemberHealthChanged(name=self.me, healthy=False, pg_running=False, reason=action.reason[:1000])
             )
 
@@ -842,7 +802,7 @@ class HAController:
                 message = f"{message} in {time.monotonic() - started:.1f} s"
         self._action_done_position = action.position
         log.info("member action done action=%s ok=%s message=%s", kind, ok, message)
-        self._spawn_fact(MemberActionCompleted(name=self.me, action=kind, ok=ok, message=message[:1000]))
+        self.facts.report(MemberActionCompleted(name=self.me, action=kind, ok=ok, message=message[:1000]))
 
     async def _reinit(self, primary: str) -> tuple[bool, str]:
         endpoint = endpoint_of(self.node.state, primary)
@@ -859,5 +819,5 @@ class HAController:
             return False, f"reinit failed: {exc}"
         self.rewind_failed = False
         self._stopped_history = None
-        self._spawn_fact(ReplicaRejoined(name=self.me, primary=primary, method="clone"))
+        self.facts.report(ReplicaRejoined(name=self.me, primary=primary, method="clone"))
         return True, f"re-cloned from {primary}"

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from ram import localcluster as lc
-from ram.postgres.commands import as_owner, default_owner, find_bindir
+from ram.postgres.commands import find_bindir
 from tests.conftest import make_tempdir
 from tests.e2e.cluster import free_base_port
 
@@ -484,13 +484,13 @@ def test_node_loss_fails_over_and_cluster_up_rejoins_the_node(tour: Tour) -> Non
 
 
 def test_events_in_the_store_with_sql(tour: Tour) -> None:
-    """The tour's `psql -h ram-cluster/store/run -p <base+299> ram_pg1` (as PostgreSQL's OS user)."""
+    """The tour's `psql -h $PWD/ram-cluster/store/run -p <base+299> -U postgres ram_pg1`, as whoever we are."""
     info = tour.info()
     sock = tour.dir / "store" / "run"
 
     def store_sql(sql: str) -> str:
-        argv = as_owner([_psql(), "-X", "-At", "-h", str(sock), "-p", str(info["store_port"]), "ram_pg1",
-                         "-c", sql], default_owner())
+        argv = [_psql(), "-X", "-At", "-h", str(sock), "-p", str(info["store_port"]), "-U", "postgres", "ram_pg1",
+                "-c", sql]
         result = tour.run(argv)
         assert result.returncode == 0, describe(result)
         return result.stdout.strip()

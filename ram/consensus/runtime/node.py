@@ -670,14 +670,16 @@ class RaftNode:
             try:
                 async with self._pool.acquire() as conn:
                     await self._restore_snapshot_events(conn, snapshot)
-                    self.applied_index = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
-                    self.state = await load_state(conn)
+                    applied = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
+                    state = await load_state(conn)
             except STORE_ERRORS as exc:
                 raise StoreUnavailable(f"store unavailable: {exc}") from exc
+            # All at once, with no await in between: nobody sees the new index with the old state.
+            self.applied_index, self.state = applied, state
+            self._snapshot_index = snapshot.index
+            self.stats.snapshots_installed += 1
 
         await self._retry_store("snapshot", save)
-        self._snapshot_index = snapshot.index
-        self.stats.snapshots_installed += 1
         self._wake_applied()
         if self.on_applied is not None:
             self.on_applied(self.state)

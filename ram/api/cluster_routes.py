@@ -132,6 +132,17 @@ async def fresh_read(ctx: Ctx, stale: str | None) -> Freshness:
     return Freshness(stale=False, read_index=index)
 
 
+def _read_fields(ctx: Ctx, freshness: Freshness) -> dict[str, Any]:
+    """What every fresh read says about itself: who answered, how far it had applied, how current."""
+    return {
+        "applied_index": ctx.node.applied_index,
+        "node": ctx.name,
+        "stale": freshness.stale,
+        "stale_reason": freshness.reason,
+        "read_index": freshness.read_index,
+    }
+
+
 @get(
     "/cluster",
     summary="Cluster status",
@@ -160,12 +171,8 @@ async def get_cluster(ctx: Ctx, stale: Stale = None) -> ClusterOut:
         maintenance=state.maintenance,
         maintenance_reason=state.maintenance_reason,
         pending_restart=list(state.pending_restart),
-        applied_index=node.applied_index,
         commit_index=node.commit_index,
-        node=ctx.name,
-        stale=freshness.stale,
-        stale_reason=freshness.reason,
-        read_index=freshness.read_index,
+        **_read_fields(ctx, freshness),
     )
 
 
@@ -186,11 +193,7 @@ async def get_member(ctx: Ctx, name: FromPath[str], stale: Stale = None) -> Memb
     out = member_out(node, state, member)
     return MemberReadOut(
         **out.model_dump(),
-        applied_index=node.applied_index,
-        node=ctx.name,
-        stale=freshness.stale,
-        stale_reason=freshness.reason,
-        read_index=freshness.read_index,
+        **_read_fields(ctx, freshness),
     )
 
 

@@ -167,7 +167,7 @@ def _member_operation(name: str, force: bool, action: str, question: str, wait: 
     answer = api.request("POST", f"/members/{quote(name, safe='')}/{action}")
     _accepted(answer, f"{action.capitalize()} of {name}")
     if wait > 0:
-        write = answer.get("write") or {} if isinstance(answer, dict) else {}
+        write = answer.get("write") or {}
         _wait_member_action(api, name, action, int(write.get("index") or 0), wait)
 
 

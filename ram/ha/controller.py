@@ -47,6 +47,7 @@ from ram.postgres import sql
 from ram.postgres.bootstrap import scram_verifier
 from ram.postgres.instance import ManagedInstance
 from ram.postgres.replication import streams_from
+from ram.postgres.spec import PrimaryEndpoint
 from ram.postgres.status import InstanceStatus, parse_lsn
 
 log = logging.getLogger("ram.ha")
@@ -743,15 +744,11 @@ class HAController:
                 return
             if isinstance(action, k.Clone):
                 # Never wipe what we have unless the source is there to clone from right now.
-                if inst.initialized:
-                    if not await _reachable(endpoint.host, endpoint.port):
-                        log.warning("not re-cloning: %s is unreachable; keeping the data directory", action.primary)
-                        await asyncio.sleep(self.settings.report_interval_s * 4)
-                        return
-                    await inst.stop("fast")
-                await inst.clone_from(endpoint, wipe=True)
-                await inst.start()
-                self.rewind_failed = False
+                if inst.initialized and not await _reachable(endpoint.host, endpoint.port):
+                    log.warning("not re-cloning: %s is unreachable; keeping the data directory", action.primary)
+                    await asyncio.sleep(self.settings.report_interval_s * 4)
+                    return
+                await self._clone_afresh(endpoint)
                 self._report_following(action.primary)
                 return
             if not await _reachable(endpoint.host, endpoint.port):
@@ -804,20 +801,26 @@ class HAController:
         log.info("member action done action=%s ok=%s message=%s", kind, ok, message)
         self.facts.report(MemberActionCompleted(name=self.me, action=kind, ok=ok, message=message[:1000]))
 
+    async def _clone_afresh(self, endpoint: PrimaryEndpoint) -> None:
+        """Replace the data directory with a fresh clone of ``endpoint`` and start it as its standby
+        (callers check first that the source is reachable: nothing is wiped otherwise)."""
+        inst = self.instance
+        if inst.initialized:
+            await inst.stop("fast")
+        await inst.clone_from(endpoint, wipe=True)
+        await inst.start()
+        self.rewind_failed = False
+        self._stopped_history = None
+
     async def _reinit(self, primary: str) -> tuple[bool, str]:
         endpoint = endpoint_of(self.node.state, primary)
         if endpoint is None:
             return False, f"reinit failed: {primary} has no PostgreSQL address"
         if not await _reachable(endpoint.host, endpoint.port):
             return False, f"reinit not started: {primary} ({endpoint.host}:{endpoint.port}) is unreachable; data kept"
-        inst = self.instance
         try:
-            await inst.stop("fast")
-            await inst.clone_from(endpoint, wipe=True)
-            await inst.start()
+            await self._clone_afresh(endpoint)
         except Exception as exc:
             return False, f"reinit failed: {exc}"
-        self.rewind_failed = False
-        self._stopped_history = None
         self.facts.report(ReplicaRejoined(name=self.me, primary=primary, method="clone"))
         return True, f"re-cloned from {primary}"

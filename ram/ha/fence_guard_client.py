@@ -21,10 +21,6 @@ class FenceGuardProcess:
         self._last: str = "DISARM"
         self._closing = False
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ram.ha.fence_guard", str(self.data_dir),

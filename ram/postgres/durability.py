@@ -12,27 +12,16 @@ used as if it were durable: the next attempt redoes the step.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import cast
 
 log = logging.getLogger(__name__)
 
-_libc: ctypes.CDLL | None = None
-
-
-def _syncfs_function() -> Callable[[int], int] | None:
-    global _libc
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        if name is None:
-            return None
-        _libc = ctypes.CDLL(name, use_errno=True)
-    return cast("Callable[[int], int] | None", getattr(_libc, "syncfs", None))
+#: libc's syncfs (None where the C library has none: then sync(2)), looked up once, as
+#: ram.postgres.commands looks up prctl.
+_SYNCFS = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
 
 
 def sync_data_directory(data_dir: Path) -> float:
@@ -42,13 +31,12 @@ def sync_data_directory(data_dir: Path) -> float:
     it in a thread.
     """
     started = time.monotonic()
-    syncfs = _syncfs_function()
-    if syncfs is None:
+    if _SYNCFS is None:
         os.sync()
     else:
         fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            if syncfs(fd) != 0:
+            if _SYNCFS(fd) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"syncfs({data_dir}) failed: {os.strerror(err)}")
         finally:

@@ -681,8 +681,6 @@ class RaftNode:
 
         await self._retry_store("snapshot", save)
         self._wake_applied()
-        if self.on_applied is not None:
-            self.on_applied(self.state)
 
     def _after_ready(self, rd: Ready) -> None:
         core = self.core
@@ -810,8 +808,6 @@ class RaftNode:
                     NoLeaderError(f"leadership changed; entry {index} was replaced by term {term}", self.leader_id)
                 )
         self._wake_applied()
-        if self.on_applied is not None:
-            self.on_applied(self.state)
 
     def _decide_entry(self, state: ClusterState, entry: Entry) -> tuple[int, datetime, list[Event]]:
         epoch = datetime.fromtimestamp(0, UTC)
@@ -848,6 +844,7 @@ class RaftNode:
         self.transport.set_peers(peers)
 
     def _wake_applied(self) -> None:
+        """The applied state moved on (a batch or a snapshot): release waiters, tell ``on_applied``."""
         still = []
         for index, future in self._applied_waiters:
             if future.done():
@@ -857,6 +854,8 @@ class RaftNode:
             else:
                 still.append((index, future))
         self._applied_waiters = still
+        if self.on_applied is not None:
+            self.on_applied(self.state)
 
     def _fail_all(self, error: Exception) -> None:
         for pending in self._pending.values():

@@ -85,7 +85,7 @@ def event_out(stored: StoredEvent) -> EventOut:
         term=stored.term,
         proposer=stored.proposer,
         ts=stored.ts,
-        data=payload,
+        payload=payload,
     )
 
 

@@ -132,7 +132,9 @@ class EventOut(_Response):
     term: int
     proposer: int
     ts: datetime
-    data: dict[str, Any]
+    payload: dict[str, Any] = Field(
+        description="The event's body, as in the `payload` column of `pgraft.events` (its fields depend on `type`)."
+    )
 
 
 class EventPage(_Response):

@@ -16,8 +16,10 @@ from urllib.parse import quote
 
 import click
 
-from ram.cli.ctl_context import client, confirm, force_option
+from ram.cli.ctl_context import client, confirm, force_option, json_option, print_json
+from ram.cli.ctl_events import event_payload
 from ram.cli.ctl_http import ApiClient, CtlError
+from ram.cli.ctl_outcome import Kind, OperationResult, accepted_line, finish, wait_outcome
 
 #: A scheduled switchover this far in the past is a typo, not a plan.
 PAST_TOLERANCE = timedelta(minutes=1)
@@ -100,17 +102,68 @@ def resume() -> None:
     click.echo("Maintenance mode: off" + ("" if changed else " (it already was)"))
 
 
+#: How long switchover and failover wait for their outcome by default: a switchover takes about a
+#: second and a failover waits out the old primary's lease (a few seconds); a minute leaves room for
+#: a slow promotion (``primary_start_timeout_s`` bounds it on the cluster's side, 30 s by default).
+OPERATION_WAIT_S = 60.0
+
+
+def _operation_wait_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--no-wait", is_flag=True,
+                        help="Return once the request is committed; do not wait for the outcome.")(func)
+    func = click.option(
+        "--wait", "wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+        help=f"How long to wait for the outcome [default: {OPERATION_WAIT_S:g}; with --at: no wait]. "
+             "Exit status 1 when it failed or did not end in time.",
+    )(func)
+    return json_option(func)
+
+
+def _run_operation(api: ApiClient, kind: Kind, path: str, body: Mapping[str, Any], wait: float | None,
+                   as_json: bool) -> None:
+    """Send the request, then (``wait`` > 0) follow it to its outcome and report that."""
+    answer = api.request("POST", path, json=body)
+    if not wait:
+        write = dict(answer.get("write") or {})
+        result = OperationResult(operation=kind, outcome="accepted", accepted=str(answer.get("operation") or ""),
+                                 write=write)
+        if as_json:
+            print_json(result.as_json())
+        else:
+            click.echo(accepted_line(kind, answer))
+        return
+    if not as_json:
+        click.echo(accepted_line(kind, answer))
+    finish(wait_outcome(api, kind, answer, wait), as_json, print_json)
+
+
+def _effective_wait(wait: float | None, no_wait: bool, scheduled: bool) -> float | None:
+    if no_wait:
+        if wait:
+            raise click.UsageError("--no-wait and --wait SECONDS contradict each other; give one")
+        return None
+    if wait is None:
+        return None if scheduled else OPERATION_WAIT_S
+    return wait
+
+
 @click.command()
 @click.option("--to", "candidate", metavar="NAME", help="The member to promote (default: the cluster picks the best).")
 @click.option("--at", "at", metavar="TIME", help="When, ISO 8601; without a zone it is local time.")
 @click.option("--reason", default="", help="Why (recorded with the event).")
 @force_option
-def switchover(candidate: str | None, at: str | None, reason: str, force: bool) -> None:
+@_operation_wait_options
+def switchover(candidate: str | None, at: str | None, reason: str, force: bool, wait: float | None, no_wait: bool,
+               as_json: bool) -> None:
     """Planned switchover: the primary hands over to a healthy replica.
+
+    Waits until the switchover completed or failed, then prints the new primary, its timeline
+    and how long it took (exit status 1 if it failed or did not end within --wait seconds).
 
     \b
     Example:
       ramctrl switchover --to node2
+      ramctrl switchover --force --json            # the cluster picks the replica
       ramctrl switchover --to node2 --at 2025-06-01T02:00:00+02:00 --force
     """
     body: dict[str, Any] = {"reason": reason}
@@ -123,6 +176,7 @@ def switchover(candidate: str | None, at: str | None, reason: str, force: bool) 
         when = moment.isoformat() + (" (no zone given: local time)" if naive else "")
         if naive:
             click.echo(f"Note: --at has no time zone; taking it as local time: {moment.isoformat()}", err=True)
+    waiting = _effective_wait(wait, no_wait, scheduled=bool(at))
     api = client()
     if not force:
         cluster = _cluster(api)
@@ -132,31 +186,35 @@ def switchover(candidate: str | None, at: str | None, reason: str, force: bool) 
         click.echo(f"Candidate: {candidate or '(chosen by the cluster)'}", err=True)
         click.echo(f"When: {when}", err=True)
         confirm("Switch over?", force)
-    _accepted(api.request("POST", "/switchover", json=body), "Switchover")
+    _run_operation(api, "switchover", "/switchover", body, waiting, as_json)
 
 
 @click.command()
 @click.option("--to", "candidate", metavar="NAME", required=True, help="The member to promote.")
 @click.option("--reason", default="", help="Why (recorded with the event).")
 @force_option
-def failover(candidate: str, reason: str, force: bool) -> None:
+@_operation_wait_options
+def failover(candidate: str, reason: str, force: bool, wait: float | None, no_wait: bool, as_json: bool) -> None:
     """Manual failover: promote NAME now, even if the primary is not healthy.
 
     Use switchover when the primary is healthy; a failover may lose transactions not yet
-    replicated to NAME (in asynchronous mode).
+    replicated to NAME (in asynchronous mode). NAME promotes once the old primary's lease has
+    expired; ramctrl waits for that and prints the new primary, timeline and duration (exit
+    status 1 if it failed or did not end within --wait seconds).
 
     \b
     Example:
       ramctrl failover --to node3
-      ramctrl failover --to node3 --force
+      ramctrl failover --to node3 --force --wait 120
     """
+    waiting = _effective_wait(wait, no_wait, scheduled=False)
     api = client()
     if not force:
         cluster = _cluster(api)
         _require_member(cluster, candidate)
         click.echo(f"Current primary: {cluster.get('primary') or 'none'}; candidate: {candidate}", err=True)
         confirm(f"Fail over to {candidate}? Unreplicated transactions may be lost.", force)
-    _accepted(api.request("POST", "/failover", json={"candidate": candidate, "reason": reason}), "Failover")
+    _run_operation(api, "failover", "/failover", {"candidate": candidate, "reason": reason}, waiting, as_json)
 
 
 def _member_operation(name: str, force: bool, action: str, question: str, wait: float) -> None:
@@ -180,7 +238,7 @@ def _wait_member_action(api: ApiClient, name: str, action: str, since: int, time
         page = api.request("GET", "/events", params={"after": after, "type": "member_action_completed"})
         for ev in (page.get("events") or []) if isinstance(page, dict) else []:
             after = max(after, int(ev.get("position") or 0))
-            data = ev.get("data") or {}
+            data = event_payload(ev)
             if data.get("name") == name and data.get("action") == action:
                 click.echo("", err=True)
                 if not data.get("ok"):

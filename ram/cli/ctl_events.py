@@ -64,10 +64,20 @@ def parse_sse(lines: Iterable[str]) -> Iterator[SseMessage]:
         yield current
 
 
+def event_payload(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An event's body: ``payload``, the name it has in ``pgraft.events`` and in the API.
+
+    Nodes from before the API used that name called it ``data``; reading both keeps a newer ramctrl
+    useful against them during a rolling upgrade.
+    """
+    body = event.get("payload", event.get("data"))
+    return body if isinstance(body, Mapping) else {}
+
+
 def _event_row(event: Mapping[str, Any]) -> list[str]:
     return [
         str(event.get("id", event.get("position", ""))), format_time(event.get("ts")), str(event.get("type", "")),
-        summarize(event.get("data") or {}),
+        summarize(event_payload(event)),
     ]
 
 

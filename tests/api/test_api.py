@@ -295,7 +295,7 @@ async def test_events_last_reads_the_newest_and_pages_back(
 
     # The type filter applies to the newest too.
     typed = (await client.get(url + "/events", params={"last": 1, "type": "dynamic_config_changed"})).json()
-    assert [list(e["data"]["changes"]) for e in typed["events"]] == [["tail.probe2"]]
+    assert [list(e["payload"]["changes"]) for e in typed["events"]] == [["tail.probe2"]]
     nothing = (await client.get(url + "/events", params={"last": 5, "before": 1})).json()
     assert nothing == {"events": [], "next_after": 0, "more": False, "next_before": None}
 
@@ -335,8 +335,8 @@ async def test_sse_stream_delivers_new_events_and_stops_on_disconnect(
         assert event["event"] == "dynamic_config_changed"
         position, _, sub = event["id"].partition(".")
         assert int(position) == r.json()["write"]["index"] and sub == "0"
-        data = json.loads(event["data"])
-        assert "sse_probe" in data["data"]["changes"]
+        data = json.loads(event["data"])  # the SSE field is "data"; the event's body is "payload", as in SQL
+        assert "sse_probe" in data["payload"]["changes"] and "data" not in data
         assert len(ctx.streams) == 1
     # The client went away: the server side ends its follow() and releases its connection.
     deadline = time.monotonic() + 5

@@ -7,13 +7,16 @@ model allows and the cursors must never split) are written here directly into a 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 
 import asyncpg
+import httpx
 
 from ram.eventstore import schema
 from ram.eventstore.events import MaintenanceModeChanged, RaftLeaderElected
 from ram.eventstore.store import EntryEvents, append_entries, read_last, read_range
+from tests.api.conftest import ApiCluster
 
 #: Events per entry at positions 1..9 (0: an entry that produced none, which still takes a position).
 SHAPE = [1, 3, 0, 2, 1, 4, 1, 0, 2]
@@ -67,3 +70,35 @@ async def test_read_last_pages_back_in_whole_entries(store_dsn: str) -> None:
         assert {e.event.type for e in typed} == {"maintenance_mode_changed"}
     finally:
         await conn.close()
+
+
+async def test_the_event_body_is_called_payload_in_sql_the_api_and_the_stream(api_cluster: ApiCluster) -> None:
+    """One name for an event's body: ``payload``, the column of ``pgraft.events``, in GET /events and in
+    each server-sent event of /events/stream (whose SSE field is, by the protocol, ``data``)."""
+    await api_cluster.settled()
+    url = api_cluster.url(1)
+    async with httpx.AsyncClient(timeout=15) as http:
+        async with http.stream("GET", url + "/events/stream", params={"type": "dynamic_config_changed"}) as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            r = await http.patch(api_cluster.url(0) + "/config", json={"payload.probe": 5})
+            assert r.status_code == 200, r.text
+            index = r.json()["write"]["index"]
+            async with asyncio.timeout(10):
+                async for line in lines:
+                    if line.startswith("data:"):
+                        streamed = json.loads(line.removeprefix("data:").strip())
+                        break
+        await api_cluster.barrier()
+        page = (await http.get(url + "/events", params={"after": index - 1, "limit": 1})).json()
+    listed = page["events"][0]
+    conn = await asyncpg.connect(api_cluster.dsns[1])
+    try:
+        in_sql = json.loads(await conn.fetchval(
+            "SELECT payload::text FROM pgraft.events WHERE position = $1 AND sub = 0", index))
+    finally:
+        await conn.close()
+    assert listed["position"] == streamed["position"] == index
+    assert listed["payload"] == streamed["payload"] == in_sql
+    assert in_sql["changes"]["payload.probe"]["new"] == 5
+    assert "data" not in listed and "data" not in streamed

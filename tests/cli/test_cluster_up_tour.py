@@ -372,7 +372,7 @@ def test_events_and_history(tour: Tour) -> None:
     assert positions == sorted(positions) and len(set(positions)) == len(positions)
     promoted = [e for e in events if e["type"] == "primary_promoted"]
     primary = tour.status()["primary"]
-    assert promoted and promoted[-1]["data"]["name"] == primary and promoted[-1]["data"]["timeline"] == 1
+    assert promoted and promoted[-1]["payload"]["name"] == primary and promoted[-1]["payload"]["timeline"] == 1
     only = tour.ctl_lines("events", "--after", "0", "--type", "replica_following")
     assert only and all(e["type"] == "replica_following" for e in only)
     # history: no operation yet, timeline 1 started by the bootstrap primary.
@@ -411,10 +411,10 @@ def test_switchover_to_a_replica(tour: Tour) -> None:
         while not completed and time.monotonic() < deadline:
             lines = [json.loads(line) for line in follow_out.read_text().splitlines() if line.strip()]
             completed = [e for e in lines if e["type"] == "switchover_completed"
-                         and e["data"]["new_primary"] == target]
+                         and e["payload"]["new_primary"] == target]
             time.sleep(0.2)
         assert completed, follow_out.read_text()
-        assert completed[0]["data"]["old_primary"] == old
+        assert completed[0]["payload"]["old_primary"] == old
         assert follower.poll() is None, "ramctrl events --follow exited by itself"
         follower.send_signal(signal.SIGINT)  # Ctrl-C ends it cleanly
         _, err = follower.communicate(timeout=10)
@@ -460,8 +460,9 @@ def test_node_loss_fails_over_and_cluster_up_rejoins_the_node(tour: Tour) -> Non
     failovers = tour.ctl_lines("events", "--after", "0", "--limit", "1000", "--type", "failover_started",
                                "--type", "failover_completed")
     completed = [e for e in failovers if e["type"] == "failover_completed"]
-    assert completed and completed[-1]["data"]["old_primary"] == old and completed[-1]["data"]["new_primary"] == new
-    assert any(e["type"] == "failover_started" and e["data"]["old_primary"] == old for e in failovers)
+    last = completed[-1]["payload"] if completed else {}
+    assert last.get("old_primary") == old and last.get("new_primary") == new, failovers
+    assert any(e["type"] == "failover_started" and e["payload"]["old_primary"] == old for e in failovers)
     ops = tour.ctl_json("history")["operations"]
     assert any(op["kind"] == "failover" and op["outcome"] == "succeeded" and op["new_primary"] == new for op in ops)
     health = tour.ctl("health")
@@ -475,8 +476,8 @@ def test_node_loss_fails_over_and_cluster_up_rejoins_the_node(tour: Tour) -> Non
     assert tour.member(old)["pid"] != member["pid"] and lc.pid_alive(tour.member(old)["pid"])
     tour.wait_settled(new)
     rejoined = [e for e in tour.ctl_lines("events", "--after", "0", "--limit", "1000", "--type", "replica_rejoined")
-                if e["data"]["name"] == old]
-    assert rejoined and rejoined[-1]["data"]["primary"] == new, rejoined
+                if e["payload"]["name"] == old]
+    assert rejoined and rejoined[-1]["payload"]["primary"] == new, rejoined
     writers = tour.writer_dsn()
     tour.psql(writers, "INSERT INTO demo DEFAULT VALUES")
     tour.rows += 1
@@ -545,7 +546,7 @@ def test_cluster_down_then_up_again(tour: Tour) -> None:
     if failovers or doc["primary"] != "pg1":
         print(tour.ctl("events", "--after", after, "--limit", "200").stdout)
     assert not failovers and doc["primary"] == "pg1", (
-        f"ram cluster down / up failed the primary over: {[e['data'].get('reason') for e in failovers]}"
+        f"ram cluster down / up failed the primary over: {[e['payload'].get('reason') for e in failovers]}"
     )
 
 

@@ -65,8 +65,9 @@ async def test_pause_and_resume_show_in_status(api_cluster: ApiCluster) -> None:
     events = await ctl(api_cluster, "events", "--type", "maintenance_mode_changed", "--json")
     records = [json.loads(line) for line in events.stdout.splitlines()]
     assert records and all(r["type"] == "maintenance_mode_changed" for r in records)
-    assert records[-1]["data"]["enabled"] is False
-    assert any(r["data"]["reason"] == "kernel upgrade" and r["data"]["by"].startswith("ramctrl:") for r in records)
+    assert records[-1]["payload"]["enabled"] is False
+    assert any(r["payload"]["reason"] == "kernel upgrade" and r["payload"]["by"].startswith("ramctrl:")
+               for r in records)
 
 
 async def test_config_set_and_show_roundtrip(api_cluster: ApiCluster) -> None:
@@ -121,7 +122,7 @@ async def test_config_edit_sends_only_changes(api_cluster: ApiCluster, editor: P
     await api_cluster.barrier()
     assert (await _get(api_cluster, "/config", 1))["config"] == new
     last = (await ctl(api_cluster, "events", "--type", "dynamic_config_changed", "--json", "--limit", "1000"))
-    changes = json.loads(last.stdout.splitlines()[-1])["data"]["changes"]
+    changes = json.loads(last.stdout.splitlines()[-1])["payload"]["changes"]
     assert sorted(changes) == ["edit.added", "edit.change", "edit.drop"]
     # Saving the same document again: nothing to send.
     (editor.parent / "edited").write_text(json.dumps(new))
@@ -215,7 +216,7 @@ async def test_events_follow_receives_a_new_event(api_cluster: ApiCluster) -> No
             assert r.status_code == 200, r.text
         line = await asyncio.wait_for(proc.stdout.readline(), 20)
         event = json.loads(line)
-        assert event["type"] == "dynamic_config_changed" and "follow.marker" in event["data"]["changes"]
+        assert event["type"] == "dynamic_config_changed" and "follow.marker" in event["payload"]["changes"]
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean end, exit 0
         code = await asyncio.wait_for(proc.wait(), 10)
@@ -259,11 +260,13 @@ async def test_dsn(api_cluster: ApiCluster) -> None:
     run = await ctl(api_cluster, "dsn")
     assert run.exit_code == 0, run
     assert run.stdout.splitlines() == [
-        f"writers: postgresql://{hosts}/postgres?target_session_attrs=read-write",
-        f"readers: postgresql://{hosts}/postgres?target_session_attrs=any&load_balance_hosts=random",
+        f"writers: postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write",
+        f"readers: postgresql://postgres@{hosts}/postgres?target_session_attrs=any",
     ]
     body = json.loads((await ctl(api_cluster, "dsn", "--json", "--user", "app", "--dbname", "shop")).stdout)
     assert body["writers"] == f"postgresql://app@{hosts}/shop?target_session_attrs=read-write"
+    spread = json.loads((await ctl(api_cluster, "dsn", "--json", "--user", "", "--load-balance")).stdout)
+    assert spread["readers"] == f"postgresql://{hosts}/postgres?target_session_attrs=any&load_balance_hosts=random"
 
 
 async def test_health(api_cluster: ApiCluster) -> None:

@@ -120,11 +120,14 @@ def test_build_dsns() -> None:
     }
     uris = build_dsns(cluster, "app db", "bob")
     assert uris["writers"] == "postgresql://bob@h2:5433,h1:5432,[::1]:5432/app%20db?target_session_attrs=read-write"
-    assert uris["readers"] == (
-        "postgresql://bob@h2:5433,h1:5432,h3:5432/app%20db?target_session_attrs=any&load_balance_hosts=random"
-    )
-    old = build_dsns(cluster, prefer_standby=True, load_balance=False)
-    assert old["readers"].endswith("/postgres?target_session_attrs=prefer-standby")
+    # Nothing libpq 15 (Debian 12's psql) rejects: no load_balance_hosts unless asked for.
+    assert uris["readers"] == "postgresql://bob@h2:5433,h1:5432,h3:5432/app%20db?target_session_attrs=any"
+    default = build_dsns(cluster, prefer_standby=True)
+    assert default["writers"].startswith("postgresql://postgres@")  # as root, psql would otherwise ask for root
+    assert default["readers"].endswith("/postgres?target_session_attrs=prefer-standby")
+    spread = build_dsns(cluster, user=None, load_balance=True)
+    assert spread["readers"] == "postgresql://h2:5433,h1:5432,h3:5432/postgres?target_session_attrs=any" \
+        "&load_balance_hosts=random"
 
 
 def test_parse_sse() -> None:

@@ -36,6 +36,7 @@ from ram.eventstore.commands import (
     StartFailover,
 )
 from ram.eventstore.events import MemberSpec, MemberTags, check_json_value
+from ram.ha.candidates import switchover_precheck
 from ram.projections.state import ClusterState
 
 WRITE_ERRORS = (400, 409, 503)
@@ -250,36 +251,6 @@ def _known(state: ClusterState, name: str, field: str) -> None:
 _HA_ERRORS = error_responses(400, 404, 409, 501, 503)
 
 
-def _best_replica(state: ClusterState, max_lag: int) -> str:
-    """The switchover target when none is named: the healthy voter with the most WAL (then priority)."""
-    options = [
-        m for m in state.members.values()
-        if m.name != state.primary and not m.is_learner and not m.tags.nofailover and m.healthy
-        and m.reported_role == "replica"
-    ]
-    if not options:
-        raise ApiError(409, "no healthy replica can take over (all are unhealthy, learners or tagged nofailover)")
-    best = max(options, key=lambda m: (m.lsn or 0, m.tags.failover_priority, m.name))
-    _check_target(state, best.name, max_lag)
-    return best.name
-
-
-def _check_target(state: ClusterState, name: str, max_lag: int) -> None:
-    """Refuse, with the reason, a target that could not take over cleanly now."""
-    member = state.members[name]
-    if member.is_learner:
-        raise ApiError(409, f"{name} is a learner that has not caught up yet")
-    if member.tags.nofailover:
-        raise ApiError(409, f"{name} is tagged nofailover")
-    if not member.healthy or member.reported_role != "replica":
-        raise ApiError(409, f"{name} is not a healthy streaming replica ({member.health_reason or 'no report'})")
-    primary = state.members.get(state.primary or "")
-    if primary is not None and primary.lsn is not None and member.lsn is not None:
-        lag = primary.lsn - member.lsn
-        if lag > max_lag:
-            raise ApiError(409, f"{name} lags {lag} bytes behind {primary.name} (limit {max_lag})")
-
-
 @post("/switchover", summary="Planned switchover", tags=["actions"], status_code=202, responses=_HA_ERRORS)
 async def switchover(request: Request[Any, Any, Any], ctx: Ctx,
                      data: JSONBody[SwitchoverRequest | None] = None) -> OperationAcceptedOut:
@@ -292,19 +263,19 @@ async def switchover(request: Request[Any, Any, Any], ctx: Ctx,
     _require_ha(ctx, "switchover is")
     if state.primary is None:
         raise ApiError(409, "the cluster has no primary to switch over from")
-    max_lag = ctx.node.config.ha.maximum_lag_on_failover
-    if body.candidate is not None:
-        _known(state, body.candidate, "candidate")
-        if body.candidate == state.primary:
-            raise ApiError(400, f"body field 'candidate': {body.candidate!r} is already the primary")
-        _check_target(state, body.candidate, max_lag)
-        candidate = body.candidate
-    else:
-        candidate = _best_replica(state, max_lag)
+    if body.candidate == state.primary:
+        raise ApiError(400, f"body field 'candidate': {body.candidate!r} is already the primary")
+    # The same rule the arbiter applies (ram.ha.candidates), on committed state; the arbiter then
+    # checks what needs live reports (positions, lag, synchronous quorum) and, with no candidate
+    # named, picks the replica itself, so the API never names one the arbiter would refuse.
+    problem = switchover_precheck(state, body.candidate)
+    if problem is not None:
+        raise ApiError(409, problem)
     result = await ctx.node.propose(
-        RequestSwitchover(candidate=candidate, scheduled_at=body.scheduled_at, requested_by=_who(request, ""))
+        RequestSwitchover(candidate=body.candidate, scheduled_at=body.scheduled_at, requested_by=_who(request, ""))
     )
-    return OperationAcceptedOut(operation=f"switchover {state.primary} -> {candidate}", write=_write_out(result))
+    target = body.candidate or "the best eligible replica (chosen by the arbiter)"
+    return OperationAcceptedOut(operation=f"switchover {state.primary} -> {target}", write=_write_out(result))
 
 
 @post("/failover", summary="Manual failover", tags=["actions"], status_code=202, responses=_HA_ERRORS)

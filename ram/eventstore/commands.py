@@ -139,7 +139,8 @@ class RequestSwitchover(_Command):
     """A planned switchover from the current primary to ``candidate``."""
 
     kind: Literal["request_switchover"] = "request_switchover"
-    candidate: str
+    #: None: the arbiter picks the best eligible replica with its live reports.
+    candidate: str | None = None
     scheduled_at: AwareDatetime | None = None
     requested_by: str = ""
 
@@ -409,9 +410,10 @@ def _decide_operation(state: ClusterState, command: _Command) -> list[Event]:
             raise Rejected("the cluster has no primary to switch over from")
         if current is not None:
             raise Rejected(f"a {current.kind} is already in progress (to {current.candidate!r})")
-        if command.candidate == state.primary:
-            raise Rejected(f"{command.candidate!r} is already the primary")
-        _eligible_target(state, command.candidate, forced=False)
+        if command.candidate is not None:
+            if command.candidate == state.primary:
+                raise Rejected(f"{command.candidate!r} is already the primary")
+            _eligible_target(state, command.candidate, forced=False)
         return [
             SwitchoverRequested(
                 primary=state.primary, candidate=command.candidate, scheduled_at=command.scheduled_at,

@@ -281,6 +281,14 @@ class ArbiterInput:
     primary_down_since: float | None = None
     pending_switchover: OperationRecord | None = None
     operation_since: float | None = None
+    #: When this node became the arbiter (its Raft leadership of this term began): until
+    #: ``report_timeout_s`` later it has not heard every member yet, so it marks nobody unhealthy
+    #: and leaves the synchronous set alone. None: long enough ago.
+    arbiter_since: float | None = None
+    #: Per replica, whether the primary's side shows it streaming and keeping up (from
+    #: :class:`ram.ha.streaming.StreamingTracker`): (True/False/None for no evidence yet, why).
+    #: None: no primary-side evidence is kept; each replica's own report decides (pure tests, sim).
+    streaming: Mapping[str, tuple[bool | None, str]] | None = None
 
 
 def steady_holder(state: ClusterState) -> str | None:
@@ -296,7 +304,7 @@ def switchover_accepted(op: OperationRecord | None) -> bool:
 class Ctx:
     inp: ArbiterInput
     op: OperationRecord | None
-    _choices: dict[tuple[tuple[str, ...], str | None], CandidateChoice] = field(default_factory=dict)
+    _choices: dict[tuple[tuple[str, ...], str | None, bool], CandidateChoice] = field(default_factory=dict)
 
     @property
     def state(self) -> ClusterState:
@@ -312,11 +320,19 @@ class Ctx:
     def fresh(self, name: str | None) -> bool:
         return is_fresh(self.obs(name), self.now, self.inp.settings)
 
-    def choice(self, exclude: tuple[str, ...], required: str | None = None) -> CandidateChoice:
-        key = (exclude, required)
+    def choice(self, exclude: tuple[str, ...], required: str | None = None, *, switchover: bool = False) -> CandidateChoice:
+        """Candidates by the one eligibility rule (:func:`choose_candidate`); a switchover also
+        requires a healthy (streaming) target, as the API's pre-check does."""
+        key = (exclude, required, switchover)
         if key not in self._choices:
             self._choices[key] = choose_candidate(
-                self.state, self.inp.observations, self.inp.settings, exclude=exclude, required=required, now=self.now
+                self.state,
+                self.inp.observations,
+                self.inp.settings,
+                exclude=exclude,
+                required=required,
+                now=self.now,
+                require_healthy=switchover,
             )
         return self._choices[key]
 
@@ -343,6 +359,25 @@ class Ctx:
         if o is None or not self.fresh(name) or not o.pg_running or o.role != "primary" or o.timeline is None:
             return None
         return o if o.timeline > (self.state.timeline or 0) else None
+
+    def settled(self) -> bool:
+        """Has this arbiter been in office long enough to have heard from every live member?"""
+        since = self.inp.arbiter_since
+        return since is None or self.now - since >= self.inp.settings.report_timeout_s
+
+    def streaming(self, name: str) -> tuple[bool | None, str]:
+        """Does replica ``name`` stream from the primary? (True/False/None: no evidence, why)."""
+        o = self.obs(name)
+        own = None if o is None else o.streaming
+        own_why = "" if o is None else o.replication_reason
+        if self.inp.streaming is None:
+            if own is False:
+                return False, f"not streaming: {own_why or 'reported not streaming'}"
+            return True, "streaming (reported by the replica)"
+        seen, why = self.inp.streaming.get(name, (None, "no evidence yet"))
+        if seen is True and own is False:
+            return None, f"the primary saw it keep up, but it reports: {own_why}"
+        return seen, why
 
     def elapsed_ms(self) -> int:
         since = self.inp.operation_since
@@ -421,7 +456,7 @@ def _switchover_problem(c: Ctx) -> str | None:
         return f"the primary {op.old_primary} is not healthy"
     if op.candidate == op.old_primary:
         return f"{op.candidate} already is the primary"
-    ch = c.choice((op.old_primary or "",), op.candidate)
+    ch = c.choice((op.old_primary or "",), op.candidate, switchover=True)
     return None if ch.chosen else ch.reason
 
 
@@ -433,7 +468,7 @@ def _refuse_switchover(c: Ctx, reason: str) -> Decision:
 def _accept_switchover(c: Ctx, reason: str) -> Decision:
     op = c.op
     assert op is not None and op.old_primary is not None
-    ch = c.choice((op.old_primary,), op.candidate)
+    ch = c.choice((op.old_primary,), op.candidate, switchover=True)
     assert ch.chosen is not None  # checked by _switchover_problem
     return AcceptSwitchover(f"{reason}: {ch.chosen} ({ch.reason})", op.old_primary, ch.chosen, op.requested_by)
 
@@ -586,9 +621,11 @@ RULES: list[Rule] = [
 
 @dataclass(frozen=True)
 class HealthRule:
+    """``healthy`` None: no verdict; the committed health stays as it is (no evidence either way)."""
+
     name: str
     when: Callable[[Ctx, str, MemberObservation | None], bool]
-    healthy: bool
+    healthy: bool | None
     reason: str
 
 
@@ -596,7 +633,18 @@ def _expected_primary(c: Ctx, n: str) -> bool:
     return n == c.state.primary or (c.op is not None and c.op.candidate == n and c.promoted(n) is not None)
 
 
+def _cannot_judge_streaming(c: Ctx) -> bool:
+    """Streaming can only be judged against a running primary with no operation moving it."""
+    return c.op is not None or not c.primary_ok()
+
+
 HEALTH_RULES: list[HealthRule] = [
+    HealthRule(
+        "unreachable-new-arbiter",
+        lambda c, n, o: not c.fresh(n) and not c.settled(),
+        None,
+        "no report yet, but this arbiter is new: waiting one report timeout before judging",
+    ),
     HealthRule("unreachable", lambda c, n, o: not c.fresh(n), False, "unreachable: no recent report"),
     HealthRule("pg-down", lambda c, n, o: o is not None and not o.pg_running, False, "PostgreSQL is down"),
     HealthRule(
@@ -621,7 +669,22 @@ HEALTH_RULES: list[HealthRule] = [
         "not on the cluster's timeline",
     ),
     HealthRule("role-unknown", lambda c, n, o: o is not None and o.role != "replica", False, "role unknown"),
-    HealthRule("replica-ok", lambda c, n, o: True, True, "replica on the cluster's timeline"),
+    HealthRule(
+        "replica-primary-unknown",
+        lambda c, n, o: _cannot_judge_streaming(c),
+        None,
+        "no running primary (or an operation moves it): streaming can not be judged",
+    ),
+    HealthRule(
+        "replica-streaming", lambda c, n, o: c.streaming(n)[0] is True, True, "replica streaming from the primary"
+    ),
+    HealthRule(
+        "replica-no-evidence",
+        lambda c, n, o: c.streaming(n)[0] is None or not c.settled(),
+        None,
+        "not enough evidence yet whether it streams",
+    ),
+    HealthRule("replica-not-streaming", lambda c, n, o: True, False, "replica not streaming from the primary"),
 ]
 
 
@@ -631,6 +694,8 @@ def _health(c: Ctx) -> list[Decision]:
         m = c.state.members[name]
         o = c.obs(name)
         rule = next(r for r in HEALTH_RULES if r.when(c, name, o))
+        if rule.healthy is None:
+            continue
         fresh = c.fresh(name)
         pg_running = bool(fresh and o is not None and o.pg_running)
         role = o.role if fresh and o is not None else "unknown"
@@ -644,6 +709,8 @@ def _health(c: Ctx) -> list[Decision]:
             )
         elif o is not None and rule.name in ("timeline", "primary-not-primary", "unexpected-primary"):
             detail = f"{rule.reason} (role {o.role}, timeline {o.timeline}, cluster timeline {c.state.timeline})"
+        elif rule.name in ("replica-streaming", "replica-not-streaming"):
+            detail = c.streaming(name)[1]
         out.append(
             MarkHealth(
                 f"{name} {'healthy' if rule.healthy else 'unhealthy'}: {detail}",
@@ -660,7 +727,7 @@ def _health(c: Ctx) -> list[Decision]:
 
 
 def _sync(c: Ctx, health_changed: bool) -> list[Decision]:
-    if c.op is not None or not c.primary_ok():
+    if c.op is not None or not c.primary_ok() or not c.settled():
         return []
     o = c.obs(c.state.primary)
     enforces = None if o is None or o.sync_standby_names is None else parse_standby_names(o.sync_standby_names)

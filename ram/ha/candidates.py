@@ -5,10 +5,14 @@ Rules, in the order they are checked (the first that fails is the member's reaso
 1. ``excluded``: the caller excludes it (the failed primary, a refused target).
 2. ``learner``: a Raft learner is not promoted (it is still catching up / not a voter).
 3. ``nofailover``: tagged ``nofailover`` or ``failover_priority`` 0.
+3a. ``unhealthy`` (switchovers only, ``require_healthy``): not committed healthy, i.e. not streaming
+   from the primary. A failover can not ask this: replicas stop streaming when the primary dies.
 4. ``unreachable``: no report, a report older than ``report_timeout_s``, or reported unreachable.
 5. ``not running``: its PostgreSQL is down.
 6. ``role``: it reports ``primary`` (a second writer, or diverged) or ``unknown``.
-7. ``timeline``: it is not on the committed timeline (diverged, or not yet following the new one).
+7. ``timeline``: its replayed WAL is not a prefix of the committed history (a newer timeline, or an
+   older one replayed past the next timeline's fork point: diverged). The replayed timeline comes
+   from facts that never run ahead of it (:func:`ram.ha.streaming.replay_timeline`).
 8. ``no position``: no WAL position known.
 9. Asynchronous mode (committed ``num_sync`` is 0: mode off, or degraded): ``lag`` — further behind
    the primary's last known WAL position than ``maximum_lag_on_failover`` bytes (the reference is
@@ -38,10 +42,19 @@ from typing import Literal
 
 from ram.eventstore.events import CandidateInfo
 from ram.ha.settings import HASettings
+from ram.ha.streaming import StandbyRow
 from ram.ha.syncset import committed_sync
 from ram.projections.state import ClusterState, Member
 
-__all__ = ["CandidateChoice", "CandidateVerdict", "MemberObservation", "choose_candidate", "is_fresh"]
+__all__ = [
+    "CandidateChoice",
+    "CandidateVerdict",
+    "MemberObservation",
+    "choose_candidate",
+    "is_diverged",
+    "is_fresh",
+    "switchover_precheck",
+]
 
 Role = Literal["primary", "replica", "unknown"]
 
@@ -57,6 +70,7 @@ class MemberObservation:
     For a primary, ``received_lsn`` is its current WAL position (``InstanceStatus.wal_position``).
     ``stopped_lsn``: for a cleanly stopped server, where its last (shutdown) checkpoint record
     starts — all of its WAL before that record; None when running, crashed or unknown.
+    ``lag_bytes``: a standby's replay lag behind its upstream's WAL end (None: not streaming).
     """
 
     name: str
@@ -73,11 +87,37 @@ class MemberObservation:
     lease_released: bool = False
     timeline_start_lsn: int | None = None
     stopped_lsn: int | None = None
+    #: A standby's own sample: its walreceiver streams from the primary on the cluster's timeline.
+    streaming: bool | None = None
+    replication_reason: str = ""
+    #: A standby's lag behind its upstream's WAL end (``lag_bytes`` is the replay lag).
+    receive_lag_bytes: int | None = None
+    #: A primary's standbys as its pg_stat_replication shows them.
+    standbys: tuple[StandbyRow, ...] = ()
 
     @property
     def wal_position(self) -> int | None:
         xs = [x for x in (self.received_lsn, self.replayed_lsn) if x is not None]
         return max(xs) if xs else None
+
+
+def is_diverged(state: ClusterState, timeline: int | None, wal_position: int | None) -> bool | None:
+    """Is local WAL ``(timeline, position)`` NOT a prefix of the committed primary's history?
+
+    Ahead (a newer timeline than the cluster's) diverges. On an older timeline ``t`` the local WAL
+    must end at or before the point where the next recorded timeline forked. Unknown: None.
+    """
+    if timeline is None or wal_position is None or state.timeline is None:
+        return None
+    if timeline > state.timeline:
+        return True
+    if timeline == state.timeline:
+        return False
+    forks = [r for r in state.timeline_history if r.timeline > timeline]
+    if not forks:
+        return None
+    fork = min(forks, key=lambda r: r.timeline)
+    return wal_position > fork.lsn
 
 
 def is_fresh(obs: MemberObservation | None, now: float | None, settings: HASettings) -> bool:
@@ -124,16 +164,40 @@ def _primary_reference(state: ClusterState, observations: Mapping[str, MemberObs
     return max(refs) if refs else None
 
 
-def _basic(
-    m: Member, obs: MemberObservation | None, state: ClusterState, settings: HASettings, now: float | None
-) -> str | None:
-    """The first failing basic rule (1-8 without 1), or None."""
+def _static(m: Member, state: ClusterState, *, require_healthy: bool) -> str | None:
+    """The rules that need no live report: the same for the arbiter and for the API's pre-check."""
     if m.is_learner:
         return "learner: is a Raft learner"
     if m.tags.nofailover:
         return "nofailover: tagged nofailover"
     if m.tags.failover_priority == 0:
         return "nofailover: failover_priority is 0"
+    if require_healthy and m.healthy is not True:
+        return f"unhealthy: {m.health_reason or 'not reported healthy'}"
+    return None
+
+
+def _on_history(state: ClusterState, timeline: int | None, position: int | None) -> bool:
+    """Its WAL is a prefix of the committed primary's history (same timeline, or an older one that
+    ends at or before the next timeline's fork point)."""
+    return is_diverged(state, timeline, position) is False or (
+        state.timeline is not None and timeline == state.timeline
+    )
+
+
+def _basic(
+    m: Member,
+    obs: MemberObservation | None,
+    state: ClusterState,
+    settings: HASettings,
+    now: float | None,
+    *,
+    require_healthy: bool = False,
+) -> str | None:
+    """The first failing basic rule (2-8), or None."""
+    static = _static(m, state, require_healthy=require_healthy)
+    if static is not None:
+        return static
     if obs is None:
         return "unreachable: no report"
     if not obs.reachable:
@@ -146,11 +210,44 @@ def _basic(
         return "not running: PostgreSQL is down"
     if obs.role != "replica":
         return f"role: reports role {obs.role}"
-    if state.timeline is not None and obs.timeline != state.timeline:
-        return f"timeline: on timeline {obs.timeline}, cluster on {state.timeline}"
+    if state.timeline is not None and not _on_history(state, obs.timeline, obs.replayed_lsn or obs.wal_position):
+        return (
+            f"timeline: replays timeline {obs.timeline} up to {obs.replayed_lsn}, not a prefix of the cluster's "
+            f"timeline {state.timeline}"
+        )
     if obs.wal_position is None:
         return "no position: no WAL position reported"
     return None
+
+
+def switchover_precheck(state: ClusterState, candidate: str | None) -> str | None:
+    """Why a switchover to ``candidate`` (None: to whichever replica the arbiter picks) can not be
+    accepted, judged on committed state only (the API answers on any node, which may not hold the
+    live reports); None when it may go ahead. The arbiter then applies :func:`choose_candidate` with
+    the live reports (positions, lag, synchronous quorum): the same rules, plus the ones that need
+    fresh figures."""
+    sync = committed_sync(state)
+    reasons: dict[str, str] = {}
+    for name in sorted(state.members):
+        if name == state.primary:
+            continue
+        m = state.members[name]
+        why = _static(m, state, require_healthy=True)
+        if why is None and m.reported_role != "replica":
+            why = f"role: reports role {m.reported_role}"
+        if why is None and sync.promises and name not in sync.standbys:
+            why = f"not in sync set: committed synchronous set is {sync.describe()}"
+        if why is not None:
+            reasons[name] = why
+    if candidate is not None:
+        if candidate not in state.members:
+            return f"{candidate} is not a member"
+        if candidate == state.primary:
+            return f"{candidate} already is the primary"
+        return None if candidate not in reasons else f"{candidate} is not eligible: {reasons[candidate]}"
+    if any(n not in reasons for n in state.members if n != state.primary):
+        return None
+    return "no replica can take over: " + ("; ".join(f"{n}: {r}" for n, r in reasons.items()) or "no replicas")
 
 
 def choose_candidate(
@@ -161,7 +258,10 @@ def choose_candidate(
     exclude: Iterable[str] = (),
     required: str | None = None,
     now: float | None = None,
+    require_healthy: bool = False,
 ) -> CandidateChoice:
+    """``require_healthy``: a switchover also requires committed health (a streaming replica); a
+    failover can not, since replicas stop streaming when the primary dies."""
     excluded = set(exclude)
     sync = committed_sync(state)
     reasons: dict[str, str | None] = {}
@@ -170,7 +270,7 @@ def choose_candidate(
         if name in excluded:
             reasons[name] = "excluded: " + ("the old primary" if name == state.primary else "excluded by the caller")
         else:
-            reasons[name] = _basic(m, observations.get(name), state, settings, now)
+            reasons[name] = _basic(m, observations.get(name), state, settings, now, require_healthy=require_healthy)
 
     def pos(name: str) -> int | None:
         o = observations.get(name)
@@ -201,7 +301,10 @@ def choose_candidate(
             for s in members_s
             if (p := pos(s)) is not None
             and is_fresh(observations.get(s), now, settings)
-            and (state.timeline is None or observations[s].timeline == state.timeline)
+            and (
+                state.timeline is None
+                or _on_history(state, observations[s].timeline, observations[s].replayed_lsn or p)
+            )
         }
         for name, r in reasons.items():
             if r is None and name not in members_s:
@@ -232,6 +335,9 @@ def choose_candidate(
     pool = [v for v in verdicts if v.eligible and (required is None or v.name == required)]
     if required is not None and required not in state.members:
         return CandidateChoice(None, verdicts, f"{required} is not a member")
+    if required is not None and required in excluded:
+        v = next(v for v in verdicts if v.name == required)
+        return CandidateChoice(None, verdicts, f"{required} is not eligible: {v.reason}")
     if not pool:
         if required is not None:
             v = next(v for v in verdicts if v.name == required)

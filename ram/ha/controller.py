@@ -43,6 +43,13 @@ from ram.ha.fence_guard_client import FenceGuardProcess
 from ram.ha.lease import ArbiterLeaseView, HolderLease
 from ram.ha.pgspec import endpoint_of, instance_spec
 from ram.ha.reports import build_report, parse_report
+from ram.ha.streaming import (
+    LocalReplication,
+    StreamingTracker,
+    local_replication,
+    replay_timeline,
+    segment_file_name,
+)
 from ram.postgres import sql
 from ram.postgres.bootstrap import scram_verifier
 from ram.postgres.instance import ManagedInstance
@@ -118,6 +125,15 @@ class HAController:
         self._leadership_moved_at = 0.0
         self._steady_primary_since: float | None = None
         self._following_reported_at = 0.0
+        #: The arbiter's evidence of who streams from the primary (primary-side, see ram.ha.streaming).
+        self.streaming = StreamingTracker()
+        self._arbiter_since: float | None = None
+        #: This standby's own replication sample (None unless a running standby).
+        self.replication: LocalReplication | None = None
+        #: Since when this standby runs, pointed at a healthy committed primary, without streaming.
+        self._not_streaming_since: float | None = None
+        self._stuck_rewound = False
+        self._wal_segment_size: int | None = None
         self.facts = FactReporter(
             node,
             self._fact_still_true,
@@ -218,6 +234,10 @@ class HAController:
         running = status.running and status.accepting
         if running and status.in_recovery:
             status = dataclasses.replace(status, timeline=await self._standby_timeline(status))
+            self.replication = self._local_replication(status)
+        else:
+            self.replication = None
+        self._track_streaming(status, now)
         self.status = status
         if not running and self.instance.initialized:
             await self._read_stopped_history()
@@ -254,24 +274,34 @@ class HAController:
         self._password_set = True
 
     async def _standby_timeline(self, status: InstanceStatus) -> int | None:
-        """The timeline a standby is on. The checkpoint's timeline lags until the next restartpoint,
-        and the walreceiver's is gone once its upstream dies — exactly when a failover needs to know.
-        A standby that followed a timeline switch holds that timeline's history file: the newest one
-        in pg_wal is the timeline it replays."""
-        candidates = [status.timeline or 0]
-        if status.wal_receiver is not None and status.wal_receiver.received_tli:
-            candidates.append(status.wal_receiver.received_tli)
-        try:
-            rows = await sql.fetch(
-                self.instance.spec,
-                "SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir() WHERE name LIKE '%.history'",
-            )
-            if rows and rows[0][0] is not None:
-                candidates.append(int(rows[0][0]))
-        except Exception as exc:
-            log.debug("could not list timeline history files error=%s", exc)
-        best = max(candidates)
-        return best or None
+        """The timeline a standby's replayed WAL is on, from facts that never run ahead of it
+        (:func:`ram.ha.streaming.replay_timeline`): the live walreceiver's timeline, else the
+        timelines of the WAL segment files holding the replay position, else the last checkpoint's.
+        Never the newest timeline history file: a standby fetches that even when it can not follow
+        the new timeline because it replayed past its fork point (a diverged standby looked healthy)."""
+        receiver = status.wal_receiver
+        receiver_tli = receiver.received_tli if receiver is not None else None
+        segment_tlis: list[int] = []
+        if not receiver_tli and status.replayed_lsn:
+            try:
+                if self._wal_segment_size is None:
+                    rows = await sql.fetch(
+                        self.instance.spec, "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'"
+                    )
+                    self._wal_segment_size = int(rows[0][0])
+                suffix = segment_file_name(0, max(0, status.replayed_lsn - 1), self._wal_segment_size)[8:]
+                rows = await sql.fetch(
+                    self.instance.spec,
+                    "SELECT ('x' || substr(name, 1, 8))::bit(32)::int FROM pg_ls_waldir() "
+                    "WHERE length(name) = 24 AND substr(name, 9) = $1",
+                    suffix,
+                )
+                segment_tlis = [int(r[0]) for r in rows]
+            except Exception as exc:
+                log.debug("could not list WAL segment files error=%s", exc)
+        return replay_timeline(
+            receiver_tli=receiver_tli, segment_timelines=segment_tlis, checkpoint_tli=status.checkpoint_timeline
+        )
 
     async def _sync_standby_names(self) -> str | None:
         """What the primary enforces right now (the arbiter commits a sync set only once it is)."""
@@ -320,6 +350,44 @@ class HAController:
                 stopped_lsn = parse_lsn(fields.get("Latest checkpoint location", ""))
         self._stopped_history = (timeline, was_standby, stopped_lsn)
 
+    def _local_replication(self, status: InstanceStatus) -> LocalReplication:
+        state = self.node.state
+        receiver = status.wal_receiver
+        endpoint = endpoint_of(state, state.primary) if state.primary and state.primary != self.me else None
+        return local_replication(
+            receiver_status=receiver.status if receiver is not None else None,
+            receiver_tli=receiver.received_tli if receiver is not None else None,
+            connected_to_primary=endpoint is not None
+            and receiver is not None
+            and (receiver.sender_host, receiver.sender_port) == (endpoint.host, endpoint.port),
+            cluster_timeline=state.timeline,
+            latest_end_lsn=receiver.latest_end_lsn if receiver is not None else None,
+            flushed_lsn=receiver.flushed_lsn if receiver is not None else None,
+            replayed_lsn=status.replayed_lsn,
+        )
+
+    def _track_streaming(self, status: InstanceStatus, now: float) -> None:
+        """How long this standby has been running without streaming while the committed primary is
+        healthy and nothing moves it (the keeper's fallback for a standby stuck on a fork)."""
+        state = self.node.state
+        primary = state.members.get(state.primary or "")
+        expected = (
+            status.running
+            and status.accepting
+            and status.in_recovery is True
+            and primary is not None
+            and primary.name != self.me
+            and primary.healthy is True
+            and state.current_operation is None
+        )
+        streaming = self.replication is not None and self.replication.streaming
+        if streaming:
+            self._stuck_rewound = False
+        if not expected or streaming:
+            self._not_streaming_since = None
+        elif self._not_streaming_since is None:
+            self._not_streaming_since = now
+
     def _diverged(self, status: InstanceStatus) -> bool | None:
         """Is the running instance's WAL off the committed primary's history?
 
@@ -330,7 +398,13 @@ class HAController:
         state = self.node.state
         if status.in_recovery:
             endpoint = endpoint_of(state, state.primary) if state.primary else None
-            if endpoint is not None and streams_from(status.wal_receiver, endpoint):
+            receiver = status.wal_receiver
+            if (
+                endpoint is not None
+                and streams_from(receiver, endpoint)
+                and receiver is not None
+                and receiver.received_tli == state.timeline
+            ):
                 return False
             return k.is_diverged(state, status.timeline, status.replayed_lsn)
         return k.is_diverged(state, status.timeline, status.wal_position)
@@ -366,16 +440,25 @@ class HAController:
                 timeline_start_lsn=self._timeline_start,
                 stopped_lsn=self._stopped_history[2] if self._stopped_history else None,
                 sync_standby_names=self._sync_names,
+                replication=self.replication,
             )
         )
 
     def _on_report(self, node_id: int, body: bytes) -> None:
+        now = time.monotonic()
         try:
-            obs = parse_report(body, time.monotonic())
-        except (ValueError, KeyError, TypeError) as exc:
+            obs = parse_report(body, now)
+        except ValueError as exc:
             log.warning("dropping malformed member report node_id=%d error=%s", node_id, exc)
             return
+        member = self.node.state.members.get(obs.name)
+        if member is None or member.node_id != node_id:
+            # A node speaks only for itself: a report about another member is dropped.
+            log.warning("dropping a report about %s from node %d (not that member)", obs.name[:64], node_id)
+            return
         self.observations[obs.name] = obs
+        if obs.name == self.node.state.primary and obs.role == "primary" and obs.pg_running:
+            self.streaming.observe_primary(obs.name, obs.wal_position, obs.standbys, now)
         self._wake_arbiter.set()
 
     # ------------------------------------------------------------------------------ arbiter
@@ -407,6 +490,12 @@ class HAController:
             primary_down_since=self._primary_down_since,
             pending_switchover=due,
             operation_since=self._operation_since,
+            arbiter_since=self._arbiter_since,
+            streaming={
+                name: self.streaming.verdict(name, now, self.settings.report_timeout_s)
+                for name in state.members
+                if name != primary
+            },
         )
 
     def _leading(self, now: float) -> bool:
@@ -418,12 +507,16 @@ class HAController:
                 self.view.on_lost_leadership()
                 self._primary_down_since = None
                 self._operation_key = self._operation_since = None
+                self._arbiter_since = None
+                self.streaming.reset()
             return False
         state = node.state
         if state.raft_term != node.term or state.raft_leader_node_id != self.config.node_id:
             return False
         if self._leader_term != node.term:
             self._leader_term = node.term
+            self._arbiter_since = now
+            self.streaming.reset()
             self.view.on_became_leader(now, steady_holder(state))
             log.info("arbiter active term=%d steady_holder=%s", node.term, steady_holder(state))
         return True
@@ -548,6 +641,8 @@ class HAController:
             pg_down_since=self.pg_down_since,
             rewind_failed=self.rewind_failed,
             completed_action_position=self._action_done_position,
+            not_streaming_for=None if self._not_streaming_since is None else now - self._not_streaming_since,
+            stuck_rewound=self._stuck_rewound,
         )
 
     async def _lease_loop(self) -> None:
@@ -749,6 +844,7 @@ class HAController:
                     await asyncio.sleep(self.settings.report_interval_s * 4)
                     return
                 await self._clone_afresh(endpoint)
+                self._not_streaming_since = None
                 self._report_following(action.primary)
                 return
             if not await _reachable(endpoint.host, endpoint.port):
@@ -764,6 +860,9 @@ class HAController:
                 return
             self.rewind_failed = False
             self._stopped_history = None
+            if action.stuck:
+                self._stuck_rewound = True
+            self._not_streaming_since = None
             self.facts.report(ReplicaRejoined(name=self.me, primary=action.primary, method="rewind"))
         elif isinstance(action, k.ConfigureSync):
             await sql.execute(

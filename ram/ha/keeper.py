@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ram.ha.arbiter import switchover_accepted
+from ram.ha.candidates import is_diverged
 from ram.ha.settings import HASettings
 from ram.ha.syncset import pg_target
 from ram.projections.state import ClusterState
@@ -113,7 +114,11 @@ class Follow(Action):
 
 @dataclass(frozen=True, slots=True)
 class Rewind(Action):
+    """pg_rewind onto ``primary``'s timeline. ``stuck``: the standby was not known to be diverged but
+    could not stream (see :data:`STUCK_REPLICA_S`); a second such case re-clones instead."""
+
     primary: str
+    stuck: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +204,11 @@ class KeeperInput:
     pg_down_since: float | None = None
     rewind_failed: bool = False
     completed_action_position: int | None = None
+    #: Seconds this standby has run without streaming while the committed primary is healthy and no
+    #: operation moves it (None: streaming, or not expected to).
+    not_streaming_for: float | None = None
+    #: A rewind for being stuck already ran and it is still not streaming.
+    stuck_rewound: bool = False
 
 
 Kind = Literal["primary", "promote", "demote", "replica", "none"]
@@ -233,25 +243,6 @@ def desired_role(state: ClusterState, me: str) -> DesiredRole:
     if state.primary is not None:
         return DesiredRole("replica", state.primary, f"replica of {state.primary}")
     return DesiredRole("none", None, "no primary yet")
-
-
-def is_diverged(state: ClusterState, timeline: int | None, wal_position: int | None) -> bool | None:
-    """Is local WAL ``(timeline, position)`` NOT a prefix of the committed primary's history?
-
-    Ahead (a newer timeline than the cluster's) diverges. On an older timeline ``t`` the local WAL
-    must end at or before the point where the next recorded timeline forked. Unknown: None.
-    """
-    if timeline is None or wal_position is None or state.timeline is None:
-        return None
-    if timeline > state.timeline:
-        return True
-    if timeline == state.timeline:
-        return False
-    forks = [r for r in state.timeline_history if r.timeline > timeline]
-    if not forks:
-        return None
-    fork = min(forks, key=lambda r: r.timeline)
-    return wal_position > fork.lsn
 
 
 # -- rules ----------------------------------------------------------------------------------------
@@ -309,6 +300,21 @@ def _action_position(c: Ctx) -> int:
     pos = c.inp.state.members[c.inp.me].pending_action_position
     assert pos is not None
     return pos
+
+
+#: A standby that runs but has not streamed from a healthy primary for this long is treated as
+#: diverged (whatever the reason its walreceiver can not follow: a fork the facts did not show, a
+#: timeline the primary's history does not contain): rewound, then re-cloned if that did not help.
+STUCK_REPLICA_S = 10.0
+
+
+def _stuck(c: Ctx) -> bool:
+    return (
+        c.want.kind == "replica"
+        and c.pg.running
+        and c.pg.in_recovery is True
+        and (c.inp.not_streaming_for or 0.0) > STUCK_REPLICA_S
+    )
 
 
 def _r(cls: Callable[[str], Action]) -> Callable[[Ctx, str], Action]:
@@ -480,6 +486,20 @@ KEEPER_RULES: list[KeeperRule] = [
         lambda c: c.want.kind == "replica" and c.inp.diverged is True,
         _r(ReportCannotRejoin),
         "diverged, pg_rewind failed and rewind_fallback_to_clone is off",
+    ),
+    KeeperRule(
+        "replica-stuck-rewind",
+        lambda c: _stuck(c) and not c.inp.stuck_rewound,
+        lambda c, r: Rewind(
+            f"{r}: {c.inp.not_streaming_for or 0:.0f} s ({c.want.reason})", primary=_up(c), stuck=True
+        ),
+        "running but not streaming from the healthy primary: rewind (treated as diverged)",
+    ),
+    KeeperRule(
+        "replica-stuck-reclone",
+        lambda c: _stuck(c) and c.inp.settings.rewind_fallback_to_clone,
+        lambda c, r: Clone(f"{r}: {c.inp.not_streaming_for or 0:.0f} s ({c.want.reason})", primary=_up(c)),
+        "still not streaming after a rewind: re-clone (rewind_fallback_to_clone)",
     ),
     KeeperRule(
         "replica-divergence-unknown",

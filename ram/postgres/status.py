@@ -80,6 +80,10 @@ class WalReceiverStatus:
     sender_port: int | None
     slot_name: str | None
     last_msg_receipt_time: dt.datetime | None
+    #: The upstream's WAL end as of its last message (keepalive or data): what lag is measured against.
+    latest_end_lsn: int | None = None
+    #: The timeline the receiver was started on (``received_tli`` moves on as it follows switches).
+    receive_start_tli: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,8 @@ SELECT pg_is_in_recovery() AS in_recovery,
 
 _RECEIVER = """
 SELECT pid, status, received_tli, written_lsn::text AS written_lsn, flushed_lsn::text AS flushed_lsn,
-       sender_host, sender_port, slot_name, last_msg_receipt_time
+       sender_host, sender_port, slot_name, last_msg_receipt_time, latest_end_lsn::text AS latest_end_lsn,
+       receive_start_tli
 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL
 """
 
@@ -184,6 +189,8 @@ async def read_status(spec: ManagedInstanceSpec, pid: int | None) -> InstanceSta
             sender_port=receiver["sender_port"],
             slot_name=receiver["slot_name"],
             last_msg_receipt_time=receiver["last_msg_receipt_time"],
+            latest_end_lsn=_lsn(receiver["latest_end_lsn"]),
+            receive_start_tli=receiver["receive_start_tli"],
         )
     current = _lsn(main["current_lsn"])
     received = _lsn(main["received_lsn"])

@@ -261,9 +261,46 @@ HEALTH_ROWS: list[tuple[str, str, dict[str, Any], dict[str, Any], bool | None, s
     ("unexpected-primary", "pg2", {"role": "primary"}, {}, False, "pg2 unhealthy: reports primary but is not"),
     ("timeline", "pg2", {"timeline": 2}, {}, False, "pg2 unhealthy: not on the cluster's timeline (role replica"),
     ("role-unknown", "pg2", {"role": "unknown"}, {}, False, "pg2 unhealthy: role unknown"),
-    ("replica-ok", "pg2", {}, {"healthy": False}, True, "pg2 healthy: replica on the cluster's timeline"),
+    ("replica-streaming", "pg2", {}, {"healthy": False}, True, "pg2 healthy: streaming (reported by the replica)"),
     ("unchanged", "pg2", {}, {}, None, ""),
 ]
+
+#: Rules that need the arbiter's own context: (rule, member, observation, member state, ArbiterInput
+#: extras, healthy or None for "no verdict", reason prefix).
+_SEEN = {"pg2": (True, "streaming from pg1"), "pg3": (True, "streaming from pg1")}
+HEALTH_ROWS_CTX: list[tuple[str, str, dict[str, Any], dict[str, Any], dict[str, Any], bool | None, str]] = [
+    ("unreachable-new-arbiter", "pg2", {"reachable": False}, {}, {"arbiter_since": NOW - 0.5}, None, ""),
+    ("unreachable", "pg2", {"reachable": False}, {}, {"arbiter_since": NOW - 5}, False, "pg2 unhealthy: unreachable"),
+    ("replica-primary-unknown", "pg2", {}, {"healthy": False}, {"streaming": {}}, None, ""),
+    ("replica-streaming", "pg2", {}, {"healthy": False}, {"streaming": _SEEN}, True, "pg2 healthy: streaming from pg1"),
+    ("replica-no-evidence", "pg2", {}, {"healthy": False}, {"streaming": {"pg2": (None, "watching")}}, None, ""),
+    ("replica-no-evidence", "pg2", {"streaming": False, "replication_reason": "WAL receiver is waiting"},
+     {"healthy": False}, {"streaming": _SEEN}, None, ""),
+    ("replica-not-streaming", "pg2", {}, {}, {"streaming": {"pg2": (False, "not streaming: not connected")}},
+     False, "pg2 unhealthy: not streaming: not connected"),
+    ("replica-no-evidence", "pg2", {}, {}, {"streaming": {"pg2": (False, "not streaming")}, "arbiter_since": NOW - 1},
+     None, ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "o", "m", "kw", "healthy", "reason"),
+    [r[1:] for r in HEALTH_ROWS_CTX],
+    ids=[f"{r[0]}-{i}" for i, r in enumerate(HEALTH_ROWS_CTX)],
+)
+def test_health_rule_in_context(
+    name: str, o: dict[str, Any], m: dict[str, Any], kw: dict[str, Any], healthy: bool | None, reason: str
+) -> None:
+    """Streaming is judged from the primary's side; a new arbiter and a missing primary judge nothing."""
+    obs = observations(**{name: o})
+    if kw.get("streaming") == {}:
+        obs = observations(pg1={"reachable": False}, **{name: o})
+    ds = [d for d in run(cluster(members={name: m}), obs, **kw) if isinstance(d, MarkHealth) and d.name == name]
+    if healthy is None:
+        assert ds == []
+        return
+    (d,) = ds
+    assert d.healthy is healthy and d.reason.startswith(reason), d.reason
 
 
 @pytest.mark.parametrize(
@@ -281,7 +318,7 @@ def test_health_rule(name: str, o: dict[str, Any], m: dict[str, Any], healthy: b
 
 
 def test_every_health_rule_is_exercised() -> None:
-    assert {r.name for r in HEALTH_RULES} <= {r[0] for r in HEALTH_ROWS}
+    assert {r.name for r in HEALTH_RULES} <= {r[0] for r in HEALTH_ROWS} | {r[0] for r in HEALTH_ROWS_CTX}
 
 
 # --- sync set -------------------------------------------------------------------------------------

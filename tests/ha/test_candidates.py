@@ -35,7 +35,7 @@ RULES = [
     ("not_running", {}, {"pg_running": False}, "not running: PostgreSQL is down"),
     ("role_primary", {}, {"role": "primary"}, "role: reports role primary"),
     ("role_unknown", {}, {"role": "unknown"}, "role: reports role unknown"),
-    ("timeline", {}, {"timeline": 2}, "timeline: on timeline 2, cluster on 1"),
+    ("timeline", {}, {"timeline": 2}, "timeline: replays timeline 2 up to 1000, not a prefix"),
     ("no_position", {}, {"received_lsn": None, "replayed_lsn": None}, "no position: no WAL position reported"),
     ("eligible", {}, {}, "eligible"),
 ]

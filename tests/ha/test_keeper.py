@@ -206,6 +206,19 @@ ROWS: list[tuple[str, KeeperInput, type, str]] = [
         "diverged from the primary's timeline: pg_rewind before following",
     ),
     (
+        "replica-stuck-rewind",
+        inp("pg2", cluster(), REPLICA_PG, not_streaming_for=11.0),
+        Rewind,
+        "running but not streaming from the healthy primary: rewind (treated as diverged): 11 s",
+    ),
+    (
+        "replica-stuck-reclone",
+        inp("pg2", cluster(), REPLICA_PG, not_streaming_for=11.0, stuck_rewound=True),
+        Clone,
+        "still not streaming after a rewind: re-clone",
+    ),
+    ("replica-not-stuck-yet", inp("pg2", cluster(), REPLICA_PG, not_streaming_for=3.0), Nothing, "streaming from"),
+    (
         "replica-reclone",
         inp("pg2", cluster(), DOWN_PG, diverged=True, rewind_failed=True),
         Clone,

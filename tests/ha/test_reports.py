@@ -43,3 +43,33 @@ def test_replica_and_stopped() -> None:
 def test_malformed_reports_raise(body: bytes) -> None:
     with pytest.raises((ValueError, KeyError, TypeError)):
         parse_report(body, observed_at=0.0)
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [{"lease_released": "no"}, {"state_position": -1}, {"received_lsn": "0/1"}, {"pg_running": 1},
+     {"standbys": [{"name": "pg2"}]}, {"extra": True}, {"name": "x" * 500}],
+)
+def test_reports_are_schema_checked(patch: dict[str, object]) -> None:
+    """Types are not coerced: ``"no"`` is not a boolean (it once became True)."""
+    doc = json.loads(build_report("pg1", PRIMARY, state_position=1, lease_released=False))
+    doc.update(patch)
+    with pytest.raises(ValueError):
+        parse_report(json.dumps(doc).encode(), observed_at=0.0)
+
+
+def test_standbys_and_replication_round_trip() -> None:
+    from ram.ha.streaming import LocalReplication
+    from ram.postgres.status import ReplicationConnection
+
+    conn = ReplicationConnection(pid=1, application_name="pg2", client_addr=None, state="streaming", sent_lsn=5000,
+                                 write_lsn=5000, flush_lsn=4990, replay_lsn=4980, sync_state="sync", lag_bytes=20,
+                                 flush_lag_bytes=10, replay_lag_seconds=None)
+    primary = InstanceStatus(running=True, accepting=True, in_recovery=False, timeline=3, current_lsn=5000,
+                             replication=[conn])
+    obs = parse_report(build_report("pg1", primary, state_position=1, lease_released=False), observed_at=0.0)
+    (row,) = obs.standbys
+    assert (row.name, row.state, row.flush_lsn, row.replay_lsn) == ("pg2", "streaming", 4990, 4980)
+    rep = LocalReplication(True, 100, 200, "streaming from the primary")
+    obs = parse_report(build_report("pg2", REPLICA, state_position=1, lease_released=False, replication=rep), 0.0)
+    assert obs.streaming is True and (obs.receive_lag_bytes, obs.lag_bytes) == (100, 200) and not obs.standbys

@@ -118,6 +118,32 @@ class ClusterInfo:
         )
 
 
+SYNC_MODES = ("off", "on", "quorum")
+
+
+def sync_settings(mode: str, *, strict: bool = False, count: int = 1, nodes: int = 3) -> dict[str, Any] | None:
+    """The ``[ha]`` keys of every node for ``ram cluster up --sync MODE [--strict] [--sync-count N]``.
+
+    None for ``off`` without options: the nodes' defaults (asynchronous) apply and their configs stay
+    minimal. Raises ValueError for a combination that could never work, so a typo is not a cluster
+    that quietly runs in another mode.
+    """
+    if mode not in SYNC_MODES:
+        raise ValueError(f"--sync must be one of {', '.join(SYNC_MODES)}, got {mode!r}")
+    if mode == "off":
+        if strict or count != 1:
+            raise ValueError("--strict and --sync-count need --sync on or --sync quorum")
+        return None
+    if count < 1:
+        raise ValueError(f"--sync-count must be at least 1, got {count}")
+    if count > nodes - 1:
+        raise ValueError(
+            f"--sync-count {count} needs at least {count + 1} nodes (the primary and {count} standbys); "
+            f"this cluster has {nodes}"
+        )
+    return {"synchronous_mode": mode, "synchronous_node_count": count, "synchronous_strict": strict}
+
+
 def member_host(index: int) -> str:
     """Node ``index`` (1-based) listens on its own loopback address: 127.0.0.11, .12, …"""
     return f"127.0.0.{10 + index}"
@@ -308,6 +334,54 @@ def pid_alive(pid: int | None) -> bool:
                 os.waitpid(pid, os.WNOHANG)
             return False
     return True
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    return ""
+
+
+def postmaster_pid(member: MemberInfo) -> int | None:
+    """The running postmaster of ``member``'s PostgreSQL, from its ``postmaster.pid``.
+
+    The pid is checked against the process's command line (a postgres process on this data
+    directory): after a crash the file stays behind and its pid may belong to anyone by now.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int((Path(member.pg_data_dir) / "postmaster.pid").read_text().split()[0])
+        if pid_alive(pid) and member.pg_data_dir in _cmdline(pid):
+            return pid
+    return None
+
+
+def ram_pid(member: MemberInfo) -> int | None:
+    """``member``'s running ``ram node run`` process (checked by its command line, like the postmaster)."""
+    if member.pid and pid_alive(member.pid) and member.config_file in _cmdline(member.pid):
+        return member.pid
+    return None
+
+
+def kill_member(member: MemberInfo, *, ram: bool = True, postgres: bool = True) -> list[tuple[str, int]]:
+    """SIGKILL ``member``'s ram process and/or its postmaster, as a crash would; returns what was killed.
+
+    Both are read before either is killed, and ram goes first: a live ram would restart a killed
+    postmaster at once. Waits until the killed processes are gone, so the caller sees the crash.
+    """
+    targets: list[tuple[str, int]] = []
+    pm = postmaster_pid(member) if postgres else None
+    node = ram_pid(member) if ram else None
+    if node is not None:
+        targets.append(("ram process", node))
+    if pm is not None:
+        targets.append(("postmaster", pm))
+    for _, pid in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(pid_alive(pid) for _, pid in targets) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return targets
 
 
 def stop_node(member: MemberInfo, *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> bool:

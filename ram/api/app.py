@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import uvicorn
-from litestar import Litestar
+from litestar import Litestar, Router
+from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.static_files import create_static_files_router
 
 from ram.api import action_routes, cluster_routes, health_routes
 from ram.api.context import ApiContext
@@ -25,6 +29,43 @@ from ram.consensus.runtime.node import RaftNode
 log = logging.getLogger("ram.api")
 
 MAX_BODY_BYTES = 1024 * 1024
+
+#: The API docs (Swagger UI) and the OpenAPI document, under the node's own API.
+SCHEMA_PATH = "/schema"
+OPENAPI_JSON_PATH = f"{SCHEMA_PATH}/openapi.json"
+#: Swagger UI's script, style sheet and icons, served by the node itself: nodes of a database
+#: cluster often have no route to the internet, and a docs page that pulls its code from a CDN
+#: stays blank there (and would run third-party code in an operator's browser).
+SCHEMA_ASSETS_PATH = f"{SCHEMA_PATH}/assets"
+
+
+def swagger_ui() -> SwaggerRenderPlugin:
+    """Swagger UI at ``/schema`` (and ``/schema/swagger``) with every asset local, none from a CDN."""
+    return SwaggerRenderPlugin(
+        js_url=f"{SCHEMA_ASSETS_PATH}/swagger-ui-bundle.js",
+        css_url=f"{SCHEMA_ASSETS_PATH}/swagger-ui.css",
+        standalone_preset_js_url=f"{SCHEMA_ASSETS_PATH}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{SCHEMA_ASSETS_PATH}/favicon-32x32.png'>",
+        path=["/", "/swagger"],
+    )
+
+
+def swagger_ui_dir() -> Path:
+    """Where the ``swagger-ui-bundle-v2`` package keeps Swagger UI's distribution files.
+
+    Looked up through the module's ``swagger_ui_path`` (the package ships no type information, and
+    the directory name carries the Swagger UI version, which changes with the package).
+    """
+    module = importlib.import_module("swagger_ui_bundle")
+    return Path(str(module.swagger_ui_path))
+
+
+def schema_assets() -> Router:
+    """Swagger UI's files as static files of the API (cached by browsers for an hour)."""
+    return create_static_files_router(
+        path=SCHEMA_ASSETS_PATH, directories=[swagger_ui_dir()], name="schema-assets", include_in_schema=False,
+        cache_control=CacheControlHeader(max_age=3600),
+    )
 
 
 def create_app(node: RaftNode, *, store_dsn: str, pool: asyncpg.Pool) -> Litestar:
@@ -43,7 +84,9 @@ def create_app(node: RaftNode, *, store_dsn: str, pool: asyncpg.Pool) -> Litesta
         await ctx.close_streams()
 
     app = Litestar(
-        route_handlers=[*cluster_routes.ROUTES, *action_routes.ROUTES, *health_routes.ROUTES, metrics],
+        route_handlers=[
+            *cluster_routes.ROUTES, *action_routes.ROUTES, *health_routes.ROUTES, metrics, schema_assets(),
+        ],
         dependencies={"ctx": Provide(provide_ctx, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[api_metrics.middleware],
@@ -52,8 +95,8 @@ def create_app(node: RaftNode, *, store_dsn: str, pool: asyncpg.Pool) -> Litesta
             title="RAM",
             version="1",
             description="RAM node API: cluster state, events, actions (committed through Raft) and health checks.",
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
+            path=SCHEMA_PATH,
+            render_plugins=[swagger_ui(), JsonRenderPlugin()],
         ),
         request_max_body_size=MAX_BODY_BYTES,
         debug=False,

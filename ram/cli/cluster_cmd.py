@@ -1,8 +1,9 @@
-"""``ram cluster up|down``: a local cluster on this machine, for trying RAM and for tests."""
+"""``ram cluster up|down|kill``: a local cluster on this machine, for trying RAM and for tests."""
 
 from __future__ import annotations
 
 import asyncio
+import shlex
 import shutil
 import sys
 import time
@@ -12,7 +13,17 @@ from typing import Any
 import click
 
 from ram.cli.errors import UserError, friendly_errors
-from ram.localcluster import ClusterInfo, pid_alive, plan, prepare, start_node, stop_nodes, store_server
+from ram.localcluster import (
+    ClusterInfo,
+    kill_member,
+    pid_alive,
+    plan,
+    prepare,
+    start_node,
+    stop_nodes,
+    store_server,
+    sync_settings,
+)
 from ram.postgres.commands import PostgresCommandError
 
 DEFAULT_DIR = Path("ram-cluster")
@@ -90,14 +101,22 @@ def _print_summary(info: ClusterInfo, doc: dict[str, Any]) -> None:
     click.echo(f"readers: {info.reader_dsn()}")
     click.echo(f"(the postgres password is in {info.pgpass_file}; export PGPASSFILE={info.pgpass_file})")
     click.echo("")
+    primary = str(doc.get("primary") or info.members[0].name)
+    other = next((m.name for m in info.members if m.name != primary), primary)
+    where = shlex.quote(info.dir)
     click.echo("Next:")
-    click.echo(f"  export RAM_API={apis} PGPASSFILE={info.pgpass_file}")
+    # The commands live next to the interpreter running us (the venv's bin): on PATH, the first
+    # `ramctrl status` works in any shell, also one where the venv was never activated.
+    click.echo(f"  export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH")
+    click.echo(f"  export RAM_API={apis} PGPASSFILE={shlex.quote(str(info.pgpass_file))}")
     click.echo("  ramctrl status                      # members, roles, lag, Raft leader")
     click.echo("  ramctrl events --follow             # live cluster events (in a second terminal)")
     click.echo(f"  psql '{info.writer_dsn()}' -c 'SELECT 1'")
-    click.echo("  kill -9 the primary's ram node and postmaster, then watch the failover")
-    click.echo("  ramctrl switchover --to pg2")
-    click.echo(f"  ram cluster down --dir {info.dir} [--purge]")
+    click.echo(f"  ram cluster kill {primary} --dir {where}   # kill -9 the primary's ram and postmaster")
+    click.echo("  ramctrl status                      # a replica took over within ~3 s")
+    click.echo(f"  ram cluster up --dir {where}       # restarts {primary}: it rejoins as a replica")
+    click.echo(f"  ramctrl switchover --to {other}")
+    click.echo(f"  ram cluster down --dir {where} [--purge]")
 
 
 @cluster_group.command("up")
@@ -107,23 +126,48 @@ def _print_summary(info: ClusterInfo, doc: dict[str, Any]) -> None:
 @click.option("--base-port", default=15432, show_default=True,
               help="PostgreSQL of node i listens on base+i-1; APIs on base+100.., Raft on base+200..")
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait until every member is healthy.")
+@click.option("--sync", "sync_mode", type=click.Choice(["off", "on", "quorum"]), default="off", show_default=True,
+              help="Synchronous replication of a new cluster: off (asynchronous); on: every commit waits for "
+                   "the first N standbys (FIRST N); quorum: for any N of them (ANY N).")
+@click.option("--strict", is_flag=True,
+              help="With --sync on|quorum: never fall back to asynchronous replication (writes wait while no "
+                   "synchronous standby is healthy).")
+@click.option("--sync-count", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="With --sync on|quorum: how many standbys must confirm each commit (at most nodes-1).")
+@click.pass_context
 @friendly_errors(PostgresCommandError, ValueError)
-def cluster_up(nodes: int, directory: Path, base_port: int, timeout: float) -> None:
+def cluster_up(ctx: click.Context, nodes: int, directory: Path, base_port: int, timeout: float, sync_mode: str,
+               strict: bool, sync_count: int) -> None:
     """Build and start a local cluster (or restart an existing one in DIR).
+
+    --sync, --strict and --sync-count go into every node's configuration ([ha] section) when the
+    cluster is created; an existing cluster keeps the mode it was created with.
 
     \b
     Example:
       ram cluster up --nodes 3 --dir ./ram-cluster
+      ram cluster up --dir /var/tmp/ram-sync --base-port 16432 --sync on
+      ram cluster up --dir /var/tmp/ram-q --base-port 17432 --sync quorum --strict
     """
     existing = (directory / "cluster.json").exists()
+    given = [f"--{name.replace('_', '-')}" for name in ("sync_mode", "strict", "sync_count")
+             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    given = ["--sync" if g == "--sync-mode" else g for g in given]
     if existing:
+        if given:
+            raise UserError(
+                f"{directory} already holds a cluster; {', '.join(given)} only apply when creating one "
+                f"(remove it first: ram cluster down --dir {shlex.quote(str(directory))} --purge --force)"
+            )
         info = ClusterInfo.load(directory)
         click.echo(f"restarting the cluster in {info.dir}")
         asyncio.run(store_server(info).start())
     else:
+        ha = sync_settings(sync_mode, strict=strict, count=sync_count, nodes=nodes)
         info = plan(directory, nodes, base_port)
-        click.echo(f"creating a {nodes}-node cluster in {info.dir}")
-        asyncio.run(prepare(info))
+        mode = "" if sync_mode == "off" else f", synchronous mode {sync_mode}" + (" (strict)" if strict else "")
+        click.echo(f"creating a {nodes}-node cluster in {info.dir}{mode}")
+        asyncio.run(prepare(info, ha))
     for member in info.members:
         if not pid_alive(member.pid):
             start_node(info, member)
@@ -136,16 +180,27 @@ def cluster_up(nodes: int, directory: Path, base_port: int, timeout: float) -> N
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=DEFAULT_DIR, show_default=True,
               help="The cluster's directory.")
 @click.option("--purge", is_flag=True, help="Also delete the cluster's data (asks unless --force).")
-@click.option("--force", is_flag=True, help="Do not ask before purging.")
+@click.option("--force", is_flag=True, help="Do not ask before purging (needed when stdin is not a terminal).")
 @friendly_errors(PostgresCommandError, ValueError)
 def cluster_down(directory: Path, purge: bool, force: bool) -> None:
     """Stop a local cluster; the data stays unless --purge.
 
+    --purge deletes the cluster's directory after a confirmation; without a terminal to ask on,
+    it refuses (and changes nothing) unless --force.
+
     \b
     Example:
+      ram cluster down --dir ./ram-cluster
       ram cluster down --dir ./ram-cluster --purge --force
     """
     info = ClusterInfo.load(directory)
+    if purge and not force:
+        # Asked before anything is stopped: "no" (or no terminal to answer on) leaves all as it was.
+        if not sys.stdin.isatty():
+            raise UserError(f"--purge would delete {info.dir} and all its data; stdin is not a terminal to "
+                            "confirm on: pass --force to purge without asking")
+        if not click.confirm(f"Stop the cluster and delete {info.dir} with all its data?", default=False):
+            raise UserError("not confirmed; nothing was stopped or deleted")
     for member in stop_nodes(info.members):
         click.echo(f"stopped {member.name} (pid {member.pid})")
     for member in info.members:
@@ -153,7 +208,38 @@ def cluster_down(directory: Path, purge: bool, force: bool) -> None:
     info.save()
     asyncio.run(store_server(info).stop())
     if purge:
-        if not force and sys.stdin.isatty():
-            click.confirm(f"Delete {info.dir} and all its data?", abort=True)
         shutil.rmtree(info.dir)
         click.echo(f"removed {info.dir}")
+
+
+@cluster_group.command("kill")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=DEFAULT_DIR, show_default=True,
+              help="The cluster's directory.")
+@click.option("--postgres-only", is_flag=True, help="Kill only the member's postmaster (ram restarts it in place).")
+@click.option("--ram-only", is_flag=True,
+              help="Kill only the member's ram process (its fence guard then stops a primary's PostgreSQL).")
+@friendly_errors(ValueError)
+def cluster_kill(name: str, directory: Path, postgres_only: bool, ram_only: bool) -> None:
+    """Crash a member on purpose: kill -9 its ram process and its PostgreSQL postmaster.
+
+    For trying failover: the pids come from DIR/cluster.json and the member's postmaster.pid, so
+    no digging is needed. `ram cluster up` starts the member again; it rejoins as a replica.
+
+    \b
+    Example:
+      ram cluster kill pg1 --dir ./ram-cluster
+      ram cluster kill pg2 --postgres-only
+    """
+    if postgres_only and ram_only:
+        raise click.UsageError("--postgres-only and --ram-only exclude each other; give one (or neither for both)")
+    info = ClusterInfo.load(directory)
+    member = next((m for m in info.members if m.name == name), None)
+    if member is None:
+        raise UserError(f"no member named {name!r} in {info.dir}; members: {', '.join(m.name for m in info.members)}")
+    killed = kill_member(member, ram=not postgres_only, postgres=not ram_only)
+    if not killed:
+        what = "its postmaster" if postgres_only else "its ram process" if ram_only else "neither ram nor postgres"
+        raise UserError(f"{name}: nothing to kill, {what} is not running")
+    for what, pid in killed:
+        click.echo(f"killed {name}'s {what} (pid {pid}) with SIGKILL")

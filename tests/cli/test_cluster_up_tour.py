@@ -297,6 +297,17 @@ def test_cluster_up_prints_status_dsns_next_steps_and_writes_cluster_json(tour: 
     assert f"export RAM_API={','.join(tour.api_urls())}" in out
     assert "ramctrl status" in out and "ramctrl switchover --to" in out
     assert f"ram cluster down --dir {tour.dir}" in out
+    primary = next(name for name, r in rows.items() if r[2] == "primary")
+    assert f"ram cluster kill {primary} --dir {tour.dir}" in out
+    # The first lines of "Next:", pasted into a new shell whose PATH lacks the venv, make `ramctrl status` work.
+    nxt = out.split("Next:", 1)[1].splitlines()
+    exports = [line.strip() for line in nxt if line.strip().startswith("export ")]
+    assert exports and exports[0] == f"export PATH={BIN}:$PATH", nxt
+    bare = {k: v for k, v in tour.env.items() if k not in ("RAM_API", "PGPASSFILE")}
+    bare["PATH"] = os.pathsep.join(p for p in bare["PATH"].split(os.pathsep) if Path(p) != BIN) or "/usr/bin:/bin"
+    shell = subprocess.run(["bash", "-c", "\n".join([*exports, "ramctrl status"])], capture_output=True, text=True,
+                           timeout=CTL_TIMEOUT_S, env=bare, cwd=tour.root, stdin=subprocess.DEVNULL)
+    assert shell.returncode == 0 and f"primary: {primary}" in shell.stdout, describe(shell)
     # cluster.json describes the cluster for scripts.
     assert info["dir"] == str(tour.dir) and info["store_port"] == base + 299
     assert Path(info["pgpass_file"]).is_file()
@@ -345,10 +356,20 @@ def test_health_and_dsn_and_a_write(tour: Tour) -> None:
         assert " ok " in line and " yes" in line, result.stdout
     checks = tour.ctl_json("health")
     assert len(checks) == NODES and all(c["ok"] and c["healthy"] and c["ready"] for c in checks), checks
-    # ramctrl dsn, then a client writes through the writer URI (libpq finds the primary).
+    # ramctrl dsn, then a client writes through the writer URI (libpq finds the primary): each URI as printed,
+    # with PostgreSQL 15's psql (Debian 12's libpq, which rejects parameters of later versions).
     plain = tour.ctl("dsn")
-    assert plain.returncode == 0 and "writers: postgresql://" in plain.stdout, describe(plain)
-    dsns = tour.ctl_json("dsn", "--user", "postgres", "--no-load-balance")
+    assert plain.returncode == 0, describe(plain)
+    printed = dict(line.split(": ", 1) for line in plain.stdout.splitlines())
+    assert sorted(printed) == ["readers", "writers"], plain.stdout
+    psql15 = str(find_bindir() / "psql")
+    assert " 15." in tour.run([psql15, "--version"]).stdout
+    for role, uri in printed.items():
+        assert uri.startswith("postgresql://postgres@"), uri  # as root, no user would mean role "root"
+        result = tour.run([psql15, uri, "-X", "-At", "-w", "-c", "SELECT 1"])
+        assert result.returncode == 0 and result.stdout.strip() == "1", f"{role}: {describe(result)}"
+    dsns = tour.ctl_json("dsn")
+    assert dsns == printed
     assert "target_session_attrs=read-write" in dsns["writers"] and "target_session_attrs=any" in dsns["readers"]
     writers = dsns["writers"]
     tour.psql(writers, "CREATE TABLE demo (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
@@ -398,10 +419,14 @@ def test_switchover_to_a_replica(tour: Tour) -> None:
     try:
         started = time.monotonic()
         result = tour.ctl("switchover", "--to", target, "--force")
+        took = time.monotonic() - started
         assert result.returncode == 0, describe(result)
         assert "Switchover accepted" in result.stdout and f"{old} -> {target}" in result.stdout, result.stdout
+        # ramctrl waited for the outcome: the new primary, its timeline and the duration, and it is so at once.
+        done = f"Switchover completed: {target} is the primary (was {old}), timeline {before['timeline'] + 1}, took "
+        assert done in result.stdout, result.stdout
+        assert tour.status()["primary"] == target
         after = tour.wait_settled(target)
-        took = time.monotonic() - started
         assert after["timeline"] == before["timeline"] + 1, brief(after)
         old_row = next(m for m in after["members"] if m["name"] == old)
         assert old_row["role"] == "replica" and old_row["following"] == target
@@ -423,7 +448,7 @@ def test_switchover_to_a_replica(tour: Tour) -> None:
         if follower.poll() is None:
             follower.kill()
             follower.wait(timeout=10)
-    print(f"switchover {old} -> {target} settled after {took:.1f} s")
+    print(f"switchover {old} -> {target}: ramctrl returned after {took:.1f} s")
     ops = tour.ctl_json("history")["operations"]
     done = [op for op in ops if op["kind"] == "switchover" and op["outcome"] == "succeeded"]
     assert done and done[-1]["old_primary"] == old and done[-1]["new_primary"] == target, ops
@@ -435,6 +460,57 @@ def test_switchover_to_a_replica(tour: Tour) -> None:
     assert tour.psql(writers, "SELECT count(*) FROM demo") == str(tour.rows)
 
 
+def test_switchover_without_a_candidate_reports_the_chosen_one_as_json(tour: Tour) -> None:
+    before = tour.wait_settled()
+    result = tour.ctl("switchover", "--force", "--json")
+    assert result.returncode == 0, describe(result)
+    outcome = json.loads(result.stdout)
+    assert outcome["operation"] == "switchover" and outcome["outcome"] == "succeeded", outcome
+    assert outcome["old_primary"] == before["primary"]
+    chosen = outcome["new_primary"]
+    assert chosen in {m["name"] for m in before["members"]} - {before["primary"]}, outcome
+    assert outcome["timeline"] == before["timeline"] + 1 and outcome["duration_ms"] >= 0
+    assert outcome["write"]["index"] > before["applied_index"] and outcome["error"] == ""
+    assert tour.status()["primary"] == chosen
+    tour.wait_settled(chosen)
+
+
+def test_failover_waits_for_the_outcome(tour: Tour) -> None:
+    """Maintenance on (no automatic failover), `ram cluster kill` of the primary, then a manual failover that
+    ramctrl follows to its end; resume, and `ram cluster up` brings the killed node back as a replica."""
+    before = tour.wait_settled()
+    old = before["primary"]
+    target = sorted(m["name"] for m in before["members"] if m["name"] != old)[-1]
+    refused = tour.ctl("failover", "--to", target, "--force")  # the primary is healthy: use a switchover
+    assert refused.returncode == 1 and "switchover" in refused.stderr.splitlines()[-1], describe(refused)
+    assert tour.ctl("pause", "--reason", "tour: manual failover").returncode == 0
+    try:
+        member = tour.member(old)
+        pm = postmaster_pid(Path(member["pg_data_dir"]))
+        kill = tour.ram("cluster", "kill", old, "--dir", str(tour.dir), timeout=CTL_TIMEOUT_S)
+        assert kill.returncode == 0, describe(kill)
+        assert f"killed {old}'s ram process (pid {member['pid']})" in kill.stdout, kill.stdout
+        assert f"killed {old}'s postmaster (pid {pm})" in kill.stdout, kill.stdout
+        assert not lc.pid_alive(member["pid"]) and pm is not None and not lc.pid_alive(pm)
+        others = [u for u in tour.api_urls() if u != member["api_url"]]
+        tour.wait_status(lambda doc: any(m["name"] == old and not m["healthy"] for m in doc["members"]),
+                         FAILOVER_BOUND_S, f"{old} reported unhealthy", apis=others)
+        time.sleep(1.0)  # maintenance: nothing happens by itself
+        assert tour.status(apis=others)["primary"] == old
+        result = tour.ctl("failover", "--to", target, "--force", "--json", apis=others)
+        assert result.returncode == 0, describe(result)
+        outcome = json.loads(result.stdout)
+        assert outcome["outcome"] == "succeeded" and outcome["new_primary"] == target, outcome
+        assert outcome["old_primary"] == old and outcome["timeline"] == before["timeline"] + 1, outcome
+        assert tour.status(apis=others)["primary"] == target
+    finally:
+        assert tour.ctl("resume").returncode == 0
+    up = tour.ram("cluster", "up", "--dir", str(tour.dir), "--timeout", str(UP_TIMEOUT_S))
+    assert up.returncode == 0, describe(up)
+    tour.wait_settled(target)
+    assert tour.psql(tour.writer_dsn(), "SELECT count(*) FROM demo") == str(tour.rows)
+
+
 @pytest.mark.slow
 def test_node_loss_fails_over_and_cluster_up_rejoins_the_node(tour: Tour) -> None:
     """The tour's kill -9 of the primary's ram and postmaster, then `ram cluster up` restarts the node."""
@@ -442,9 +518,9 @@ def test_node_loss_fails_over_and_cluster_up_rejoins_the_node(tour: Tour) -> Non
     member = tour.member(old)
     pm = postmaster_pid(Path(member["pg_data_dir"]))
     assert pm is not None and lc.pid_alive(member["pid"]) and lc.pid_alive(pm)
-    os.kill(member["pid"], signal.SIGKILL)
-    os.kill(pm, signal.SIGKILL)
+    kill = tour.ram("cluster", "kill", old, "--dir", str(tour.dir), timeout=CTL_TIMEOUT_S)  # as the README's tour
     killed = time.monotonic()
+    assert kill.returncode == 0 and not lc.pid_alive(member["pid"]) and not lc.pid_alive(pm), describe(kill)
     # ramctrl passes over the dead node's API (listed first here) to the next one.
     apis = [member["api_url"]] + [u for u in tour.api_urls() if u != member["api_url"]]
     after = tour.wait_status(
@@ -553,7 +629,12 @@ def test_cluster_down_then_up_again(tour: Tour) -> None:
 def test_cluster_down_purge_removes_everything(tour: Tour) -> None:
     tour.remember_pids()
     pids = sorted(tour.seen_pids)
-    down = tour.ram("cluster", "down", "--dir", str(tour.dir), "--purge", timeout=120)  # no tty: no question
+    # No terminal to confirm on: refused, nothing stopped or deleted.
+    refused = tour.ram("cluster", "down", "--dir", str(tour.dir), "--purge", timeout=120)
+    assert refused.returncode == 1 and "--force" in refused.stderr and "Traceback" not in refused.stderr, \
+        describe(refused)
+    assert tour.dir.is_dir() and tour.ctl("status").returncode == 0
+    down = tour.ram("cluster", "down", "--dir", str(tour.dir), "--purge", "--force", timeout=120)
     assert down.returncode == 0, describe(down)
     assert f"removed {tour.dir}" in down.stdout
     assert not tour.dir.exists()

@@ -31,6 +31,7 @@ from tests.conftest import make_tempdir
 from tests.e2e.cluster import free_base_port
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 NODES = 3
 UP_TIMEOUT_S = 150.0  # ram cluster up --timeout; a first start on a busy 2-core machine can be slow
 CTL_TIMEOUT_S = 30.0
@@ -581,6 +582,54 @@ def test_events_in_the_store_with_sql(tour: Tour) -> None:
     api_events = tour.ctl_lines("events", "--after", "0", "--limit", "20")
     rows = store_sql("SELECT position || '.' || sub || ' ' || type FROM pgraft.events ORDER BY position, sub LIMIT 20")
     assert rows.splitlines() == [f"{e['position']}.{e['sub']} {e['type']}" for e in api_events][:20]
+
+
+def readme_tour_script(tour: Tour) -> str:
+    """The README's tour block as a shell script for this cluster: its directory, ports and a table of its own.
+
+    Left out: ``ramctrl events --follow`` (a second terminal; see test_switchover_to_a_replica) and the final
+    ``ram cluster down`` (test_cluster_down_then_up_again). After the kill, the script waits as a person
+    reading ``ramctrl status`` would, until another member is primary.
+    """
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("A short tour", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    info = tour.info()
+    lines: list[str] = []
+    for line in block.replace("\\\n", " ").splitlines():
+        command = line.split("  #", 1)[0].rstrip()
+        if not command or command.startswith("#") or "events --follow" in command or "cluster down" in command:
+            continue
+        command = (command.replace("$PWD/.venv/bin", str(BIN)).replace("$PWD/ram-cluster", str(tour.dir))
+                   .replace(" 15731 ", f" {info['store_port']} ").replace("demo", "readme_demo"))
+        if command.startswith("export RAM_API="):
+            command = f"export RAM_API={','.join(tour.api_urls())}"
+        if command.startswith("ram cluster "):
+            command += f" --dir {tour.dir}"
+        lines.append(command)
+        if command.startswith("ram cluster kill"):
+            lines.append('for i in $(seq 100); do [ "$(ramctrl status --json | json primary)" != "$P" ] && break; '
+                         "sleep 0.3; done")
+    return "set -euo pipefail\n" + "\n".join(lines) + '\necho "tour primary: $P"\n'
+
+
+def test_the_readme_tour_runs_as_written(tour: Tour) -> None:
+    """Every command of the README's tour, in a fresh bash whose PATH lacks the venv until the tour sets it."""
+    script = readme_tour_script(tour)
+    assert "ram cluster kill $P" in script and "ramctrl switchover --to $P" in script, script
+    before = tour.wait_settled()
+    env = {k: v for k, v in tour.env.items() if k not in ("RAM_API", "PGPASSFILE")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != BIN)
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=UP_TIMEOUT_S + 120,
+                            env=env, cwd=tour.root, stdin=subprocess.DEVNULL)
+    tour.remember_pids()
+    assert result.returncode == 0, f"{script}\n{describe(result)}"
+    old = before["primary"]
+    assert f"tour primary: {old}" in result.stdout
+    assert f"killed {old}'s ram process" in result.stdout and f"Switchover completed: {old} is the primary" \
+        in result.stdout, result.stdout
+    after = tour.wait_settled(old)
+    assert after["timeline"] >= before["timeline"] + 2, brief(after)  # a failover, then the switchover back
+    assert tour.psql(tour.writer_dsn(), "SELECT count(*) FROM readme_demo") == "1"
 
 
 def test_cluster_down_then_up_again(tour: Tour) -> None:

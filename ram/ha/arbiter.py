@@ -320,7 +320,9 @@ class Ctx:
     def fresh(self, name: str | None) -> bool:
         return is_fresh(self.obs(name), self.now, self.inp.settings)
 
-    def choice(self, exclude: tuple[str, ...], required: str | None = None, *, switchover: bool = False) -> CandidateChoice:
+    def choice(
+        self, exclude: tuple[str, ...], required: str | None = None, *, switchover: bool = False
+    ) -> CandidateChoice:
         """Candidates by the one eligibility rule (:func:`choose_candidate`); a switchover also
         requires a healthy (streaming) target, as the API's pre-check does."""
         key = (exclude, required, switchover)
@@ -358,7 +360,11 @@ class Ctx:
         o = self.obs(name)
         if o is None or not self.fresh(name) or not o.pg_running or o.role != "primary" or o.timeline is None:
             return None
-        return o if o.timeline > (self.state.timeline or 0) else None
+        if o.timeline <= (self.state.timeline or 0):
+            return None
+        # Its fork point is what the committed timeline history records and every replica's
+        # divergence is judged by: no promotion is recorded before the report carries it.
+        return o if o.timeline_start_lsn is not None or o.timeline <= 1 else None
 
     def settled(self) -> bool:
         """Has this arbiter been in office long enough to have heard from every live member?"""
@@ -420,8 +426,9 @@ def _bootstrap(c: Ctx, reason: str) -> Decision:
 
 
 def _fork(o: MemberObservation) -> int:
-    """The new timeline's switch point: what the timeline history records (divergence checks use it)."""
-    return o.timeline_start_lsn if o.timeline_start_lsn is not None else _pos(o)
+    """The new timeline's switch point, from the server's timeline history file (:meth:`Ctx.promoted`
+    requires it): what the committed history records and divergence checks use."""
+    return o.timeline_start_lsn if o.timeline_start_lsn is not None else 0
 
 
 def _complete_failover(c: Ctx, reason: str) -> Decision:

@@ -251,9 +251,10 @@ class HAController:
         self._sync_names = None
         if running and status.in_recovery is False:
             self._sync_names = await self._sync_standby_names()
-        self._send_report(status)
-        if running and status.in_recovery is False:
+            # Before the report: the arbiter records a promotion with this fork point, and a fork
+            # point from the previous timeline (or none) misjudges every replica's divergence.
             await self._read_timeline_start(status.timeline)
+        self._send_report(status)
         if running and status.in_recovery:
             self._reconcile_following(status, now)
 
@@ -437,7 +438,9 @@ class HAController:
                 status,
                 state_position=self.node.state.last_position,
                 lease_released=self.lease_released,
-                timeline_start_lsn=self._timeline_start,
+                timeline_start_lsn=self._timeline_start
+                if status.timeline is not None and self._timeline_start_for == status.timeline
+                else None,
                 stopped_lsn=self._stopped_history[2] if self._stopped_history else None,
                 sync_standby_names=self._sync_names,
                 replication=self.replication,

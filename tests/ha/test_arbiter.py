@@ -94,7 +94,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
     (
         "failover-completed",
         FAILOVER,
-        {"pg2": {"role": "primary", "timeline": 2}, **PRIMARY_DOWN},
+        {"pg2": {"role": "primary", "timeline": 2, "timeline_start_lsn": 900}, **PRIMARY_DOWN},
         {"operation_since": NOW - 1},
         CompleteFailover,
         "failover completed: pg2 runs as primary on timeline 2",
@@ -151,7 +151,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
     (
         "switchover-completed",
         SWITCH_OK,
-        {"pg2": {"role": "primary", "timeline": 2}, "pg1": {"role": "replica"}},
+        {"pg2": {"role": "primary", "timeline": 2, "timeline_start_lsn": 900}, "pg1": {"role": "replica"}},
         {},
         CompleteSwitchover,
         "switchover completed: pg2 runs as primary on timeline 2",
@@ -168,7 +168,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
     (
         "promotion-recorded",
         cluster(),
-        {"pg1": {"timeline": 2}},
+        {"pg1": {"timeline": 2, "timeline_start_lsn": 900}},
         {},
         RecordPromotion,
         "the primary promoted itself onto a new timeline: timeline 2",
@@ -315,6 +315,16 @@ def test_health_rule(name: str, o: dict[str, Any], m: dict[str, Any], healthy: b
     assert d.name == name and d.healthy is healthy and d.reason.startswith(reason), d.reason
     (ev,) = d.to_events()
     assert isinstance(ev, MemberHealthChanged) and ev.healthy is healthy
+
+
+def test_promotion_is_recorded_only_with_its_fork_point() -> None:
+    """The fork point goes into the committed timeline history, against which every replica's
+    divergence is judged: a report without it (or with the previous timeline's) records nothing."""
+    ob = observations(pg2={"role": "primary", "timeline": 2}, **PRIMARY_DOWN)
+    assert main(run(FAILOVER, ob, operation_since=NOW - 1)).__class__ is not CompleteFailover
+    ob = observations(pg2={"role": "primary", "timeline": 2, "timeline_start_lsn": 900}, **PRIMARY_DOWN)
+    d = main(run(FAILOVER, ob, operation_since=NOW - 1))
+    assert isinstance(d, CompleteFailover) and d.lsn == 900
 
 
 def test_every_health_rule_is_exercised() -> None:

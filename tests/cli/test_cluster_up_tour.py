@@ -619,8 +619,9 @@ def test_the_readme_tour_runs_as_written(tour: Tour) -> None:
     before = tour.wait_settled()
     env = {k: v for k, v in tour.env.items() if k not in ("RAM_API", "PGPASSFILE")}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != BIN)
+    # The switchover asks "Switch over? [y/N]" (the README does not pass --force): the person answers y.
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=UP_TIMEOUT_S + 120,
-                            env=env, cwd=tour.root, stdin=subprocess.DEVNULL)
+                            env=env, cwd=tour.root, input="y\n")
     tour.remember_pids()
     assert result.returncode == 0, f"{script}\n{describe(result)}"
     old = before["primary"]

@@ -18,9 +18,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner
 
 from ram import localcluster as lc
+from ram.cli.ram_cmd import cli as ram_cli
 from ram.config import load_config
 from tests.conftest import make_tempdir
 
@@ -218,3 +221,24 @@ def test_kill_checks_the_pid_is_still_that_member(root: Path) -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def _ram_commands() -> list[list[str]]:
+    out: list[list[str]] = []
+
+    def walk(group: click.Group, prefix: list[str]) -> None:
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                walk(command, [*prefix, name])
+            else:
+                out.append([*prefix, name])
+
+    walk(ram_cli, [])
+    return out
+
+
+@pytest.mark.parametrize("path", _ram_commands(), ids=" ".join)
+def test_every_ram_command_has_an_example(path: list[str]) -> None:
+    result = CliRunner().invoke(ram_cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output and f"ram {' '.join(path)}" in result.output.split("Example", 1)[1]

@@ -159,12 +159,6 @@ class RaftCore:
         self._cfg = config
         self._id = config.id
         self._rng = rng
-        bug = config.bug
-        self._bug_commit_old = bug == "commit_old_term_by_counting"
-        self._bug_double_vote = bug == "double_vote"
-        self._bug_vote_early = bug == "vote_before_durable"
-        self._bug_apply_uncommitted = bug == "apply_uncommitted"
-        self._bug_no_truncate = bug == "no_truncate_conflict"
 
         hs = persisted.hard_state
         snap = persisted.snapshot
@@ -207,7 +201,6 @@ class RaftCore:
         self._reads_waiting_commit: list[bytes] = []
         self._bcast_pending = False
         self._hb_pending = False
-        self._hide_vote = False
 
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
@@ -626,8 +619,6 @@ class RaftCore:
         can_vote = (
             self._vote == msg.frm or (self._vote == NONE and self._leader_id == NONE) or (pre and msg.term > self._term)
         )
-        if self._bug_double_vote and not pre:
-            can_vote = True
         resp = _MT.PRE_VOTE_RESP if pre else _MT.VOTE_RESP
         if can_vote and self._log.is_up_to_date(msg.index, msg.log_term):
             if pre:
@@ -635,13 +626,15 @@ class RaftCore:
             else:
                 self._election_elapsed = 0
                 self._vote = msg.frm
-                if self._bug_vote_early:
-                    self._hide_vote = True
                 self._msgs.append(Message(resp, self._id, msg.frm, self._term))
         else:
             self._msgs.append(Message(resp, self._id, msg.frm, self._term, reject=True))
 
     def _handle_vote_resp(self, msg: Message) -> None:
+        # Only a (pre-)candidate tallies: a late answer reaching a follower must neither make it
+        # leader nor, by a late rejection, make it forget the leader it follows.
+        if self._role is not Role.PRE_CANDIDATE and self._role is not Role.CANDIDATE:
+            return
         pre = self._role is Role.PRE_CANDIDATE
         if pre != (msg.type is _MT.PRE_VOTE_RESP):
             return
@@ -670,7 +663,7 @@ class RaftCore:
             nxt += 1
         old_last = log.last_index()
         try:
-            res = log.maybe_append(msg.index, msg.log_term, msg.commit, msg.entries, self._bug_no_truncate)
+            res = log.maybe_append(msg.index, msg.log_term, msg.commit, msg.entries)
         except ConflictBelowCommit:
             return
         if res is None:
@@ -749,7 +742,7 @@ class RaftCore:
         if mci <= log.committed:
             return False
         # The commit rule: only entries of the current term are committed by counting replicas.
-        if log.term(mci) != self._term and not self._bug_commit_old:
+        if log.term(mci) != self._term:
             return False
         log.commit_to(mci)
         self._after_leader_commit()
@@ -911,7 +904,7 @@ class RaftCore:
             or self._read_states
             or log.has_unstable()
             or log.pending_snapshot is not None
-            or log.has_next_committed(self._bug_apply_uncommitted)
+            or log.has_next_committed()
             or self._hard_state() != self._prev_hs
             or (self._leader_id, self._role, self._term) != self._prev_soft
         )
@@ -923,21 +916,18 @@ class RaftCore:
         self._flush()
         log = self._log
         hs = self._hard_state()
-        if self._hide_vote:
-            # Deliberate bug: the vote reply leaves in this batch, the vote itself only in the next.
-            self._hide_vote = False
-            prev = self._prev_hs
-            hs = HardState(hs.term, prev.vote if prev.term == hs.term else NONE, hs.commit)
+        prev = self._prev_hs
         rd = Ready(
             hard_state=hs if hs != self._prev_hs else None,
             entries=log.take_unstable() if log.has_unstable() else [],
             snapshot=log.pending_snapshot,
             messages=self._msgs,
-            committed_entries=log.take_next_committed(self._bug_apply_uncommitted),
+            committed_entries=log.take_next_committed(),
             read_states=self._read_states,
             leader_id=self._leader_id,
             role=self._role,
             term=self._term,
+            new_term_or_vote=hs.term != prev.term or hs.vote != prev.vote,
         )
         log.pending_snapshot = None
         self._msgs = []

@@ -113,7 +113,7 @@ class RaftLog:
             self.stable = after - 1
 
     def maybe_append(
-        self, prev_index: int, prev_term: int, commit: int, ents: tuple[Entry, ...], no_truncate: bool = False
+        self, prev_index: int, prev_term: int, commit: int, ents: tuple[Entry, ...]
     ) -> tuple[int, int] | None:
         """Follower append. Returns (last new index, first index written or 0), or None on mismatch.
 
@@ -124,21 +124,16 @@ class RaftLog:
             return None
         last_new = prev_index + len(ents)
         ci = 0
-        if no_truncate:  # deliberate bug: trust that whatever we hold already matches
-            last = self.last_index()
-            for e in ents:
-                if e.index > last:
-                    ci = e.index
-                    break
-        else:
-            for e in ents:
-                if self.term(e.index) != e.term:
-                    ci = e.index
-                    break
+        for e in ents:
+            if self.term(e.index) != e.term:
+                ci = e.index
+                break
         if ci:
             if ci <= self.committed:
                 raise ConflictBelowCommit(ci)
             self._truncate_append(ents[ci - prev_index - 1 :])
+        # Figure 2, AppendEntries rule 5: never past the last entry this message verified; what we
+        # hold beyond it may be a stale suffix that this leader has not overwritten yet.
         self.commit_to(min(commit, last_new))
         return last_new, ci
 
@@ -179,13 +174,12 @@ class RaftLog:
         self.unstable_from = self.last_index() + 1
         return ents
 
-    def has_next_committed(self, upto_last: bool) -> bool:
-        hi = self.last_index() if upto_last else self.committed
-        return hi > max(self.applying, self.snap_index)
+    def has_next_committed(self) -> bool:
+        return self.committed > max(self.applying, self.snap_index)
 
-    def take_next_committed(self, upto_last: bool) -> list[Entry]:
-        """Committed entries not yet handed out (``upto_last``: deliberate apply-uncommitted bug)."""
-        hi = self.last_index() if upto_last else self.committed
+    def take_next_committed(self) -> list[Entry]:
+        """Committed entries not yet handed out for applying."""
+        hi = self.committed
         lo = max(self.applying, self.snap_index) + 1
         if hi < lo:
             return []

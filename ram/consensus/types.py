@@ -12,9 +12,13 @@ The Ready contract (what the runtime must do with a batch from ``RaftCore.ready(
 2. Make ``entries`` durable. They may overwrite a conflicting suffix: every persisted entry with an
    index ``>= entries[0].index`` must be deleted/replaced.
 3. Make ``hard_state`` durable, if present (term, vote, commit) - in the same transaction as 2 is fine.
-4. Only THEN send ``messages`` (a vote reply or an append ack depends on 1-3 being durable).
-5. Apply ``committed_entries`` in order. They are never beyond the commit index that is durable or
-   made durable by this same batch, and never beyond the entries made durable by this batch.
+4. Only THEN send ``messages`` (a vote reply or an append ack depends on 1-3 being durable). The one
+   exception is decided by ``ram.consensus.readyplan.split_sends``: a leader's replication messages
+   may leave before the write, unless the batch changes the term or the vote. Runtimes and the
+   simulator both call it, so the order checked is the order shipped.
+5. Apply ``committed_entries`` in order (may be in the same transaction as 2-3). They are never
+   beyond the commit index that is durable or made durable by this same batch, and never beyond the
+   entries made durable by this batch.
 6. Call ``core.advance(ready)`` with exactly this batch.
 
 Only one Ready is outstanding at a time: after ``ready()`` and until ``advance()``, ``has_ready()``
@@ -196,6 +200,9 @@ class Ready:
     leader_id: int
     role: Role
     term: int
+    new_term_or_vote: bool = False
+    """``hard_state`` changes the term or the vote: no message of this batch may leave before it
+    is durable (see ``ram.consensus.readyplan``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,21 +220,9 @@ class PersistedState:
     applied: int = 0
 
 
-BUGS: frozenset[str] = frozenset(
-    {
-        "commit_old_term_by_counting",
-        "double_vote",
-        "vote_before_durable",
-        "apply_uncommitted",
-        "no_truncate_conflict",
-    }
-)
-"""Deliberate bugs the core can switch on (one at a time) so tests can prove the simulator sees them."""
-
-
 @dataclass(frozen=True, slots=True)
 class RaftConfig:
-    """Static configuration of one node. ``bug`` is for the simulator's self-test only."""
+    """Static configuration of one node."""
 
     id: int
     election_ticks: int = 10
@@ -236,7 +231,6 @@ class RaftConfig:
     max_entries_per_msg: int = 512
     pre_vote: bool = True
     check_quorum: bool = True
-    bug: str | None = None
 
     def validate(self) -> None:
         if self.id <= 0:
@@ -245,8 +239,6 @@ class RaftConfig:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
         if self.max_inflight < 1 or self.max_entries_per_msg < 1:
             raise ValueError("max_inflight and max_entries_per_msg must be >= 1")
-        if self.bug is not None and self.bug not in BUGS:
-            raise ValueError(f"unknown bug {self.bug!r}; known: {sorted(BUGS)}")
 
 
 class ProgressState(enum.Enum):

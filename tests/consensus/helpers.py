@@ -3,6 +3,7 @@
 Each node has fake durable storage and a runtime loop that follows the Ready contract (persist,
 then send, then apply, then advance). Messages go into one FIFO queue; ``deliver()`` runs until
 the network is quiet. Links can be cut and nodes crashed/restarted keeping only their storage.
+``core=`` runs another core class (a deliberate bug from ``tests.consensus.bugs``).
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ class Net:
         learners: Iterable[int] = (),
         logs: dict[int, list[int]] | None = None,
         terms: dict[int, int] | None = None,
+        core: type[RaftCore] = RaftCore,
         **cfg: object,
     ) -> None:
+        self.core_class = core
         self.ids = sorted(ids)
         self.learners = sorted(learners)
         self.cfg = cfg
@@ -95,7 +98,7 @@ class Net:
     def _start(self, nid: int, conf: ConfState | None) -> None:
         st = self.stores[nid]
         rng = random.Random(self.seed * 1000 + nid + 7 * len(st.applied))
-        self.cores[nid] = RaftCore(self.config(nid), rng, st.persisted(), conf)
+        self.cores[nid] = self.core_class(self.config(nid), rng, st.persisted(), conf)
         self.process(nid)
 
     def add_node(self, nid: int) -> None:

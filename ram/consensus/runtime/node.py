@@ -35,6 +35,7 @@ import msgspec
 
 from ram.config import NodeConfig, api_address, parse_address, pg_address
 from ram.consensus.core import ConfChangeInProgress, NotLeader, ProposalDropped, RaftCore
+from ram.consensus.readyplan import split_sends
 from ram.consensus.runtime.codec import (
     ForwardedProposal,
     LeaseRequest,
@@ -53,6 +54,7 @@ from ram.consensus.types import (
     ConfState,
     Entry,
     EntryType,
+    Message,
     PersistedState,
     RaftConfig,
     Ready,
@@ -611,24 +613,21 @@ class RaftNode:
             self._wake.clear()
             while core.has_ready():
                 rd = core.ready()
-                # A leader's messages (appends, heartbeats) do not depend on its own disk: it counts
-                # itself only once advance() reports its entries durable. Sending them before the
-                # local fsync overlaps the leader's and the followers' writes (Raft thesis 10.2.1).
-                early = rd.role is Role.LEADER and rd.snapshot is None
-                if early:
-                    self._send(rd)
+                # Which messages may leave before the write (a leader's appends) is decided by
+                # split_sends, shared with the simulator so that it checks this very order.
+                early, late = split_sends(rd)
+                self._send(early)
                 if rd.snapshot is not None:
                     await self._install_snapshot(rd)
                 applying = self._prepare_apply(rd.committed_entries)
                 await self._persist(rd, applying)
-                if not early:
-                    self._send(rd)
+                self._send(late)
                 self._finish_apply(applying)
                 core.advance(rd)
                 self._after_ready(rd)
 
-    def _send(self, rd: Ready) -> None:
-        for message in rd.messages:
+    def _send(self, messages: Sequence[Message]) -> None:
+        for message in messages:
             self.transport.send(message.to, encode_payload(RaftPayload(message)))
 
     async def _retry_store(self, what: str, operation: Callable[[], Awaitable[None]]) -> None:

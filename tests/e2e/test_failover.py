@@ -108,7 +108,7 @@ async def test_switchover_to_a_named_replica_and_back(e2e: E2ECluster) -> None:
         await asyncio.sleep(0.5)
     # The old primary follows the new one without a rewind.
     events = (await e2e.api("GET", "/events?limit=1000&type=replica_rejoined")).json()["events"]
-    assert not [e for e in events if e["data"]["name"] == old and e["position"] > reply.json()["write"]["index"]]
+    assert not [e for e in events if e["payload"]["name"] == old and e["position"] > reply.json()["write"]["index"]]
     reference = await e2e.rows(target, writer.table)
     assert set(writer.acked) <= set(reference), "a switchover lost an acknowledged write"
     await _wait_rows(e2e, old, reference, writer.table)

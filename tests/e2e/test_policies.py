@@ -125,8 +125,8 @@ async def _action_outcome(e2e: E2ECluster, name: str, action: str, since: int, t
     while time.monotonic() < deadline:
         reply = await e2e.api("GET", f"/events?after={since}&type=member_action_completed")
         for ev in reply.json()["events"]:
-            if ev["data"]["name"] == name and ev["data"]["action"] == action:
-                return dict(ev["data"])
+            if ev["payload"]["name"] == name and ev["payload"]["action"] == action:
+                return dict(ev["payload"])
         await asyncio.sleep(0.3)
     raise AssertionError(f"{name} did not report the end of its {action} within {timeout} s")
 

@@ -121,7 +121,7 @@ async def test_no_healthy_standby_degrades_to_async_unless_strict(sync_cluster: 
                 await asyncio.sleep(0.1)
             assert any(t > frozen_at + 0.5 for t, _ in writer.servers), "writes did not resume after the thaw"
     events = (await e2e.api("GET", f"/events?after={since}&type=synchronous_standbys_changed")).json()["events"]
-    degraded = [ev for ev in events if not ev["data"]["standbys"] and "degraded" in ev["data"]["reason"]]
+    degraded = [ev for ev in events if not ev["payload"]["standbys"] and "degraded" in ev["payload"]["reason"]]
     assert bool(degraded) is not strict, events
     c = await e2e.wait_for(lambda c: bool(c["synchronous"]["standbys"]), 60, "a synchronous standby again")
     assert c["primary"] == primary

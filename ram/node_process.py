@@ -77,7 +77,7 @@ async def run_node(config: NodeConfig) -> None:
         # run — while it loads.
         api_module = await asyncio.to_thread(importlib.import_module, "ram.api.app")
         api_host, api_port = parse_address(api_address(config))
-        api = await api_module.serve(api_module.create_app(node, store_dsn=dsn, pool=pool), api_host, api_port)
+        api = await api_module.serve(api_module.create_app(node, store_dsn=dsn, pool=pool, ha=ha), api_host, api_port)
         log.info("api listening url=%s", api.url)
         stop_wait = asyncio.ensure_future(stop.wait())
         fail_wait = asyncio.ensure_future(node.failed.wait())

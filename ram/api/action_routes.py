@@ -11,7 +11,6 @@ from pydantic import JsonValue
 
 from ram.api.context import ApiContext, Ctx
 from ram.api.errors import ApiError, error_responses
-from ram.api.pgparams import needs_restart, parameter_name, valid_parameter_name
 from ram.api.schemas import (
     AddMemberRequest,
     ConfigOut,
@@ -37,6 +36,17 @@ from ram.eventstore.commands import (
 )
 from ram.eventstore.events import MemberSpec, MemberTags, check_json_value
 from ram.ha.candidates import switchover_precheck
+from ram.ha.dynconfig import (
+    DYNAMIC_HA_KEYS,
+    NODE_ONLY_HA_KEYS,
+    PG_PREFIX,
+    DynamicConfigError,
+    effective_settings,
+    pg_parameters,
+    validate_changes,
+)
+from ram.ha.settings import HASettings
+from ram.postgres.parameters import needs_restart
 from ram.projections.state import ClusterState
 
 WRITE_ERRORS = (400, 409, 503)
@@ -97,13 +107,31 @@ async def maintenance_off(ctx: Ctx, request: Request[Any, Any, Any]) -> Maintena
 # ---------------------------------------------------------------------------------- config
 
 
+def _config_out(ctx: ApiContext) -> dict[str, Any]:
+    """What GET /config and PATCH /config answer: the committed keys, what is in force on this node
+    (node file overridden by dynamic keys), the defaults, and which members still need a restart."""
+    state = ctx.node.state
+    base = ctx.node.config.ha
+    effective = effective_settings(base, state.dynamic_config)
+    defaults = HASettings()
+    live = ctx.ha.pending_restart() if ctx.ha is not None else {}
+    measured = sorted({p for names in live.values() for p in names})
+    return {
+        "config": dict(state.dynamic_config),
+        "pending_restart": measured if live else sorted(state.pending_restart),
+        "effective": {k: getattr(effective, k) for k in (*DYNAMIC_HA_KEYS, *NODE_ONLY_HA_KEYS)}
+        | {PG_PREFIX + k: v for k, v in pg_parameters(state.dynamic_config).items()},
+        "defaults": {k: getattr(defaults, k) for k in (*DYNAMIC_HA_KEYS, *NODE_ONLY_HA_KEYS)},
+        "pending_restart_members": {name: list(names) for name, names in sorted(live.items()) if names},
+    }
+
+
 @get("/config", summary="Dynamic configuration", tags=["config"], sync_to_thread=False)
 def get_config(ctx: Ctx) -> ConfigOut:
-    state = ctx.node.state
-    return ConfigOut(config=dict(state.dynamic_config), pending_restart=list(state.pending_restart))
+    return ConfigOut(**_config_out(ctx))
 
 
-def validate_patch(changes: object) -> dict[str, JsonValue]:
+def validate_patch(changes: object, ctx: ApiContext | None = None) -> dict[str, JsonValue]:
     """The body of PATCH /config: key -> JSON value (null removes); raises ApiError(400) naming the key."""
     if not isinstance(changes, dict):
         raise ApiError(400, f"body must be a JSON object of key -> value, not {type(changes).__name__}")
@@ -115,14 +143,16 @@ def validate_patch(changes: object) -> dict[str, JsonValue]:
             raise ApiError(
                 400, f"config key {key[:60]!r}: at most {MAX_CONFIG_KEY} characters, no NUL, no outer whitespace"
             )
-        name = parameter_name(key)
-        if name is not None and not valid_parameter_name(name):
-            raise ApiError(400, f"config key {key[:80]!r}: {name[:60]!r} is not a PostgreSQL parameter name")
         try:
             check_json_value(value, key)
         except ValueError as exc:
             raise ApiError(400, f"config key {key[:80]!r}: {exc}") from None
         out[key] = value
+    if ctx is not None:
+        try:
+            out = validate_changes(ctx.node.config.ha, ctx.node.state.dynamic_config, out)
+        except DynamicConfigError as exc:
+            raise ApiError(400, str(exc)) from None
     return out
 
 
@@ -140,7 +170,7 @@ def pending_restart_after(state: ClusterState, changes: dict[str, JsonValue]) ->
     "/config",
     summary="Change dynamic configuration (null removes a key)",
     description="Keys `postgresql.parameters.<name>` set PostgreSQL parameters; those that need a restart "
-    "(see ram/api/pgparams.py) are listed in `pending_restart`.",
+    "(see ram/postgres/parameters.py) are listed in `pending_restart`.",
     tags=["config"],
     status_code=200,
     responses=error_responses(*WRITE_ERRORS),
@@ -153,18 +183,13 @@ async def patch_config(
         Body(description="key -> new value (any JSON); null removes the key", title="ConfigPatch"),
     ],
 ) -> ConfigPatchOut:
-    changes = validate_patch(data)
+    changes = validate_patch(data, ctx)
     state = ctx.node.state
     if all(state.dynamic_config.get(k) == v for k, v in changes.items()):
-        return ConfigPatchOut(
-            config=dict(state.dynamic_config), pending_restart=list(state.pending_restart), write=None
-        )
+        return ConfigPatchOut(**_config_out(ctx), write=None)
     command = PatchConfig(changes=changes, pending_restart=pending_restart_after(state, changes), by=_who(request, ""))
     result = await ctx.node.propose(command)
-    state = ctx.node.state
-    return ConfigPatchOut(
-        config=dict(state.dynamic_config), pending_restart=list(state.pending_restart), write=_write_out(result)
-    )
+    return ConfigPatchOut(**_config_out(ctx), write=_write_out(result))
 
 
 # --------------------------------------------------------------------------------- members

@@ -25,6 +25,7 @@ from ram.api.context import ApiContext
 from ram.api.errors import EXCEPTION_HANDLERS
 from ram.api.metrics import ApiMetrics, metrics
 from ram.consensus.runtime.node import RaftNode
+from ram.ha.live import HAView
 
 log = logging.getLogger("ram.api")
 
@@ -68,14 +69,15 @@ def schema_assets() -> Router:
     )
 
 
-def create_app(node: RaftNode, *, store_dsn: str, pool: asyncpg.Pool) -> Litestar:
+def create_app(node: RaftNode, *, store_dsn: str, pool: asyncpg.Pool, ha: HAView | None = None) -> Litestar:
     """The HTTP API of ``node``: reads from its projection, writes through Raft.
 
     ``store_dsn`` is used by event streams (one LISTEN connection each); ``pool`` serves event reads
-    and the store health check.
+    and the store health check; ``ha`` is the HA controller's live view (lag, streaming, pending
+    restarts, the lease), None on a node that manages no PostgreSQL.
     """
-    ctx = ApiContext(node=node, store_dsn=store_dsn, pool=pool)
-    api_metrics = ApiMetrics(ctx.registry, node)
+    ctx = ApiContext(node=node, store_dsn=store_dsn, pool=pool, ha=ha)
+    api_metrics = ApiMetrics(ctx.registry, node, ha)
 
     def provide_ctx() -> ApiContext:
         return ctx

@@ -36,6 +36,7 @@ from ram.api.views import leader_api_url, member_out, raft_leader_name
 from ram.consensus.runtime.node import ProposalError
 from ram.eventstore.events import EVENT_TYPES, MAX_INT64, StoredEvent, encode_event
 from ram.eventstore.store import follow, read_last, read_range
+from ram.ha.live import LocalLive, MemberLive
 
 KEEPALIVE_S = 15.0
 STREAM_QUEUE = 256
@@ -143,6 +144,22 @@ def _read_fields(ctx: Ctx, freshness: Freshness) -> dict[str, Any]:
     }
 
 
+def _live(ctx: Ctx) -> tuple[dict[str, MemberLive] | None, LocalLive | None]:
+    """The HA controller's measurements: every member on the Raft leader, this node elsewhere."""
+    if ctx.ha is None:
+        return None, None
+    return ctx.ha.members_live(), ctx.ha.local()
+
+
+def _pending_restart(ctx: Ctx) -> list[str]:
+    """Parameters some member's PostgreSQL reports pending a restart (measured, on the leader);
+    elsewhere the keys recorded when they were changed."""
+    live = ctx.ha.members_live() if ctx.ha is not None else {}
+    if live:
+        return sorted({p for m in live.values() for p in m.pending_restart})
+    return list(ctx.node.state.pending_restart)
+
+
 @get(
     "/cluster",
     summary="Cluster status",
@@ -161,7 +178,7 @@ async def get_cluster(ctx: Ctx, stale: Stale = None) -> ClusterOut:
     return ClusterOut(
         cluster_id=state.cluster_id,
         cluster_name=state.cluster_name,
-        members=[member_out(node, state, m) for _, m in sorted(state.members.items())],
+        members=[member_out(node, state, m, *_live(ctx)) for _, m in sorted(state.members.items())],
         raft_leader=raft_leader_name(node),
         raft_leader_api=leader_api_url(node),
         raft_term=node.term,
@@ -170,7 +187,7 @@ async def get_cluster(ctx: Ctx, stale: Stale = None) -> ClusterOut:
         synchronous=SyncOut(mode=state.sync_mode, num_sync=state.num_sync, standbys=list(state.sync_standbys)),
         maintenance=state.maintenance,
         maintenance_reason=state.maintenance_reason,
-        pending_restart=list(state.pending_restart),
+        pending_restart=_pending_restart(ctx),
         commit_index=node.commit_index,
         **_read_fields(ctx, freshness),
     )
@@ -190,7 +207,7 @@ async def get_member(ctx: Ctx, name: FromPath[str], stale: Stale = None) -> Memb
     member = state.members.get(name)
     if member is None:
         raise ApiError(404, f"no member named {name!r}; members: {', '.join(sorted(state.members)) or '(none)'}")
-    out = member_out(node, state, member)
+    out = member_out(node, state, member, *_live(ctx))
     return MemberReadOut(
         **out.model_dump(),
         **_read_fields(ctx, freshness),

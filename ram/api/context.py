@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from prometheus_client import CollectorRegistry
 
 from ram.consensus.runtime.node import RaftNode
+from ram.ha.live import HAView
 
 
 @dataclass
@@ -23,6 +24,8 @@ class ApiContext:
     # Server-sent event streams: each runs its follow() in a task of its own (see events_stream).
     streams: set[asyncio.Task[Any]] = field(default_factory=set)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The HA controller's live view (None when this node manages no PostgreSQL).
+    ha: HAView | None = None
 
     @property
     def name(self) -> str:

@@ -64,10 +64,15 @@ def _primary(ctx: Ctx) -> Verdict:
 
 
 def _replica(ctx: Ctx, lag: int | None) -> Verdict:
+    """A replica that serves reads: committed healthy (it streams from the primary, as the arbiter
+    judged from the primary's side), and — on this node's own measurement — streaming right now and
+    within ``lag`` bytes (replay lag: what a reader sees) of the primary's WAL end."""
     state, me = ctx.node.state, ctx.name
     member = state.members.get(me)
     if member is None:
         return Verdict(False, "not a member of the cluster")
+    if state.primary is None:
+        return Verdict(False, "the cluster has no primary (unknown): nothing to replicate from")
     if state.primary == me:
         return Verdict(False, "this member is the primary")
     if member.fenced:
@@ -76,11 +81,15 @@ def _replica(ctx: Ctx, lag: int | None) -> Verdict:
         return Verdict(False, member.health_reason or "PostgreSQL not reported healthy")
     if member.tags.noloadbalance:
         return Verdict(False, "tagged noloadbalance")
+    local = ctx.ha.local() if ctx.ha is not None else None
+    if local is not None and not local.streaming:
+        return Verdict(False, f"not streaming from the primary {state.primary}: {local.reason}")
     if lag is not None:
-        if member.lag_bytes is None:
-            return Verdict(False, "replication lag unknown")
-        if member.lag_bytes > lag:
-            return Verdict(False, f"lag {member.lag_bytes} bytes exceeds {lag}")
+        measured = local.replay_lag_bytes if local is not None else None
+        if measured is None:
+            return Verdict(False, "replication lag unknown (not streaming, or this node manages no PostgreSQL)")
+        if measured > lag:
+            return Verdict(False, f"replay lag {measured} bytes exceeds {lag}")
     return Verdict(True)
 
 

@@ -22,6 +22,7 @@ from ram.api.context import Ctx
 from ram.api.views import member_role
 from ram.consensus.runtime.node import RaftNode
 from ram.consensus.types import Role
+from ram.ha.live import HAView
 
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -29,8 +30,9 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class NodeCollector(Collector):
     """Raft and cluster gauges of one node, read when scraped."""
 
-    def __init__(self, node: RaftNode) -> None:
+    def __init__(self, node: RaftNode, ha: HAView | None = None) -> None:
         self.node = node
+        self.ha = ha
 
     def collect(self) -> Iterator[Any]:
         node = self.node
@@ -48,10 +50,12 @@ class NodeCollector(Collector):
         yield roles
         timeline = member.timeline if member is not None and member.timeline is not None else state.timeline
         yield _gauge("ram_pg_timeline", "PostgreSQL timeline of this member (NaN: unknown).", timeline)
-        lag = member.lag_bytes if member is not None else None
-        yield _gauge("ram_replication_lag_bytes", "Replication lag of this member in bytes (NaN: unknown).", lag)
+        yield self._lag()
+        lease = self.ha.lease_seconds_left() if self.ha is not None else None
         yield _gauge(
-            "ram_lease_seconds_left", "Seconds left on the primary lease (NaN: no lease, HA layer not running).", None
+            "ram_lease_seconds_left",
+            "Seconds until this node must fence its primary (NaN: it holds no lease, or manages no PostgreSQL).",
+            lease,
         )
         failovers = sum(1 for op in state.operations if op.kind == "failover" and op.outcome == "succeeded")
         switchovers = sum(1 for op in state.operations if op.kind == "switchover" and op.outcome == "succeeded")
@@ -61,14 +65,36 @@ class NodeCollector(Collector):
         yield _gauge("ram_maintenance", "1 while maintenance mode is on.", 1 if state.maintenance else 0)
 
 
+    def _lag(self) -> GaugeMetricFamily:
+        """Replay lag per member, in bytes behind the primary's WAL: every member on the Raft leader
+        (from the reports it receives), this node's own (from its walreceiver) elsewhere."""
+        family = GaugeMetricFamily(
+            "ram_replication_lag_bytes",
+            "Replay lag of a replica behind the primary's WAL position, in bytes (leader: every member).",
+            labels=["member"],
+        )
+        if self.ha is None:
+            return family
+        live = self.ha.members_live()
+        if live:
+            for name, m in sorted(live.items()):
+                if m.replay_lag_bytes is not None:
+                    family.add_metric([name], float(m.replay_lag_bytes))
+            return family
+        local = self.ha.local()
+        if local is not None and local.replay_lag_bytes is not None:
+            family.add_metric([self.node.config.name], float(local.replay_lag_bytes))
+        return family
+
+
 def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=math.nan if value is None else float(value))
 
 
 class ApiMetrics:
-    def __init__(self, registry: CollectorRegistry, node: RaftNode) -> None:
+    def __init__(self, registry: CollectorRegistry, node: RaftNode, ha: HAView | None = None) -> None:
         self.registry = registry
-        registry.register(NodeCollector(node))
+        registry.register(NodeCollector(node, ha))
         self.requests = Histogram(
             "ram_api_request_duration_seconds",
             "HTTP API request duration.",

@@ -63,8 +63,34 @@ class MemberOut(_Response):
     healthy: bool | None = Field(description="Last reported health; null when never reported.")
     health_reason: str
     timeline: int | None
-    lsn: int | None = Field(description="Last reported WAL position in bytes.")
-    lag_bytes: int | None
+    lsn: int | None = Field(description="WAL position in bytes (live on the Raft leader, else last recorded).")
+    lag_bytes: int | None = Field(
+        description="Replica: replay lag in bytes behind the primary's latest reported WAL position, measured (on "
+        "the Raft leader for every member; elsewhere only for the answering node itself). Null: not known here."
+    )
+    receive_lag_bytes: int | None = Field(
+        default=None, description="Replica: received (flushed) WAL lag in bytes, measured like lag_bytes."
+    )
+    streaming: bool | None = Field(
+        default=None,
+        description="Replica: streams from the primary and keeps up, as the primary's pg_stat_replication shows "
+        "(null: not known by the answering node).",
+    )
+    streaming_reason: str = Field(default="", description="Why streaming is what it is.")
+    ram_reachable: bool | None = Field(
+        default=None,
+        description="The member's RAM process reports in time (null: not known here). A member whose RAM is down "
+        "may still run and stream: see streaming / seen_by_primary.",
+    )
+    seen_by_primary: str | None = Field(
+        default=None, description="The primary's pg_stat_replication state for this member (null: not connected)."
+    )
+    pending_restart: list[str] = Field(
+        default_factory=list, description="Parameters its PostgreSQL reports pending a restart (measured)."
+    )
+    live: bool = Field(
+        default=False, description="True when the measured fields above come from this node's live view."
+    )
     following: str | None
     fenced: bool
     tags: MemberTagsOut
@@ -210,8 +236,20 @@ class MaintenanceOut(_Response):
 
 
 class ConfigOut(_Response):
-    config: dict[str, Any] = Field(description="key -> JSON value.")
-    pending_restart: list[str] = Field(description="Keys whose change awaits a PostgreSQL restart.")
+    config: dict[str, Any] = Field(description="The committed dynamic configuration: key -> JSON value.")
+    pending_restart: list[str] = Field(
+        description="PostgreSQL parameters whose change awaits a restart on some member (measured on the members "
+        "by pg_settings.pending_restart when this node is the Raft leader; else the keys recorded at the change)."
+    )
+    effective: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What runs on this node: every HA setting (node file overridden by dynamic keys) and the "
+        "dynamic PostgreSQL parameters.",
+    )
+    defaults: dict[str, Any] = Field(default_factory=dict, description="Built-in default of every HA setting.")
+    pending_restart_members: dict[str, list[str]] = Field(
+        default_factory=dict, description="Member -> parameters it runs with a value pending a restart (measured)."
+    )
 
 
 class ConfigPatchOut(ConfigOut):

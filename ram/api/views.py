@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ram.api.schemas import MemberOut, MemberStateName, MemberTagsOut, PgRole
 from ram.config import api_address
 from ram.consensus.runtime.node import RaftNode
+from ram.ha.live import LocalLive, MemberLive
 from ram.projections.state import ClusterState, Member
 
 
@@ -17,9 +21,13 @@ def member_role(state: ClusterState, member: Member) -> PgRole:
     return "unknown"
 
 
-def member_state(member: Member) -> MemberStateName:
+def member_state(member: Member, live: MemberLive | None = None) -> MemberStateName:
+    """From committed health, corrected by live facts: a member whose RAM stopped reporting while
+    the primary still sees its PostgreSQL stream is running, not stopped."""
     if member.fenced:
         return "fenced"
+    if live is not None and not live.reporting and live.seen_by_primary == "streaming":
+        return "running"
     if member.healthy is None and member.pg_running is None:
         return "unknown"
     if member.pg_running is False:
@@ -68,21 +76,52 @@ def leader_api_url(node: RaftNode, leader_id: int | None = None) -> str | None:
     return None
 
 
-def member_out(node: RaftNode, state: ClusterState, member: Member) -> MemberOut:
+def member_out(
+    node: RaftNode, state: ClusterState, member: Member, live: Mapping[str, MemberLive] | None = None,
+    local: LocalLive | None = None,
+) -> MemberOut:
+    """A member as the API shows it: committed facts, plus what this node measures live (every member
+    on the Raft leader, only itself elsewhere)."""
     tags = member.tags
+    m_live = (live or {}).get(member.name)
+    measured: dict[str, Any] = {}
+    if m_live is not None:
+        measured = {
+            "lsn": m_live.wal_position if m_live.wal_position is not None else member.lsn,
+            "lag_bytes": m_live.replay_lag_bytes,
+            "receive_lag_bytes": m_live.receive_lag_bytes,
+            "streaming": m_live.streaming,
+            "streaming_reason": m_live.streaming_reason,
+            "ram_reachable": m_live.reporting,
+            "seen_by_primary": m_live.seen_by_primary,
+            "pending_restart": list(m_live.pending_restart),
+            "live": True,
+        }
+    elif local is not None and member.name == node.config.name:
+        measured = {
+            "lag_bytes": local.replay_lag_bytes,
+            "receive_lag_bytes": local.receive_lag_bytes,
+            "streaming": local.streaming if local.in_recovery else None,
+            "streaming_reason": local.reason,
+            "ram_reachable": True,
+            "pending_restart": list(local.pending_restart),
+            "live": True,
+        }
+    else:
+        measured = {"lag_bytes": None}
     return MemberOut(
+        **measured,
         name=member.name,
         node_id=member.node_id,
         api_address=member.api_address,
         raft_address=member.raft_address,
         pg_address=f"{member.pg_host}:{member.pg_port}",
         role=member_role(state, member),
-        state=member_state(member),
+        state=member_state(member, m_live),
         healthy=member.healthy,
         health_reason=member.health_reason,
         timeline=member.timeline,
-        lsn=member.lsn,
-        lag_bytes=member.lag_bytes,
+        **({} if "lsn" in measured else {"lsn": member.lsn}),
         following=member.following,
         fenced=member.fenced,
         tags=MemberTagsOut(

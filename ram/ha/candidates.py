@@ -94,6 +94,8 @@ class MemberObservation:
     receive_lag_bytes: int | None = None
     #: A primary's standbys as its pg_stat_replication shows them.
     standbys: tuple[StandbyRow, ...] = ()
+    #: Parameters its PostgreSQL runs with an old value until restarted (pg_settings.pending_restart).
+    pending_restart: tuple[str, ...] = ()
 
     @property
     def wal_position(self) -> int | None:

@@ -38,9 +38,11 @@ from ram.eventstore.events import (
 from ram.ha import keeper as k
 from ram.ha.arbiter import ArbiterInput, Wait, arbitrate, decide_grant, steady_holder
 from ram.ha.candidates import MemberObservation, is_fresh
+from ram.ha.dynconfig import DYNAMIC_HA_KEYS, effective_settings, pg_parameters
 from ram.ha.facts import FactReporter
 from ram.ha.fence_guard_client import FenceGuardProcess
 from ram.ha.lease import ArbiterLeaseView, HolderLease
+from ram.ha.live import LocalLive, MemberLive
 from ram.ha.pgspec import endpoint_of, instance_spec
 from ram.ha.reports import build_report, parse_report
 from ram.ha.streaming import (
@@ -50,7 +52,7 @@ from ram.ha.streaming import (
     replay_timeline,
     segment_file_name,
 )
-from ram.postgres import sql
+from ram.postgres import dynamic_conf, sql
 from ram.postgres.bootstrap import scram_verifier
 from ram.postgres.instance import ManagedInstance
 from ram.postgres.replication import streams_from
@@ -88,7 +90,13 @@ class HAController:
     def __init__(self, node: RaftNode, config: NodeConfig) -> None:
         self.node = node
         self.config = config
-        self.settings = config.ha
+        #: What runs: the node file's [ha] overridden by the committed dynamic keys (ram.ha.dynconfig).
+        self.settings = effective_settings(config.ha, node.state.dynamic_config)
+        self._dynamic_seen: dict[str, Any] = dict(node.state.dynamic_config)
+        self._dynamic_written: dict[str, str] | None = None
+        self._dynamic_reload = False
+        #: PostgreSQL's own list of parameters waiting for a restart (this node's instance).
+        self.pending_restart_names: tuple[str, ...] = ()
         self.me = config.name
         self.instance = ManagedInstance(instance_spec(config, node.state))
         self.holder = HolderLease(self.settings)
@@ -152,7 +160,9 @@ class HAController:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._finish_crash_recovery(), name="ram.ha.crash-recovery"),
-            loop.create_task(self._every(self.settings.report_interval_s, self._observe), name="ram.ha.observe"),
+            loop.create_task(
+                self._every(lambda: self.settings.report_interval_s, self._observe), name="ram.ha.observe"
+            ),
             loop.create_task(self._lease_loop(), name="ram.ha.lease"),
             loop.create_task(self._fence_watch(), name="ram.ha.fence"),
             loop.create_task(self._arbiter_loop(), name="ram.ha.arbiter"),
@@ -184,7 +194,7 @@ class HAController:
         await self.guard.close()
         log.info("ha controller stopped member=%s", self.me)
 
-    async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+    async def _every(self, interval: Callable[[], float], step: Callable[[], Awaitable[None]]) -> None:
         while True:
             try:
                 await step()
@@ -192,13 +202,21 @@ class HAController:
                 raise
             except Exception:
                 log.exception("ha step failed step=%s", getattr(step, "__name__", step))
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval())
 
     # ---------------------------------------------------------------------------- observing
 
     def _on_applied(self, _state: Any) -> None:
         """A committed change: act on it now rather than at the next tick (a switchover or a
-        failover decision reaches the keepers and the arbiter within one apply)."""
+        failover decision reaches the keepers and the arbiter within one apply). A change of the
+        dynamic configuration takes effect here, on every node, without a restart."""
+        dynamic = self.node.state.dynamic_config
+        if dynamic != self._dynamic_seen:
+            self._dynamic_seen = dict(dynamic)
+            settings = effective_settings(self.config.ha, dynamic)
+            if settings != self.settings:
+                log.info("dynamic configuration applied settings=%s", settings.model_dump(include=set(DYNAMIC_HA_KEYS)))
+            self.settings = settings
         self._wake_keeper.set()
         self._wake_arbiter.set()
         self._wake_lease.set()
@@ -209,6 +227,30 @@ class HAController:
         async with self._observing:
             await self._observe_unlocked()
         await self._primary_upkeep()
+        await self._dynamic_upkeep()
+
+    async def _dynamic_upkeep(self) -> None:
+        """Render the committed ``postgresql.parameters.*`` into ram.dynamic.conf (also while
+        stopped, so the next start has them), reload a running server after a change, and read back
+        what PostgreSQL says still waits for a restart."""
+        if self._initializing or not self.instance.initialized:
+            return
+        wanted = pg_parameters(self.node.state.dynamic_config)
+        if wanted != self._dynamic_written:
+            if await dynamic_conf.write(self.instance.spec, wanted):
+                self._dynamic_reload = True
+                log.info("dynamic PostgreSQL parameters written parameters=%s", ",".join(sorted(wanted)) or "none")
+            self._dynamic_written = wanted
+        status = self.status
+        if status is None or not (status.running and status.accepting):
+            return
+        try:
+            if self._dynamic_reload:
+                await dynamic_conf.reload(self.instance.spec)
+                self._dynamic_reload = False
+            self.pending_restart_names = await dynamic_conf.pending_restart(self.instance.spec)
+        except Exception as exc:
+            log.debug("dynamic parameters: reload or pending-restart read failed error=%s", exc)
 
     async def _primary_upkeep(self) -> None:
         """Slots and the superuser password on the primary: outside the observation lock, so a
@@ -444,6 +486,7 @@ class HAController:
                 stopped_lsn=self._stopped_history[2] if self._stopped_history else None,
                 sync_standby_names=self._sync_names,
                 replication=self.replication,
+                pending_restart=self.pending_restart_names,
             )
         )
 
@@ -926,3 +969,80 @@ class HAController:
             return False, f"reinit failed: {exc}"
         self.facts.report(ReplicaRejoined(name=self.me, primary=primary, method="clone"))
         return True, f"re-cloned from {primary}"
+
+    # ---------------------------------------------------------------------- live view (API)
+
+    def local(self) -> LocalLive | None:
+        status = self.status
+        if status is None:
+            return None
+        running = status.running and status.accepting
+        rep = self.replication
+        return LocalLive(
+            pg_running=running,
+            in_recovery=status.in_recovery if running else None,
+            streaming=bool(rep is not None and rep.streaming),
+            reason=rep.reason if rep is not None else ("PostgreSQL is not running" if not running else "primary"),
+            receive_lag_bytes=rep.receive_lag_bytes if rep is not None else None,
+            replay_lag_bytes=rep.replay_lag_bytes if rep is not None else None,
+            pending_restart=self.pending_restart_names,
+        )
+
+    def members_live(self) -> dict[str, MemberLive]:
+        """Every member as this arbiter last heard of it (only while this node leads Raft)."""
+        if not self._leader_term:
+            return {}
+        now = time.monotonic()
+        state = self.node.state
+        primary = self.observations.get(state.primary or "")
+        primary_pos = primary.wal_position if primary is not None and primary.role == "primary" else None
+        rows = self.streaming.rows if self.streaming.primary == state.primary else {}
+        out: dict[str, MemberLive] = {}
+        for name in state.members:
+            o = self.observations.get(name)
+            fresh = is_fresh(o, now, self.settings)
+            streaming: bool | None = None
+            why = ""
+            if name != state.primary:
+                streaming, why = self.streaming.verdict(name, now, self.settings.report_timeout_s)
+            row = rows.get(name)
+            replica = o is not None and o.role == "replica"
+            out[name] = MemberLive(
+                name=name,
+                report_age_s=None if o is None else round(now - o.observed_at, 3),
+                reporting=fresh,
+                pg_running=o.pg_running if o is not None and fresh else None,
+                role=o.role if o is not None and fresh else "unknown",
+                timeline=o.timeline if o is not None else None,
+                wal_position=o.wal_position if o is not None else None,
+                receive_lag_bytes=max(0, primary_pos - o.received_lsn)
+                if replica and o is not None and o.received_lsn is not None and primary_pos is not None
+                else None,
+                replay_lag_bytes=max(0, primary_pos - o.replayed_lsn)
+                if replica and o is not None and o.replayed_lsn is not None and primary_pos is not None
+                else None,
+                streaming=streaming,
+                streaming_reason=why,
+                seen_by_primary=row.state if row is not None else None,
+                pending_restart=o.pending_restart if o is not None else (),
+            )
+        return out
+
+    def pending_restart(self) -> dict[str, tuple[str, ...]]:
+        """Member -> parameters waiting for a restart, as each member's PostgreSQL reports it (the
+        leader knows every member's; any other node only its own)."""
+        if self._leader_term:
+            now = time.monotonic()
+            return {
+                name: o.pending_restart
+                for name, o in self.observations.items()
+                if name in self.node.state.members and is_fresh(o, now, self.settings)
+            }
+        return {self.me: self.pending_restart_names}
+
+    def lease_seconds_left(self) -> float | None:
+        """Seconds until this node must fence (None: it holds no lease)."""
+        now = time.monotonic()
+        if not self.holder.holds(now):
+            return None
+        return self.holder.time_left(now)

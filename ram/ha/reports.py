@@ -55,6 +55,7 @@ class _Report(BaseModel):
     receive_lag_bytes: Count | None = None
     replay_lag_bytes: Count | None = None
     standbys: Annotated[list[_Standby], Field(max_length=1000)] = []
+    pending_restart: Annotated[list[Short], Field(max_length=1000)] = []
 
 
 def build_report(
@@ -67,6 +68,7 @@ def build_report(
     stopped_lsn: int | None = None,
     sync_standby_names: str | None = None,
     replication: LocalReplication | None = None,
+    pending_restart: tuple[str, ...] = (),
 ) -> bytes:
     """``timeline_start_lsn`` is sent only by a running primary, ``stopped_lsn`` only for a stopped
     server, ``replication`` (streaming and lags) only by a running standby, the standbys the primary
@@ -99,6 +101,7 @@ def build_report(
         ]
         if primary
         else [],
+        pending_restart=list(pending_restart) if running else [],
     )
     return report.model_dump_json(exclude_defaults=True).encode()
 
@@ -131,4 +134,5 @@ def parse_report(body: bytes, observed_at: float) -> MemberObservation:
         replication_reason=doc.replication_reason,
         receive_lag_bytes=doc.receive_lag_bytes,
         standbys=tuple(StandbyRow(s.name, s.state, s.flush_lsn, s.replay_lsn) for s in doc.standbys),
+        pending_restart=tuple(doc.pending_restart),
     )

@@ -10,7 +10,9 @@ replication keys that ``pg_basebackup -R`` appends there, because they would ove
 Layout inside the data directory:
 
 - ``postgresql.base.conf``: what initdb wrote (locale, shared_buffers…), included first;
-- ``postgresql.conf``: RAM's settings, then ``include_if_exists 'ram.replication.conf'``;
+- ``postgresql.conf``: RAM's settings, then ``include_if_exists`` of ``ram.dynamic.conf`` and
+  ``ram.replication.conf``;
+- ``ram.dynamic.conf``: the cluster's dynamic ``postgresql.parameters.*``, reloadable;
 - ``ram.replication.conf``: primary_conninfo / primary_slot_name / recovery_target_timeline on a
   standby, empty on a primary — reloadable, which is how ``follow`` re-points without a restart;
 - ``standby.signal``: present iff the node should start as a standby;
@@ -33,6 +35,8 @@ from ram.postgres.spec import PROTECTED_PARAMETERS, REPLICATION_PARAMETERS, Mana
 
 BASE_CONF = "postgresql.base.conf"
 REPLICATION_CONF = "ram.replication.conf"
+#: The cluster's dynamic ``postgresql.parameters.*`` (written by ram.postgres.dynamic_conf).
+DYNAMIC_CONF = "ram.dynamic.conf"
 STANDBY_SIGNAL = "standby.signal"
 RECOVERY_SIGNAL = "recovery.signal"
 AUTO_CONF = "postgresql.auto.conf"
@@ -95,6 +99,8 @@ def conninfo_quote(value: str) -> str:
 def render_postgresql_conf(spec: ManagedInstanceSpec) -> str:
     lines = [HEADER, f"include_if_exists {conf_quote(BASE_CONF)}\n"]
     lines += [f"{key} = {conf_quote(value)}\n" for key, value in sorted(base_settings(spec).items())]
+    # The cluster's dynamic parameters (ram.postgres.dynamic_conf) come after the node's own settings.
+    lines.append(f"include_if_exists {conf_quote(DYNAMIC_CONF)}\n")
     lines.append(f"include_if_exists {conf_quote(REPLICATION_CONF)}\n")
     return "".join(lines)
 

@@ -7,7 +7,7 @@ import pytest
 from ram.api.action_routes import pending_restart_after, validate_patch
 from ram.api.errors import ApiError
 from ram.api.health_routes import parse_lag
-from ram.api.pgparams import needs_restart
+from ram.postgres.parameters import needs_restart
 from ram.projections.state import ClusterState
 
 

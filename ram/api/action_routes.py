@@ -3,6 +3,7 @@ committed and applied on this node (a follower forwards the proposal to the lead
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from litestar import Request, delete, get, patch, post, put
@@ -131,7 +132,9 @@ def get_config(ctx: Ctx) -> ConfigOut:
     return ConfigOut(**_config_out(ctx))
 
 
-def validate_patch(changes: object, ctx: ApiContext | None = None) -> dict[str, JsonValue]:
+def validate_patch(
+    changes: object, base: HASettings | None = None, current: Mapping[str, JsonValue] | None = None
+) -> dict[str, JsonValue]:
     """The body of PATCH /config: key -> JSON value (null removes); raises ApiError(400) naming the key."""
     if not isinstance(changes, dict):
         raise ApiError(400, f"body must be a JSON object of key -> value, not {type(changes).__name__}")
@@ -148,12 +151,10 @@ def validate_patch(changes: object, ctx: ApiContext | None = None) -> dict[str, 
         except ValueError as exc:
             raise ApiError(400, f"config key {key[:80]!r}: {exc}") from None
         out[key] = value
-    if ctx is not None:
-        try:
-            out = validate_changes(ctx.node.config.ha, ctx.node.state.dynamic_config, out)
-        except DynamicConfigError as exc:
-            raise ApiError(400, str(exc)) from None
-    return out
+    try:
+        return validate_changes(base or HASettings(), current or {}, out)
+    except DynamicConfigError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def pending_restart_after(state: ClusterState, changes: dict[str, JsonValue]) -> tuple[str, ...]:
@@ -183,7 +184,7 @@ async def patch_config(
         Body(description="key -> new value (any JSON); null removes the key", title="ConfigPatch"),
     ],
 ) -> ConfigPatchOut:
-    changes = validate_patch(data, ctx)
+    changes = validate_patch(data, ctx.node.config.ha, ctx.node.state.dynamic_config)
     state = ctx.node.state
     if all(state.dynamic_config.get(k) == v for k, v in changes.items()):
         return ConfigPatchOut(**_config_out(ctx), write=None)

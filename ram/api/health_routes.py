@@ -85,7 +85,8 @@ def _replica(ctx: Ctx, lag: int | None) -> Verdict:
     if local is not None and not local.streaming:
         return Verdict(False, f"not streaming from the primary {state.primary}: {local.reason}")
     if lag is not None:
-        measured = local.replay_lag_bytes if local is not None else None
+        # Measured here when this node manages PostgreSQL; otherwise the figure last recorded.
+        measured = local.replay_lag_bytes if local is not None else (None if ctx.ha is not None else member.lag_bytes)
         if measured is None:
             return Verdict(False, "replication lag unknown (not streaming, or this node manages no PostgreSQL)")
         if measured > lag:

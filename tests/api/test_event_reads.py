@@ -16,7 +16,7 @@ import httpx
 from ram.eventstore import schema
 from ram.eventstore.events import MaintenanceModeChanged, RaftLeaderElected
 from ram.eventstore.store import EntryEvents, append_entries, read_last, read_range
-from tests.api.conftest import ApiCluster
+from tests.api.conftest import ADMIN, ApiCluster
 
 #: Events per entry at positions 1..9 (0: an entry that produced none, which still takes a position).
 SHAPE = [1, 3, 0, 2, 1, 4, 1, 0, 2]
@@ -77,11 +77,11 @@ async def test_the_event_body_is_called_payload_in_sql_the_api_and_the_stream(ap
     each server-sent event of /events/stream (whose SSE field is, by the protocol, ``data``)."""
     await api_cluster.settled()
     url = api_cluster.url(1)
-    async with httpx.AsyncClient(timeout=15) as http:
+    async with httpx.AsyncClient(timeout=15, headers=ADMIN) as http:
         async with http.stream("GET", url + "/events/stream", params={"type": "dynamic_config_changed"}) as stream:
             assert stream.status_code == 200
             lines = stream.aiter_lines()
-            r = await http.patch(api_cluster.url(0) + "/config", json={"payload.probe": 5})
+            r = await http.patch(api_cluster.url(0) + "/config", json={"postgresql.parameters.payload.probe": 5})
             assert r.status_code == 200, r.text
             index = r.json()["write"]["index"]
             async with asyncio.timeout(10):
@@ -100,5 +100,5 @@ async def test_the_event_body_is_called_payload_in_sql_the_api_and_the_stream(ap
         await conn.close()
     assert listed["position"] == streamed["position"] == index
     assert listed["payload"] == streamed["payload"] == in_sql
-    assert in_sql["changes"]["payload.probe"]["new"] == 5
+    assert in_sql["changes"]["postgresql.parameters.payload.probe"]["new"] == 5
     assert "data" not in listed and "data" not in streamed

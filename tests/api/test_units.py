@@ -28,9 +28,10 @@ def test_parse_lag_rejects(text: str) -> None:
 
 
 def test_validate_patch() -> None:
-    ok = {"ttl": 30, "x": None, "postgresql.parameters.work_mem": "8MB", "nested": {"a": [1, 2.5, True]}}
+    ok = {"synchronous_mode": "on", "maximum_lag_on_failover": None, "postgresql.parameters.work_mem": "8MB"}
     assert validate_patch(ok) == ok
-    for bad in ([1], "x", {"": 1}, {" ttl": 1}, {"postgresql.parameters.bad name": 1}, {"k": "nul\x00"}):
+    for bad in ([1], "x", {"": 1}, {" ttl": 1}, {"ttl": 30}, {"postgresql.parameters.bad name": 1}, {"k": "nul\x00"},
+                {"postgresql.parameters.work_mem": {"a": [1]}}, {"synchronous_node_count": 0}):
         with pytest.raises(ApiError) as err:
             validate_patch(bad)
         assert err.value.status == 400

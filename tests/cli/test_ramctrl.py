@@ -17,6 +17,9 @@ from tests.api.conftest import ApiCluster
 from tests.cli.conftest import ctl, ctl_process, one_error_line
 from tests.conftest import free_port
 
+#: Probe keys: custom PostgreSQL parameters (``prefix.name``), which dynamic configuration accepts.
+P = "postgresql.parameters."
+
 
 async def _get(cluster: ApiCluster, path: str, i: int = 0) -> Any:
     async with httpx.AsyncClient(timeout=10) as http:
@@ -72,25 +75,26 @@ async def test_pause_and_resume_show_in_status(api_cluster: ApiCluster) -> None:
 
 async def test_config_set_and_show_roundtrip(api_cluster: ApiCluster) -> None:
     run = await ctl(
-        api_cluster, "config", "set", "cli.number=42", "cli.flag=true", "cli.text=8MB", 'cli.obj={"a": [1, 2]}',
+        api_cluster, "config", "set", "postgresql.parameters.cli.number=42", "postgresql.parameters.cli.flag=true",
+        "postgresql.parameters.cli.text=8MB", "maximum_lag_on_failover=4096",
         "postgresql.parameters.max_connections=300",
     )
     assert run.exit_code == 0, run
     assert "Pending restart" in run.stdout and "postgresql.parameters.max_connections" in run.stdout
     config = (await _get(api_cluster, "/config", 2))["config"]
-    assert config["cli.number"] == 42 and config["cli.flag"] is True and config["cli.text"] == "8MB"
-    assert config["cli.obj"] == {"a": [1, 2]}
+    assert config[P + "cli.number"] == 42 and config[P + "cli.flag"] is True and config[P + "cli.text"] == "8MB"
+    assert config["maximum_lag_on_failover"] == 4096
     show = await ctl(api_cluster, "config", "show")
     assert show.exit_code == 0
-    assert any(line.split() == ["cli.number", "42"] for line in show.stdout.splitlines())
-    assert any(line.split() == ["cli.text", '"8MB"'] for line in show.stdout.splitlines())
+    assert any(line.split() == [P + "cli.number", "42"] for line in show.stdout.splitlines())
+    assert any(line.split() == [P + "cli.text", '"8MB"'] for line in show.stdout.splitlines())
     shown = json.loads((await ctl(api_cluster, "config", "show", "--json")).stdout)
-    assert shown["config"]["cli.obj"] == {"a": [1, 2]}
-    same = await ctl(api_cluster, "config", "set", "cli.number=42")
+    assert shown["config"]["maximum_lag_on_failover"] == 4096 and shown["effective"]["maximum_lag_on_failover"] == 4096
+    same = await ctl(api_cluster, "config", "set", P + "cli.number=42")
     assert same.exit_code == 0 and "Nothing changed" in same.stdout
-    removed = await ctl(api_cluster, "config", "set", "cli.flag=null")
-    assert removed.exit_code == 0 and "cli.flag removed" in removed.stdout
-    assert "cli.flag" not in (await _get(api_cluster, "/config"))["config"]
+    removed = await ctl(api_cluster, "config", "set", P + "cli.flag=null")
+    assert removed.exit_code == 0 and P + "cli.flag removed" in removed.stdout
+    assert P + "cli.flag" not in (await _get(api_cluster, "/config"))["config"]
 
 
 async def test_config_set_bad_input(api_cluster: ApiCluster) -> None:
@@ -100,6 +104,8 @@ async def test_config_set_bad_input(api_cluster: ApiCluster) -> None:
         (("=5",), "key"),
         (("a=1", "a=2"), "twice"),
         (("postgresql.parameters.bad-name=1",), "not a PostgreSQL parameter name"),  # refused by the API
+        (("ttl=30",), "unknown config key 'ttl'"),
+        (("synchronous_node_count=0",), "synchronous_node_count"),
     ]:
         run = await ctl(api_cluster, "config", "set", *args)
         assert run.exit_code == 1, run
@@ -108,22 +114,22 @@ async def test_config_set_bad_input(api_cluster: ApiCluster) -> None:
 
 
 async def test_config_edit_sends_only_changes(api_cluster: ApiCluster, editor: Path) -> None:
-    setup = await ctl(api_cluster, "config", "set", "edit.keep=1", "edit.change=old", "edit.drop=true")
+    setup = await ctl(api_cluster, "config", "set", P + "edit.keep=1", P + "edit.change=old", P + "edit.drop=true")
     assert setup.exit_code == 0, setup
     current = (await _get(api_cluster, "/config"))["config"]
-    new = {k: v for k, v in current.items() if k != "edit.drop"}
-    new["edit.change"] = "new"
-    new["edit.added"] = [1, 2]
+    new = {k: v for k, v in current.items() if k != P + "edit.drop"}
+    new[P + "edit.change"] = "new"
+    new[P + "edit.added"] = 12
     (editor.parent / "edited").write_text(json.dumps(new))  # JSON is YAML too
     run = await ctl(api_cluster, "config", "edit", input="y\n", env={"EDITOR": str(editor)})
     assert run.exit_code == 0, run
-    assert '+ edit.change: "new"' in run.stdout and "- edit.drop: true" in run.stdout
-    assert "edit.keep" not in run.stdout.split("Changed")[0]
+    assert f'+ {P}edit.change: "new"' in run.stdout and f"- {P}edit.drop: true" in run.stdout
+    assert P + "edit.keep" not in run.stdout.split("Changed")[0]
     await api_cluster.barrier()
     assert (await _get(api_cluster, "/config", 1))["config"] == new
     last = (await ctl(api_cluster, "events", "--type", "dynamic_config_changed", "--json", "--limit", "1000"))
     changes = json.loads(last.stdout.splitlines()[-1])["payload"]["changes"]
-    assert sorted(changes) == ["edit.added", "edit.change", "edit.drop"]
+    assert sorted(changes) == [P + "edit.added", P + "edit.change", P + "edit.drop"]
     # Saving the same document again: nothing to send.
     (editor.parent / "edited").write_text(json.dumps(new))
     run = await ctl(api_cluster, "config", "edit", "--format", "json", env={"EDITOR": str(editor)})
@@ -174,7 +180,7 @@ async def test_events_table_type_and_paging(api_cluster: ApiCluster) -> None:
 async def test_events_show_the_newest_by_default(api_cluster: ApiCluster) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         for n in range(22):  # more than a default screen of events
-            r = await http.patch(api_cluster.url(n % 3) + "/config", json={"newest.probe": n})
+            r = await http.patch(api_cluster.url(n % 3) + "/config", json={P + "newest.probe": n})
             assert r.status_code == 200, r.text
     await api_cluster.barrier()
     everything = (await _get(api_cluster, "/events?limit=1000"))["events"]
@@ -212,11 +218,11 @@ async def test_events_follow_receives_a_new_event(api_cluster: ApiCluster) -> No
     try:
         await asyncio.sleep(0.3)
         async with httpx.AsyncClient(timeout=10) as http:
-            r = await http.patch(api_cluster.url(1) + "/config", json={"follow.marker": 7})
+            r = await http.patch(api_cluster.url(1) + "/config", json={P + "follow.marker": 7})
             assert r.status_code == 200, r.text
         line = await asyncio.wait_for(proc.stdout.readline(), 20)
         event = json.loads(line)
-        assert event["type"] == "dynamic_config_changed" and "follow.marker" in event["payload"]["changes"]
+        assert event["type"] == "dynamic_config_changed" and P + "follow.marker" in event["payload"]["changes"]
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean end, exit 0
         code = await asyncio.wait_for(proc.wait(), 10)
@@ -227,7 +233,7 @@ async def test_events_follow_receives_a_new_event(api_cluster: ApiCluster) -> No
 async def test_events_follow_starts_after_the_newest_shown(api_cluster: ApiCluster) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         for n in range(3):
-            assert (await http.patch(api_cluster.url(0) + "/config", json={"tail.follow": n})).status_code == 200
+            assert (await http.patch(api_cluster.url(0) + "/config", json={P + "tail.follow": n})).status_code == 200
     await api_cluster.barrier()
     typed = (await _get(api_cluster, "/events?last=2&type=dynamic_config_changed"))["events"]
     urls = [a for i in (1, 2) for a in ("--api", api_cluster.url(i))]
@@ -237,7 +243,7 @@ async def test_events_follow_starts_after_the_newest_shown(api_cluster: ApiClust
         shown = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 20)) for _ in range(2)]
         assert [e["id"] for e in shown] == [e["id"] for e in typed]
         async with httpx.AsyncClient(timeout=10) as http:
-            r = await http.patch(api_cluster.url(0) + "/config", json={"tail.follow": "new"})
+            r = await http.patch(api_cluster.url(0) + "/config", json={P + "tail.follow": "new"})
             assert r.status_code == 200, r.text
         event = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
         assert event["position"] == r.json()["write"]["index"], "the next line is the new event, nothing replayed"
@@ -353,7 +359,7 @@ async def test_dead_first_url_fails_over_to_the_next(api_cluster: ApiCluster) ->
     run = await ctl(api_cluster, "status", "--json", apis=[_dead_url(), api_cluster.url(1)])
     assert run.exit_code == 0, run
     assert json.loads(run.stdout)["node"] == api_cluster.nodes[1].config.name
-    write = await ctl(api_cluster, "config", "set", "failover.ok=1", apis=[_dead_url(), api_cluster.url(2)])
+    write = await ctl(api_cluster, "config", "set", P + "failover.ok=1", apis=[_dead_url(), api_cluster.url(2)])
     assert write.exit_code == 0, write
 
 

@@ -99,7 +99,8 @@ class ProcessCluster:
 @pytest.fixture
 async def procs(pg_server: PostgresServer, tmp_path: Path) -> AsyncIterator[ProcessCluster]:
     dsns = await create_store_databases(pg_server, 3)
-    cluster = ProcessCluster(cluster_configs(dsns, tmp_path), dsns, tmp_path)
+    # The writers here test durability, not API authentication (tests/api and tests/security do).
+    cluster = ProcessCluster(cluster_configs(dsns, tmp_path, api={"auth": "none"}), dsns, tmp_path)
     try:
         yield cluster
     finally:
@@ -149,11 +150,11 @@ async def test_kill_leader_mid_load_loses_no_acknowledged_write(procs: ProcessCl
                 for attempt in range(len(apis)):
                     url = apis[(w + attempt + value) % len(apis)]
                     try:
-                        reply = await client.patch(f"{url}/config", json={f"load.w{w}": value})
+                        reply = await client.patch(f"{url}/config", json={f"postgresql.parameters.load.w{w}": value})
                     except httpx.HTTPError:
                         continue
                     if reply.status_code == 200:
-                        acked[f"load.w{w}"] = value
+                        acked[f"postgresql.parameters.load.w{w}"] = value
                         break
                     await asyncio.sleep(0.02)
 

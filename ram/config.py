@@ -3,16 +3,33 @@
 Unknown keys and bad values are errors that name the key (``raft.election_ms: must be >= ...``),
 so a typo never silently falls back to a default. Every field documents itself; the README's
 configuration reference is generated from these models.
+
+Secrets (passwords, the cluster secret) are :class:`pydantic.SecretStr` or files named by the
+config: they never show in ``repr``, logs or dumps. Every file that holds a secret — the config file
+itself when it carries a password inline — must not be accessible to group or others; a node
+refuses to start otherwise (:func:`check_secrets`), naming the file and the ``chmod`` that fixes it.
+Secret files are read when needed (:func:`read_secret_file`), so a rotated password file is picked
+up without a restart.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ram.ha.settings import HASettings
 
@@ -40,6 +57,13 @@ def _check_address(value: str) -> str:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _all_or_none(section: str, **paths: Path | None) -> None:
+    given = [k for k, v in paths.items() if v is not None]
+    if given and len(given) != len(paths):
+        missing = [f"{section}.{k}" for k in paths if k not in given]
+        raise ValueError(f"{', '.join(missing)} must be set too: TLS needs {', '.join(paths)} together")
 
 
 class PeerConfig(_Strict):
@@ -96,8 +120,38 @@ class RaftSettings(_Strict):
     check_quorum: Annotated[
         bool, Field(description="A leader that loses its quorum steps down after an election timeout.")
     ] = True
+    secret_file: Annotated[
+        Path | None,
+        Field(
+            description="File holding the shared cluster secret (one line, at least 16 characters, the same on "
+            "every member, mode 0600, e.g. `openssl rand -hex 32`); peers prove they know it when they connect."
+        ),
+    ] = None
+    tls_cert: Annotated[
+        Path | None,
+        Field(
+            description="This member's certificate (PEM) for mutual TLS between peers; its CN or a DNS subjectAltName "
+            "must be the member name, and it must allow server and client use."
+        ),
+    ] = None
+    tls_key: Annotated[Path | None, Field(description="The private key of raft.tls_cert (PEM, mode 0600).")] = None
+    tls_ca: Annotated[
+        Path | None,
+        Field(description="CA certificate(s) (PEM) that sign the members' certificates; best one CA per cluster."),
+    ] = None
+    insecure: Annotated[
+        bool,
+        Field(
+            description="Run a multi-node cluster with neither secret_file nor TLS: anyone who reaches the Raft "
+            "port can act as a member. Only for throwaway test setups."
+        ),
+    ] = False
 
     _addr = field_validator("listen")(_check_address)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @model_validator(mode="after")
     def _timings(self) -> RaftSettings:
@@ -108,6 +162,7 @@ class RaftSettings(_Strict):
         ids = [p.id for p in self.peers]
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate peer ids: {ids}")
+        _all_or_none("raft", tls_cert=self.tls_cert, tls_key=self.tls_key, tls_ca=self.tls_ca)
         return self
 
     @property
@@ -159,21 +214,58 @@ class PostgresSettings(_Strict):
         Path | None, Field(description="PostgreSQL data directory (default: <data_dir>/pgdata).")
     ] = None
     replication_password: Annotated[
-        str | None,
-        Field(description="Password of the replication user, the same on every member (required to manage)."),
+        SecretStr | None,
+        Field(
+            description="Password of the replication user, the same on every member (this or "
+            "replication_password_file is required to manage; the config file must then be mode 0600)."
+        ),
+    ] = None
+    replication_password_file: Annotated[
+        Path | None,
+        Field(
+            description="File holding the replication password (one line, mode 0600); re-read while running, so "
+            "a changed file rotates the password without a restart."
+        ),
     ] = None
     parameters: Annotated[
         dict[str, str], Field(description="Extra postgresql.conf parameters for the managed instance.")
     ] = {}  # pydantic copies mutable defaults per instance
     superuser_password: Annotated[
-        str | None,
+        SecretStr | None,
         Field(description="Password of the postgres superuser for TCP logins from members (unset: socket only)."),
+    ] = None
+    superuser_password_file: Annotated[
+        Path | None,
+        Field(description="File holding the superuser password (one line, mode 0600); re-read while running."),
+    ] = None
+    tls_cert: Annotated[
+        Path | None,
+        Field(
+            description="Member certificate (PEM) for PostgreSQL TLS: the server's certificate and the client "
+            "certificate of replication; it must name this member's PostgreSQL host (IP or DNS subjectAltName)."
+        ),
+    ] = None
+    tls_key: Annotated[Path | None, Field(description="The private key of postgres.tls_cert (PEM, mode 0600).")] = None
+    tls_ca: Annotated[
+        Path | None, Field(description="CA certificate(s) (PEM) that sign the members' PostgreSQL certificates.")
     ] = None
 
     @field_validator("listen")
     @classmethod
     def _optional_address(cls, value: str | None) -> str | None:
         return None if value is None else _check_address(value)
+
+    @model_validator(mode="after")
+    def _secrets(self) -> PostgresSettings:
+        for name in ("replication_password", "superuser_password"):
+            if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None:
+                raise ValueError(f"set postgres.{name} or postgres.{name}_file, not both")
+        _all_or_none("postgres", tls_cert=self.tls_cert, tls_key=self.tls_key, tls_ca=self.tls_ca)
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 class NodeConfig(_Strict):
@@ -204,8 +296,11 @@ class NodeConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> NodeConfig:
-        if self.postgres.manage and not self.postgres.replication_password:
-            raise ValueError("postgres.replication_password is required when postgres.manage is true")
+        if self.postgres.manage and not (self.postgres.replication_password or self.postgres.replication_password_file):
+            raise ValueError(
+                "postgres.replication_password or postgres.replication_password_file is required when "
+                "postgres.manage is true"
+            )
         if self.bootstrap and self.join:
             raise ValueError("bootstrap and join are exclusive: bootstrap starts a new cluster, join enters one")
         for peer in self.raft.peers:
@@ -233,6 +328,149 @@ def pg_address(config: NodeConfig) -> tuple[str, int]:
     return parse_address(config.postgres.listen or f"{parse_address(config.raft.listen)[0]}:{DEFAULT_PG_PORT}")
 
 
+#: Shortest cluster secret accepted (characters of the file's line).
+MIN_SECRET_CHARS = 16
+
+
+def check_private_file(path: Path, what: str) -> None:
+    """Refuse (ConfigError, one line) a secret-holding file that is missing, unreadable or accessible
+    to group or others: a secret readable by every local user is no secret."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{what} {path} is not a regular file")
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path} holds a secret ({what}) but group or others may access it (mode {stat.S_IMODE(mode):04o}); "
+            f"fix: chmod 600 {path}"
+        )
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The secret in ``path``: its content with surrounding whitespace (the trailing newline) removed.
+
+    Checked like :func:`check_private_file`; an empty file or one holding several lines is an error.
+    Read anew on each call, so a rotated file takes effect without a restart.
+    """
+    check_private_file(path, what)
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not text:
+        raise ConfigError(f"{what} {path} is empty")
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise ConfigError(f"{what} {path} must hold the secret on one line")
+    return text
+
+
+def raft_secret(config: NodeConfig) -> bytes | None:
+    """The shared cluster secret (``raft.secret_file``), or None when none is configured."""
+    path = config.raft.secret_file
+    if path is None:
+        return None
+    secret = read_secret_file(path, "raft.secret_file")
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ConfigError(
+            f"raft.secret_file {path}: the secret has {len(secret)} characters, at least {MIN_SECRET_CHARS} are "
+            f"needed (e.g. openssl rand -hex 32 > {path})"
+        )
+    return secret.encode()
+
+
+def _password(config: NodeConfig, name: str) -> str | None:
+    value: SecretStr | None = getattr(config.postgres, name)
+    path: Path | None = getattr(config.postgres, f"{name}_file")
+    if path is not None:
+        return read_secret_file(path, f"postgres.{name}_file")
+    return value.get_secret_value() if value is not None else None
+
+
+def replication_password(config: NodeConfig) -> str | None:
+    """The replication password now: ``postgres.replication_password_file`` (re-read) or the inline value."""
+    return _password(config, "replication_password")
+
+
+def superuser_password(config: NodeConfig) -> str | None:
+    """The superuser password now: ``postgres.superuser_password_file`` (re-read) or the inline value."""
+    return _password(config, "superuser_password")
+
+
+def _inline_secrets(model: BaseModel, prefix: str = "") -> list[str]:
+    """Keys holding a non-empty SecretStr anywhere in the config (whoever added them)."""
+    found: list[str] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr) and value.get_secret_value():
+            found.append(f"{prefix}{name}")
+        elif isinstance(value, BaseModel):
+            found.extend(_inline_secrets(value, f"{prefix}{name}."))
+    return found
+
+
+def check_secrets(config: NodeConfig, source: Path | None = None) -> None:
+    """What a node checks before it starts (ConfigError, one line, naming the file or key):
+
+    * a multi-node cluster (peers or join) authenticates its peers — ``raft.secret_file`` or
+      ``raft.tls_*`` — unless ``raft.insecure`` says otherwise, explicitly;
+    * every file holding a secret is private (mode 0600 or stricter) and readable: the cluster secret,
+      TLS keys, password files, and the config file ``source`` itself when it carries a secret inline.
+    """
+    raft = config.raft
+    if (raft.peers or config.join) and raft.secret_file is None and not raft.tls and not raft.insecure:
+        raise ConfigError(
+            "raft: peers must authenticate: set raft.secret_file (a file holding a shared secret, e.g. "
+            "openssl rand -hex 32) or raft.tls_cert/tls_key/tls_ca; raft.insecure = true runs without "
+            "(test setups only)"
+        )
+    raft_secret(config)
+    for key, path in (("raft.tls_key", raft.tls_key), ("postgres.tls_key", config.postgres.tls_key)):
+        if path is not None:
+            check_private_file(path, key)
+    for key, tls_path in (
+        ("raft.tls_cert", raft.tls_cert), ("raft.tls_ca", raft.tls_ca),
+        ("postgres.tls_cert", config.postgres.tls_cert), ("postgres.tls_ca", config.postgres.tls_ca),
+    ):
+        if tls_path is not None and not os.access(tls_path, os.R_OK):
+            raise ConfigError(f"{key} {tls_path} does not exist or is not readable")
+    for section, cert, key_file, ca in (
+        ("raft", raft.tls_cert, raft.tls_key, raft.tls_ca),
+        ("postgres", config.postgres.tls_cert, config.postgres.tls_key, config.postgres.tls_ca),
+    ):
+        if cert is not None and key_file is not None and ca is not None:
+            _check_tls_files(section, cert, key_file, ca)
+    replication_password(config)
+    superuser_password(config)
+    inline = _inline_secrets(config)
+    if inline and source is not None:
+        check_private_file(source, f"config file with {', '.join(inline)}")
+
+
+def _check_tls_files(section: str, cert: Path, key: Path, ca: Path) -> None:
+    """Load the certificate, key and CA once, so a bad PEM or a key of another certificate stops the
+    start with a line naming the files (not a TLS error at the first connection)."""
+    import ssl  # only nodes with TLS need it
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"{section}.tls_cert {cert} / {section}.tls_key {key}: cannot load them as a certificate and its key "
+            f"({getattr(exc, 'reason', None) or exc})"
+        ) from None
+    try:
+        ctx.load_verify_locations(cafile=str(ca))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"{section}.tls_ca {ca}: not a PEM CA certificate ({getattr(exc, 'reason', None) or exc})"
+        ) from None
+
+
 def _format_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -256,8 +494,9 @@ def parse_config(data: Any, source: str = "config") -> NodeConfig:
         raise ConfigError(f"{source}: {_format_error(exc)}") from None
 
 
-def load_config(path: Path) -> NodeConfig:
-    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file and validate it."""
+def load_config(path: Path, *, check: bool = True) -> NodeConfig:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file and validate it; with ``check`` (what
+    ``ram node run`` does) also :func:`check_secrets`."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -271,7 +510,10 @@ def load_config(path: Path) -> NodeConfig:
             raise ConfigError(f"{path}: unknown config format {path.suffix!r}; use .toml, .yaml or .yml")
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {' '.join(str(exc).split())}") from None
-    return parse_config(data, str(path))
+    config = parse_config(data, str(path))
+    if check:
+        check_secrets(config, path)
+    return config
 
 
 def reference_markdown() -> str:

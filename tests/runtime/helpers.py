@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import uuid
 from pathlib import Path
 
@@ -39,10 +41,25 @@ async def drop_databases(server: PostgresServer, dsns: list[str]) -> None:
         await admin.close()
 
 
+def write_secret(path: Path, secret: str | None = None) -> Path:
+    """A cluster secret file as RAM wants it: created 0600 (never chmod'ed after the write)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write((secret or secrets.token_hex(32)) + "\n")
+    return path
+
+
 def cluster_configs(
-    dsns: list[str], data_root: Path, *, cluster_id: str = "test", **raft: object
+    dsns: list[str], data_root: Path, *, cluster_id: str = "test", api: dict[str, object] | None = None,
+    **raft: object,
 ) -> list[NodeConfig]:
-    """Configs for a bootstrapping cluster, one node per store DSN, on free loopback ports."""
+    """Configs for a bootstrapping cluster, one node per store DSN, on free loopback ports.
+
+    The peers authenticate with a cluster secret written under ``data_root`` (pass ``secret_file``,
+    TLS keys or ``insecure`` in ``raft`` to test something else)."""
+    if not any(k in raft for k in ("secret_file", "tls_cert", "insecure")):
+        raft["secret_file"] = str(write_secret(data_root / "cluster.secret"))
     ports = [free_port() for _ in dsns]
     api_ports = [free_port() for _ in dsns]
     names = [f"node{i + 1}" for i in range(len(dsns))]
@@ -68,7 +85,7 @@ def cluster_configs(
                     "bootstrap": True,
                     "raft": {"listen": f"127.0.0.1:{ports[i]}", "peers": peers, **raft},
                     "store": {"dsn": dsn},
-                    "api": {"listen": f"127.0.0.1:{api_ports[i]}"},
+                    "api": {"listen": f"127.0.0.1:{api_ports[i]}", **(api or {})},
                 }
             )
         )

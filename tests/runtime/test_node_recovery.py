@@ -150,7 +150,7 @@ async def test_new_member_joins_as_learner_and_is_promoted(pg_server: PostgresSe
             "name": "node4",
             "data_dir": str(tmp_path / "node4"),
             "join": [configs[0].raft.listen],
-            "raft": {"listen": f"127.0.0.1:{port}", "peers": peers},
+            "raft": {"listen": f"127.0.0.1:{port}", "peers": peers, "secret_file": str(configs[0].raft.secret_file)},
             "store": {"dsn": dsns[3]},
         }
     )

@@ -4,22 +4,41 @@ Every frame on a peer connection is a 4-byte big-endian unsigned length followed
 of body. The framing layer never looks inside a data frame's body: the Raft runtime encodes its
 messages itself, so the transport only has to move opaque bytes and the two layers can evolve apart.
 
-The first frame on a connection is the dialer's :class:`Hello` and the first frame back is the
-acceptor's :class:`HelloReply`, both msgpack-encoded with msgspec (schema-checked decoding, so a
-stranger speaking garbage gets a clean error rather than a half-parsed object). Only after an ``ok``
-reply do data frames flow, and only from dialer to acceptor.
+Handshake (protocol version 2), all frames msgpack-encoded with msgspec (schema-checked decoding,
+so a stranger speaking garbage gets a clean error rather than a half-parsed object)::
+
+    dialer   -> listener   Hello(version, cluster_id, node_id, to_node, nonce_d)
+    listener -> dialer     Challenge(nonce_l)            (or HelloReply(ok=False) on a version mismatch)
+    dialer   -> listener   Proof(mac_d)
+    listener -> dialer     HelloReply(ok, reason, mac_l)
+
+``mac_d = HMAC-SHA256(secret, "ram-raft-peer/2 dialer" || transcript)`` and ``mac_l`` the same with
+``listener``, where the transcript binds the cluster id, both node ids and both nonces
+(:func:`handshake_mac`). Each side proves knowledge of the shared cluster secret for *this*
+connection, in *its* direction, for *its* node id; the secret never crosses the wire, a proof can
+not be replayed (fresh nonces on both sides) nor reflected (the direction label). The listener
+proves itself only after the dialer did, so a stranger can not use it as an oracle. Without a
+secret (TLS-only or insecure clusters) the macs are empty and the exchange costs one extra round
+trip on a connection that lives for hours.
+
+A refusal says only ``refused``: the refusing side logs the real reason (wrong cluster id, unknown
+node, bad proof, untrusted certificate), the dialer learns nothing it could use to guess. Only after
+an ``ok`` reply do data frames flow, and only from dialer to acceptor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import struct
 from typing import Final
 
 import msgspec
 
 #: Bumped on any incompatible change to framing or handshake; the acceptor refuses other versions.
-PROTOCOL_VERSION: Final = 1
+#: 1: Hello/HelloReply only (no authentication). 2: challenge-response and the "refused" reply.
+PROTOCOL_VERSION: Final = 2
 
 #: Frame header: 4-byte big-endian body length.
 HEADER: Final = struct.Struct(">I")
@@ -31,6 +50,12 @@ HANDSHAKE_MAX_BYTES: Final = 4096
 
 #: Largest length the 4-byte header can express.
 MAX_ENCODABLE_FRAME: Final = (1 << 32) - 1
+
+#: Bytes of each side's handshake nonce.
+NONCE_BYTES: Final = 32
+
+#: The only reason a refused dialer is ever given.
+REFUSED: Final = "refused"
 
 
 class FrameError(Exception):
@@ -47,23 +72,63 @@ class FrameTooLarge(FrameError):
 
 
 class Hello(msgspec.Struct, tag="hello", frozen=True):
-    """Dialer's introduction: who it is and which cluster it believes it belongs to."""
+    """Dialer's introduction: who it is, which cluster it believes it belongs to, whom it dials.
+
+    ``nonce`` and ``to_node`` default to empty so that a version-1 hello still decodes and is refused
+    for its version (with a clear log line) rather than as garbage.
+    """
 
     version: int
     cluster_id: str
     node_id: int
+    to_node: int = 0
+    nonce: bytes = b""
+
+
+class Challenge(msgspec.Struct, tag="challenge", frozen=True):
+    """Listener's fresh nonce, which the dialer's proof must cover."""
+
+    nonce: bytes
+
+
+class Proof(msgspec.Struct, tag="proof", frozen=True):
+    """Dialer's HMAC over the handshake transcript (empty when no secret is configured)."""
+
+    mac: bytes
 
 
 class HelloReply(msgspec.Struct, tag="hello_reply", frozen=True):
-    """Acceptor's verdict on a :class:`Hello`; ``reason`` explains a refusal to the dialer's operator."""
+    """Acceptor's verdict. ``reason`` is ``"refused"`` on every refusal (the acceptor logs why);
+    ``mac`` is the listener's own proof on success (empty when no secret is configured)."""
 
     ok: bool
     reason: str = ""
+    mac: bytes = b""
 
 
 _hello_encoder: Final = msgspec.msgpack.Encoder()
 _hello_decoder: Final = msgspec.msgpack.Decoder(Hello)
+_proof_decoder: Final = msgspec.msgpack.Decoder(Proof)
 _reply_decoder: Final = msgspec.msgpack.Decoder(HelloReply)
+_challenge_decoder: Final = msgspec.msgpack.Decoder(Challenge | HelloReply)
+
+
+def handshake_mac(
+    secret: bytes, direction: str, cluster_id: str, dialer: int, listener: int, dialer_nonce: bytes,
+    listener_nonce: bytes,
+) -> bytes:
+    """HMAC-SHA256 of one side's proof. ``direction`` is ``"dialer"`` or ``"listener"``.
+
+    Every field has a fixed size or a terminator (cluster ids can not contain NUL), so no two
+    different transcripts serialise to the same bytes.
+    """
+    transcript = b"".join(
+        (
+            b"ram-raft-peer/2 ", direction.encode(), b"\0", cluster_id.encode(), b"\0",
+            dialer.to_bytes(8, "big"), listener.to_bytes(8, "big"), dialer_nonce, listener_nonce,
+        )
+    )
+    return hmac.new(secret, transcript, hashlib.sha256).digest()
 
 
 def encode_frame(body: bytes) -> bytes:
@@ -74,6 +139,16 @@ def encode_frame(body: bytes) -> bytes:
 def encode_hello(hello: Hello) -> bytes:
     """A complete hello frame."""
     return encode_frame(_hello_encoder.encode(hello))
+
+
+def encode_challenge(challenge: Challenge) -> bytes:
+    """A complete challenge frame."""
+    return encode_frame(_hello_encoder.encode(challenge))
+
+
+def encode_proof(proof: Proof) -> bytes:
+    """A complete proof frame."""
+    return encode_frame(_hello_encoder.encode(proof))
 
 
 def encode_reply(reply: HelloReply) -> bytes:
@@ -87,6 +162,23 @@ def decode_hello(body: bytes) -> Hello:
         return _hello_decoder.decode(body)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError subclass
         raise FrameError(f"malformed hello: {exc}") from exc
+
+
+def decode_challenge(body: bytes) -> Challenge | HelloReply:
+    """The listener's answer to a hello: a challenge, or an early refusal (version mismatch)."""
+    try:
+        result: Challenge | HelloReply = _challenge_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"malformed challenge: {exc}") from exc
+    return result
+
+
+def decode_proof(body: bytes) -> Proof:
+    """Decode a proof body; raises :class:`FrameError` on anything else."""
+    try:
+        return _proof_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"malformed proof: {exc}") from exc
 
 
 def decode_reply(body: bytes) -> HelloReply:

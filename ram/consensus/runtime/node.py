@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ram.config import NodeConfig, api_address, parse_address, pg_address
+from ram.config import ConfigError, NodeConfig, api_address, check_secrets, parse_address, pg_address, raft_secret
 from ram.consensus.core import ConfChangeInProgress, NotLeader, ProposalDropped, RaftCore
 from ram.consensus.readyplan import split_sends
 from ram.consensus.runtime.codec import (
@@ -46,8 +46,9 @@ from ram.consensus.runtime.codec import (
     decode_payload,
     encode_payload,
 )
+from ram.consensus.runtime.forwarding import forwarded_refusal
 from ram.consensus.runtime.storage import STORE_ERRORS, RaftStorage, StoreUnavailable
-from ram.consensus.runtime.transport import PeerAddress, Transport
+from ram.consensus.runtime.transport import PeerAddress, PeerAuth, Transport, tls_contexts
 from ram.consensus.types import (
     ConfChange,
     ConfChangeType,
@@ -55,6 +56,7 @@ from ram.consensus.types import (
     Entry,
     EntryType,
     Message,
+    MessageType,
     PersistedState,
     RaftConfig,
     Ready,
@@ -80,6 +82,27 @@ from ram.projections.sql import load_state
 from ram.projections.state import ClusterState, fold
 
 log = logging.getLogger("ram.node")
+
+#: Forwarded proposals and lease requests one peer may have in flight at this node; more are
+#: answered "busy" at once instead of spawning a task each (a peer must not make us spawn without bound).
+MAX_REQUESTS_PER_PEER = 64
+
+
+def peer_auth(config: NodeConfig) -> PeerAuth:
+    """How this node's transport authenticates peers, from ``raft.secret_file`` / ``raft.tls_*``.
+
+    Refuses (ConfigError, one line) a multi-node configuration with neither unless ``raft.insecure``,
+    and secret files that others may read (:func:`ram.config.check_secrets`).
+    """
+    check_secrets(config)
+    raft = config.raft
+    server = client = None
+    if raft.tls_cert is not None and raft.tls_key is not None and raft.tls_ca is not None:
+        try:
+            server, client = tls_contexts(raft.tls_cert, raft.tls_key, raft.tls_ca)
+        except OSError as exc:  # ssl.SSLError included
+            raise ConfigError(f"raft.tls_*: cannot load the certificate, key or CA: {exc}") from None
+    return PeerAuth(secret=raft_secret(config), server_context=server, client_context=client)
 
 
 class ProposalError(RuntimeError):
@@ -164,14 +187,22 @@ class RaftNode:
         host, port = parse_address(config.raft.listen)
         self._addresses: dict[int, str] = {p.id: p.address for p in config.raft.peers}
         self._addresses[config.node_id] = config.raft.listen
+        #: Member names by node id: what a peer's TLS certificate must name.
+        self._names: dict[int, str] = {p.id: p.name for p in config.raft.peers}
+        self._names[config.node_id] = config.name
         self.transport = Transport(
             cluster_id=config.cluster_id,
             node_id=config.node_id,
-            listen=PeerAddress(host, port),
-            peers={pid: PeerAddress(*parse_address(a)) for pid, a in self._addresses.items() if pid != config.node_id},
+            listen=PeerAddress(host, port, config.name),
+            peers=self._peer_map(),
             on_frame=self._on_frame,
             rng=random.Random(self._rng.random()),  # own stream: transport jitter must not shift Raft's draws
+            auth=peer_auth(config),
         )
+        #: In-flight forwarded proposals / lease requests per peer (bounded by MAX_REQUESTS_PER_PEER).
+        self._peer_requests: dict[int, int] = {}
+        #: request id -> the peer asked: an answer counts only from that peer.
+        self._forward_targets: dict[int, int] = {}
         self.core: RaftCore | None = None
         self.state = ClusterState.empty()
         self.applied_index = 0
@@ -336,6 +367,13 @@ class RaftNode:
 
     # ------------------------------------------------------------------------------- proposals
 
+    def _peer_map(self) -> dict[int, PeerAddress]:
+        return {
+            pid: PeerAddress(*parse_address(a), self._names.get(pid, ""))
+            for pid, a in self._addresses.items()
+            if pid != self.config.node_id
+        }
+
     def _envelope(self, command: Any) -> CommandEnvelope:
         return CommandEnvelope(command=command, proposer=self.config.node_id, ts=datetime.now(UTC))
 
@@ -433,6 +471,7 @@ class RaftNode:
         request_id = next(self._request_ids)
         future: asyncio.Future[ProposalOutcome] = asyncio.get_running_loop().create_future()
         self._forwards[request_id] = future
+        self._forward_targets[request_id] = leader
         try:
             if not self.transport.send(leader, encode_payload(ForwardedProposal(request_id, data, read_only))):
                 raise NoLeaderError(f"cannot reach the leader (node {leader}): send queue full", leader)
@@ -442,6 +481,7 @@ class RaftNode:
                 raise ProposalTimeout(f"leader (node {leader}) did not answer within {timeout:g} s") from None
         finally:
             self._forwards.pop(request_id, None)
+            self._forward_targets.pop(request_id, None)
         if not outcome.ok:
             if outcome.leader_id and outcome.leader_id != leader:
                 raise NoLeaderError(outcome.error, outcome.leader_id, self.address_of(outcome.leader_id))
@@ -461,6 +501,9 @@ class RaftNode:
                 outcome = ProposalOutcome(request.request_id, True, index=index)
             elif self.role is not Role.LEADER:
                 outcome = ProposalOutcome(request.request_id, False, error="not the leader", leader_id=self.leader_id)
+            elif (refusal := forwarded_refusal(self.state, peer, decode_envelope(request.data))) is not None:
+                log.warning("forwarded proposal refused peer=%d reason=%s", peer, refusal)
+                outcome = ProposalOutcome(request.request_id, False, error=f"refused: {refusal}")
             else:
                 result = await self._propose_local(request.data, timeout)
                 outcome = ProposalOutcome(
@@ -495,6 +538,7 @@ class RaftNode:
         request_id = next(self._request_ids)
         future: asyncio.Future[ProposalOutcome] = asyncio.get_running_loop().create_future()
         self._forwards[request_id] = future
+        self._forward_targets[request_id] = leader
         try:
             if not self.transport.send(leader, encode_payload(LeaseRequest(request_id))):
                 return False, f"cannot reach the leader (node {leader})"
@@ -504,6 +548,7 @@ class RaftNode:
                 return False, f"leader (node {leader}) did not answer within {timeout:g} s"
         finally:
             self._forwards.pop(request_id, None)
+            self._forward_targets.pop(request_id, None)
         return outcome.ok, outcome.error
 
     async def _decide_lease(self, node_id: int, timeout: float) -> tuple[bool, str]:
@@ -565,30 +610,66 @@ class RaftNode:
     # ------------------------------------------------------------------------------- inbound
 
     def _on_frame(self, peer: int, body: bytes) -> None:
+        """A frame from ``peer`` — the node id the transport authenticated for the connection, so every
+        check below is against who the sender proved to be, never what the frame says."""
         try:
             payload = decode_payload(body)
         except PayloadError as exc:
-            log.warning("dropping invalid payload peer=%d error=%s", peer, exc)
+            log.warning("dropping invalid payload peer=%d size=%d error=%s", peer, len(body), exc)
             return
         if isinstance(payload, RaftPayload):
             message = payload.message
-            if message.frm != peer:
-                log.warning("dropping message with forged sender peer=%d frm=%d", peer, message.frm)
+            if message.frm != peer or message.to != self.config.node_id:
+                log.warning(
+                    "dropping message with forged sender or wrong recipient peer=%d frm=%d to=%d",
+                    peer, message.frm, message.to,
+                )
                 return
             if self.core is not None:
+                if message.type is MessageType.TIMEOUT_NOW and message.frm != self.core.leader_id:
+                    # Only the leader may hand over leadership; anyone else could force elections at will.
+                    log.warning(
+                        "dropping timeout_now from a node that is not the leader peer=%d leader=%d term=%d",
+                        peer, self.core.leader_id, message.term,
+                    )
+                    return
                 self.core.step(message)
                 self._wake.set()
-        elif isinstance(payload, ForwardedProposal):
-            self._spawn(self._serve_forward(peer, payload), "ram.raft.forward")
-        elif isinstance(payload, LeaseRequest):
-            self._spawn(self._serve_lease(peer, payload), "ram.raft.lease")
+        elif isinstance(payload, (ForwardedProposal, LeaseRequest)):
+            busy = self._peer_requests.get(peer, 0)
+            if busy >= MAX_REQUESTS_PER_PEER:
+                log.warning("peer request refused: %d in flight already peer=%d", busy, peer)
+                self.transport.send(
+                    peer, encode_payload(ProposalOutcome(payload.request_id, False, error="busy: too many requests"))
+                )
+                return
+            self._peer_requests[peer] = busy + 1
+            if isinstance(payload, ForwardedProposal):
+                self._spawn(self._counted(peer, self._serve_forward(peer, payload)), "ram.raft.forward")
+            else:
+                self._spawn(self._counted(peer, self._serve_lease(peer, payload)), "ram.raft.lease")
         elif isinstance(payload, MemberReport):
             if self.on_report is not None and self.role is Role.LEADER:
                 self.on_report(peer, payload.body)
         else:
             future = self._forwards.get(payload.request_id)
+            if self._forward_targets.get(payload.request_id) != peer:
+                log.warning("dropping an answer from a node that was not asked peer=%d request_id=%d",
+                            peer, payload.request_id)
+                return
             if future is not None and not future.done():
                 future.set_result(payload)
+
+    async def _counted(self, peer: int, work: Awaitable[None]) -> None:
+        """Run a peer's request, keeping its in-flight count right whatever happens."""
+        try:
+            await work
+        finally:
+            left = self._peer_requests.get(peer, 1) - 1
+            if left > 0:
+                self._peer_requests[peer] = left
+            else:
+                self._peer_requests.pop(peer, None)
 
     # ---------------------------------------------------------------------------- the loops
 
@@ -835,12 +916,11 @@ class RaftNode:
         command = envelope.command
         if isinstance(command, AddMember):
             self._addresses[command.member.node_id] = command.member.raft_address
+            self._names[command.member.node_id] = command.member.name
         elif isinstance(command, RemoveMember):
             self._addresses.pop(command.node_id, None)
-        peers = {
-            pid: PeerAddress(*parse_address(a)) for pid, a in self._addresses.items() if pid != self.config.node_id
-        }
-        self.transport.set_peers(peers)
+            self._names.pop(command.node_id, None)
+        self.transport.set_peers(self._peer_map())
 
     def _wake_applied(self) -> None:
         """The applied state moved on (a batch or a snapshot): release waiters, tell ``on_applied``."""

@@ -9,10 +9,21 @@ Shape
   and every such dedupe scheme has races (both close, or each keeps a different one) exactly during
   the partitions and restarts Raft must survive. Two independent connections have no such races and
   each can be reasoned about alone: a dialer owns its connection's whole life.
-* **Handshake** (see :mod:`.framing`): the dialer sends ``Hello(version, cluster_id, node_id)``; the
-  acceptor refuses (with a reason, logged on both sides) a wrong cluster id, a node id that is not in
-  its current peer map, or another protocol version. A message from an unknown peer must change
-  nothing, so it never reaches ``on_frame``.
+* **Handshake and authentication** (see :mod:`.framing`): the dialer sends
+  ``Hello(version, cluster_id, node_id, to_node, nonce)``, the acceptor a challenge nonce, the dialer
+  its proof, the acceptor its verdict and its own proof. With a shared cluster secret
+  (:class:`PeerAuth.secret`) both proofs are HMACs of the transcript, so each side knows the other
+  holds the secret and the node id a connection speaks for is the one that was proven. With TLS
+  (:class:`PeerAuth` contexts) the connection is mutual TLS first and the peer's certificate must
+  name the member it claims to be (CN or a DNS/URI subjectAltName equal to the member name). Both
+  can be combined. The acceptor refuses a wrong cluster id, a node id that is not in its current
+  peer map, another protocol version, a bad proof or certificate — logging why, and telling the
+  dialer only "refused". A message from an unknown peer must change nothing, so it never reaches
+  ``on_frame``; and every frame reaches ``on_frame`` with the *authenticated* peer id.
+* **Limits**: at most ``len(peers) + extra_inbound`` accepted connections at once (handshaking or
+  authenticated; more are closed at once), the whole handshake (TLS included) within
+  ``handshake_timeout``, handshake frames of at most 4 KiB, data frames of at most
+  ``max_frame_bytes`` (only from an authenticated peer), and one task per connection.
 * **Pipelining and batching**: :meth:`Transport.send` only enqueues and never waits; a per-peer writer
   task drains the queue, coalescing everything queued (up to ``batch_max_bytes``) into one
   ``write`` and one ``drain``. Under load this turns thousands of small frames into a few syscalls.
@@ -30,33 +41,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import os
 import random
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
 
 from ram.consensus.runtime.framing import (
     HANDSHAKE_MAX_BYTES,
     HEADER,
     HEADER_SIZE,
     MAX_ENCODABLE_FRAME,
+    NONCE_BYTES,
     PROTOCOL_VERSION,
+    REFUSED,
+    Challenge,
     FrameDecoder,
     FrameError,
     FrameTooLarge,
     Hello,
     HelloReply,
+    Proof,
+    decode_challenge,
     decode_hello,
+    decode_proof,
     decode_reply,
+    encode_challenge,
     encode_hello,
+    encode_proof,
     encode_reply,
+    handshake_mac,
     read_one_frame,
 )
 
-__all__ = ["PeerAddress", "PeerStats", "Transport"]
+__all__ = ["PeerAddress", "PeerAuth", "PeerStats", "Transport", "certificate_names", "tls_contexts"]
 
 log: Final = logging.getLogger("ram.transport")
 
@@ -78,13 +102,74 @@ _UNREACHABLE_GRACE: Final = 5.0
 
 @dataclass(frozen=True)
 class PeerAddress:
-    """Where a peer listens for Raft traffic."""
+    """Where a peer listens for Raft traffic, and its member name (what its TLS certificate must name)."""
 
     host: str
     port: int
+    name: str = ""
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PeerAuth:
+    """How peers prove who they are. ``secret``: the shared cluster secret of the HMAC handshake;
+    ``server_context``/``client_context``: mutual TLS (both or neither, see :func:`tls_contexts`).
+    A transport without a PeerAuth (or with an empty one) trusts the hello: insecure, for tests and
+    explicitly insecure single-network clusters only."""
+
+    secret: bytes | None = None
+    server_context: ssl.SSLContext | None = field(default=None, repr=False)
+    client_context: ssl.SSLContext | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.server_context is None) != (self.client_context is None):
+            raise ValueError("TLS needs both a server and a client context")
+        if self.secret is not None and len(self.secret) < 16:
+            raise ValueError("the cluster secret must be at least 16 bytes")
+
+    def __repr__(self) -> str:  # never the secret
+        return f"PeerAuth(secret={'set' if self.secret else 'none'}, tls={self.tls})"
+
+    @property
+    def tls(self) -> bool:
+        return self.server_context is not None
+
+
+def tls_contexts(cert: Path, key: Path, ca: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts for mutual TLS between members: TLS 1.2+, the member certificate on
+    both sides, peers verified against ``ca`` only (not the system store), CERT_REQUIRED both ways.
+
+    Hostname checking is off on purpose: peers are dialed by IP address, and what must match is the
+    *member* the certificate names, which the transport checks itself (:func:`certificate_names`).
+    The certificate therefore needs both serverAuth and clientAuth usage (or no extendedKeyUsage).
+    Raises :class:`ssl.SSLError`/:class:`OSError` for unreadable or mismatched files.
+    """
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    for ctx in (server, client):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_cert_chain(str(cert), str(key))
+        ctx.load_verify_locations(cafile=str(ca))
+    return server, client
+
+
+def certificate_names(cert: dict[str, Any] | None) -> set[str]:
+    """The names a verified peer certificate carries: its CN(s) and DNS/URI subjectAltNames."""
+    names: set[str] = set()
+    if not cert:
+        return names
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                names.add(str(value))
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind in ("DNS", "URI"):
+            names.add(str(value))
+    return names
 
 
 @dataclass(frozen=True)
@@ -238,6 +323,8 @@ class Transport:
         backoff_initial: float = 0.05,
         backoff_max: float = 1.0,
         batch_max_bytes: int = 4 << 20,
+        auth: PeerAuth | None = None,
+        extra_inbound: int = 4,
     ) -> None:
         if not 0 < max_frame_bytes <= MAX_ENCODABLE_FRAME:
             raise ValueError(f"max_frame_bytes must be in 1..{MAX_ENCODABLE_FRAME}, got {max_frame_bytes}")
@@ -249,6 +336,8 @@ class Transport:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
         if batch_max_bytes < 1:
             raise ValueError("batch_max_bytes must be positive")
+        if extra_inbound < 1:
+            raise ValueError("extra_inbound must be positive")
         self.cluster_id = cluster_id
         self.node_id = node_id
         self.listen = listen
@@ -262,7 +351,14 @@ class Transport:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._batch_max_bytes = batch_max_bytes
-        self._hello_frame = encode_hello(Hello(PROTOCOL_VERSION, cluster_id, node_id))
+        self._auth = auth if auth is not None else PeerAuth()
+        self._extra_inbound = extra_inbound
+        #: Accepted connections closed at once because too many were open (handshaking or not).
+        self.inbound_rejected = 0
+        self._last_cap_warning = float("-inf")
+        #: Refusal reason -> (loop time last logged, refusals since): a misconfigured or hostile dialer
+        #: retrying every second must not flood the log.
+        self._refusal_log: dict[str, tuple[float, int]] = {}
 
         self._peers: dict[int, _Peer] = {}
         self._inbound: dict[int, _Inbound] = {}
@@ -297,12 +393,13 @@ class Transport:
             ) from exc
         self._started = True
         log.info(
-            "transport started node_id=%d cluster_id=%r listen=%s:%d peers=%s",
+            "transport started node_id=%d cluster_id=%r listen=%s:%d peers=%s auth=%s",
             self.node_id,
             self.cluster_id,
             self.listen.host,
             self.bound_port,
             sorted(self._peers),
+            self._auth_mode(),
         )
         for peer in self._peers.values():
             self._start_peer_task(peer)
@@ -314,6 +411,10 @@ class Transport:
         if host in ("", "0.0.0.0", "::") or (":" in host) != (":" in remote_host):
             return None
         return (host, 0)
+
+    def _auth_mode(self) -> str:
+        parts = [name for name, on in (("tls", self._auth.tls), ("secret", self._auth.secret is not None)) if on]
+        return "+".join(parts) or "none"
 
     async def stop(self) -> None:
         """Close the listener and every connection, cancel and await every task. Idempotent."""
@@ -532,31 +633,52 @@ class Transport:
     async def _dial(self, peer: _Peer) -> _Outbound | None:
         """Connect and handshake; None (after logging) on any failure or refusal."""
         addr = peer.address
+        tls = self._auth.client_context
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            # The TLS handshake (if any) is part of connecting; give it its own budget.
+            async with asyncio.timeout(self._connect_timeout + (self._handshake_timeout if tls else 0.0)):
                 # Dial from our own listen address: on a host with several addresses (or loopback
                 # aliases) peers then see who we are, and a network cut between two addresses
                 # (firewall rules) cuts our traffic too.
                 reader, writer = await asyncio.open_connection(
-                    addr.host, addr.port, limit=_STREAM_LIMIT, local_addr=self._local_addr(addr.host)
+                    addr.host,
+                    addr.port,
+                    limit=_STREAM_LIMIT,
+                    local_addr=self._local_addr(addr.host),
+                    ssl=tls,
+                    server_hostname=(addr.name or addr.host) if tls else None,
                 )
-        except (OSError, TimeoutError) as exc:
-            reason = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or repr(exc))
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            if isinstance(exc, ssl.SSLError):
+                reason = f"TLS handshake failed: {exc.reason or exc}"
+            else:
+                reason = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or repr(exc))
             self._warn_peer(
                 peer,
                 "peer unreachable peer_id=%d addr=%s error=%r",
                 peer.peer_id,
                 addr,
                 reason,
-                quiet_for=_UNREACHABLE_GRACE,
+                quiet_for=0.0 if isinstance(exc, ssl.SSLError) else _UNREACHABLE_GRACE,
             )
             return None
         _tune_socket(writer)
+        if tls is not None:
+            names = certificate_names(writer.get_extra_info("peercert"))
+            if not addr.name or addr.name not in names:
+                _close_writer(writer, abort=True)
+                self._warn_peer(
+                    peer,
+                    "peer refused: its certificate does not name member %r peer_id=%d addr=%s names=%s",
+                    addr.name,
+                    peer.peer_id,
+                    addr,
+                    sorted(names),
+                )
+                return None
         try:
-            writer.write(self._hello_frame)
             async with asyncio.timeout(self._handshake_timeout):
-                await writer.drain()
-                reply = decode_reply(await read_one_frame(reader, HANDSHAKE_MAX_BYTES))
+                reply = await self._dialer_handshake(peer, reader, writer)
         except asyncio.CancelledError:
             _close_writer(writer, abort=True)
             raise
@@ -570,11 +692,45 @@ class Transport:
                 error = str(exc) or repr(exc)
             self._warn_peer(peer, "peer handshake failed peer_id=%d addr=%s error=%r", peer.peer_id, addr, error)
             return None
-        if not reply.ok:
+        if reply is not None:
             _close_writer(writer)
-            self._warn_peer(peer, "refused by peer peer_id=%d addr=%s reason=%r", peer.peer_id, addr, reply.reason)
+            self._warn_peer(peer, "%s peer_id=%d addr=%s", reply, peer.peer_id, addr)
             return None
         return _Outbound(reader, writer)
+
+    async def _dialer_handshake(
+        self, peer: _Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> str | None:
+        """Our side of the handshake on a fresh outbound connection; None when accepted, else why not."""
+        secret = self._auth.secret
+        my_nonce = os.urandom(NONCE_BYTES)
+        writer.write(encode_hello(Hello(PROTOCOL_VERSION, self.cluster_id, self.node_id, peer.peer_id, my_nonce)))
+        await writer.drain()
+        first = decode_challenge(await read_one_frame(reader, HANDSHAKE_MAX_BYTES))
+        if isinstance(first, HelloReply):
+            return f"refused by peer (it logs why; a protocol version mismatch?) reason={first.reason!r}"
+        their_nonce = first.nonce
+        if len(their_nonce) != NONCE_BYTES:
+            return f"peer handshake failed: challenge nonce of {len(their_nonce)} bytes"
+        mac = b""
+        if secret is not None:
+            mac = handshake_mac(
+                secret, "dialer", self.cluster_id, self.node_id, peer.peer_id, my_nonce, their_nonce
+            )
+        writer.write(encode_proof(Proof(mac)))
+        await writer.drain()
+        reply = decode_reply(await read_one_frame(reader, HANDSHAKE_MAX_BYTES))
+        if not reply.ok:
+            return f"refused by peer (its log says why) reason={reply.reason!r}"
+        if secret is not None:
+            expected = handshake_mac(
+                secret, "listener", self.cluster_id, self.node_id, peer.peer_id, my_nonce, their_nonce
+            )
+            if not hmac.compare_digest(reply.mac, expected):
+                # Either the peer has another secret or none (raft.secret_file differs), or it is not
+                # our peer at all: never send it anything.
+                return "peer refused: it did not prove the cluster secret (raft.secret_file differs?)"
+        return None
 
     async def _watch(self, peer: _Peer, conn: _Outbound) -> None:
         """Notice the death of an outbound connection while we have nothing to write.
@@ -635,32 +791,72 @@ class Transport:
 
     # ------------------------------------------------------------------ inbound side
 
-    def _check_hello(self, hello: Hello) -> str | None:
-        """The refusal reason for ``hello``, or None if it may proceed."""
-        if hello.version != PROTOCOL_VERSION:
-            return f"unsupported protocol version {hello.version} (this node speaks {PROTOCOL_VERSION})"
+    def _check_hello(self, hello: Hello, peercert: dict[str, Any] | None) -> str | None:
+        """Why ``hello`` must be refused (for our log only), or None if its proof may decide."""
         if hello.cluster_id != self.cluster_id:
             return f"wrong cluster id {hello.cluster_id!r} (expected {self.cluster_id!r})"
         if hello.node_id == self.node_id:
             return f"node id {hello.node_id} is this node's own id"
-        if hello.node_id not in self._peers:
+        peer = self._peers.get(hello.node_id)
+        if peer is None:
             return f"unknown node id {hello.node_id} (not a peer of node {self.node_id})"
+        if hello.to_node != self.node_id:
+            return f"node {hello.node_id} meant to reach node {hello.to_node}, this is node {self.node_id}"
+        if self._auth.secret is not None and len(hello.nonce) != NONCE_BYTES:
+            return f"node {hello.node_id} sent no valid nonce (is raft.secret_file set on it?)"
+        if self._auth.tls:
+            names = certificate_names(peercert)
+            if not peer.address.name or peer.address.name not in names:
+                return (
+                    f"the certificate of node {hello.node_id} does not name member {peer.address.name!r} "
+                    f"(it names {sorted(names)})"
+                )
         return None
 
-    async def _refuse(self, writer: asyncio.StreamWriter, reason: str) -> None:
-        """Tell the dialer why (best effort, bounded in time); the caller closes."""
+    def _log_refusal(self, problem: str, where: str) -> None:
+        """Warn about a refusal; the same reason at most once per _WARN_INTERVAL (then with a count)."""
+        now = asyncio.get_running_loop().time()
+        last, since = self._refusal_log.get(problem, (float("-inf"), 0))
+        if now - last < _WARN_INTERVAL:
+            self._refusal_log[problem] = (last, since + 1)
+            log.debug("peer refused: %s from %s", problem, where)
+            return
+        if len(self._refusal_log) > 1000:  # reasons embed peer-chosen values: keep the map bounded
+            self._refusal_log.clear()
+        self._refusal_log[problem] = (now, 0)
+        suffix = f" (and {since} more times since the last warning)" if since else ""
+        log.warning("peer refused: %s from %s%s", problem, where, suffix)
+
+    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Tell the dialer "refused" and nothing else (best effort, bounded in time); the caller closes."""
         with contextlib.suppress(OSError, TimeoutError, RuntimeError):
-            writer.write(encode_reply(HelloReply(ok=False, reason=reason)))
+            writer.write(encode_reply(HelloReply(ok=False, reason=REFUSED)))
             async with asyncio.timeout(self._handshake_timeout):
                 await writer.drain()
 
     def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Server callback: run the connection in a task we own.
+        """Server callback: run the connection in a task we own, if there is room for it.
 
         A plain function on purpose: given a coroutine, asyncio wraps it in a task whose completion
         callback calls ``task.exception()``, which logs a spurious error when we cancel it on stop.
+        The cap counts every accepted connection still open (handshaking or authenticated): each
+        peer needs one, and a few more cover reconnects that overlap the old connection's end.
         """
         if self._stopped:
+            _close_writer(writer, abort=True)
+            return
+        if len(self._handlers) >= len(self._peers) + self._extra_inbound:
+            self.inbound_rejected += 1
+            now = asyncio.get_running_loop().time()
+            if now - self._last_cap_warning >= _WARN_INTERVAL:
+                self._last_cap_warning = now
+                log.warning(
+                    "peer connection refused: %d connections open (limit %d) from %s rejected_so_far=%d",
+                    len(self._handlers),
+                    len(self._peers) + self._extra_inbound,
+                    _format_peername(writer),
+                    self.inbound_rejected,
+                )
             _close_writer(writer, abort=True)
             return
         task = asyncio.get_running_loop().create_task(
@@ -668,6 +864,52 @@ class Transport:
         )
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
+
+    async def _listener_handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+    ) -> int | None:
+        """Authenticate an accepted connection; the proven peer id, or None (logged, "refused" sent).
+
+        A wrong cluster id or unknown node id is not refused at once: the dialer still gets a
+        challenge and is refused only after its proof, exactly like a wrong secret, so a stranger can
+        not tell which of its guesses was wrong. Only another protocol version is refused right away
+        (there is nothing to hide about it, and the other side may not understand the challenge).
+        """
+        if self._auth.server_context is not None:
+            await writer.start_tls(self._auth.server_context)
+        hello = decode_hello(await read_one_frame(reader, HANDSHAKE_MAX_BYTES))
+        if hello.version != PROTOCOL_VERSION:
+            self._log_refusal(
+                f"protocol version {hello.version} (node_id={hello.node_id}), this node speaks version "
+                f"{PROTOCOL_VERSION}; upgrade the older node",
+                where,
+            )
+            await self._refuse(writer)
+            return None
+        problem = self._check_hello(hello, writer.get_extra_info("peercert"))
+        my_nonce = os.urandom(NONCE_BYTES)
+        writer.write(encode_challenge(Challenge(my_nonce)))
+        await writer.drain()
+        proof = decode_proof(await read_one_frame(reader, HANDSHAKE_MAX_BYTES))
+        secret = self._auth.secret
+        reply_mac = b""
+        if problem is None and secret is not None:
+            expected = handshake_mac(
+                secret, "dialer", self.cluster_id, hello.node_id, self.node_id, hello.nonce, my_nonce
+            )
+            if not hmac.compare_digest(proof.mac, expected):
+                problem = f"node {hello.node_id} did not prove the cluster secret (raft.secret_file differs?)"
+            else:
+                reply_mac = handshake_mac(
+                    secret, "listener", self.cluster_id, hello.node_id, self.node_id, hello.nonce, my_nonce
+                )
+        if problem is not None:
+            self._log_refusal(problem, where)
+            await self._refuse(writer)
+            return None
+        writer.write(encode_reply(HelloReply(ok=True, mac=reply_mac)))
+        await writer.drain()
+        return hello.node_id
 
     async def _handle_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One accepted connection: handshake, then deliver its data frames to ``on_frame``."""
@@ -679,27 +921,25 @@ class Transport:
             _tune_socket(writer)
             try:
                 async with asyncio.timeout(self._handshake_timeout):
-                    body = await read_one_frame(reader, HANDSHAKE_MAX_BYTES)
-                hello = decode_hello(body)
+                    peer_id = await self._listener_handshake(reader, writer, where)
             except TimeoutError:
-                log.warning("peer refused: no hello within %ss from %s", self._handshake_timeout, where)
+                log.warning("peer refused: handshake not completed within %ss from %s", self._handshake_timeout, where)
                 return
             except asyncio.IncompleteReadError:
                 log.info("connection closed before handshake from %s", where)
+                return
+            except ssl.SSLError as exc:
+                log.warning("peer refused: TLS handshake failed from %s error=%r", where, exc.reason or str(exc))
                 return
             except OSError as exc:
                 log.info("connection error before handshake from %s error=%r", where, str(exc))
                 return
             except FrameError as exc:
                 log.warning("peer refused: bad handshake from %s error=%r", where, str(exc))
-                await self._refuse(writer, f"bad handshake: {exc}")
+                await self._refuse(writer)
                 return
-            reason = self._check_hello(hello)
-            if reason is not None:
-                log.warning("peer refused: %s from %s", reason, where)
-                await self._refuse(writer, reason)
+            if peer_id is None:
                 return
-            peer_id = hello.node_id
             registered = _Inbound(task, writer, where)
             previous = self._inbound.get(peer_id)
             self._inbound[peer_id] = registered
@@ -709,9 +949,7 @@ class Transport:
                 log.info("replacing inbound connection peer_id=%d old=%s new=%s", peer_id, previous.address, where)
                 _close_writer(previous.writer, abort=True)
                 previous.task.cancel()
-            writer.write(encode_reply(HelloReply(ok=True)))
-            await writer.drain()
-            log.info("peer accepted peer_id=%d from %s", peer_id, where)
+            log.info("peer accepted peer_id=%d from %s auth=%s", peer_id, where, self._auth_mode())
             await self._read_frames(peer_id, reader, where)
         except (OSError, RuntimeError) as exc:
             log.info("inbound connection error from %s error=%r", where, str(exc) or repr(exc))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ram.config import NodeConfig, pg_address, pg_data_dir
+from ram.config import NodeConfig, pg_address, pg_data_dir, replication_password
 from ram.postgres.spec import ManagedInstanceSpec, PrimaryEndpoint
 from ram.projections.state import ClusterState
 
@@ -38,7 +38,7 @@ def member_hosts(config: NodeConfig, state: ClusterState) -> tuple[str, ...]:
 
 def instance_spec(config: NodeConfig, state: ClusterState) -> ManagedInstanceSpec:
     host, port = pg_address(config)
-    password = config.postgres.replication_password
+    password = replication_password(config)  # reads replication_password_file when that is how it is given
     if not password:
         raise ValueError("postgres.replication_password is required to manage PostgreSQL")
     return ManagedInstanceSpec(

@@ -14,6 +14,8 @@ import hmac
 import os
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
+
 from ram.postgres import conffiles
 from ram.postgres.commands import chown_to_owner, run_command
 from ram.postgres.durability import sync_data_directory
@@ -37,7 +39,9 @@ REWIND_FUNCTIONS = (
 )
 
 
-def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+def scram_verifier(
+    password: str | SecretStr, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS
+) -> str:
     """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
 
     Computing it here, as ``psql``'s ``\\password`` does, means the clear-text password never reaches
@@ -45,6 +49,8 @@ def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int 
     PostgreSQL SASLprep-normalises passwords first; for ASCII that is the identity, so non-ASCII
     passwords are refused here rather than risk a verifier that never matches.
     """
+    if isinstance(password, SecretStr):
+        password = password.get_secret_value()
     if not password.isascii():
         raise ValueError("the replication password must be ASCII")
     salt = salt if salt is not None else os.urandom(16)

@@ -193,11 +193,73 @@ class ApiSettings(_Strict):
     listen: Annotated[
         str | None, Field(description="HTTP listen address, host:port (default: the Raft host, port 8008).")
     ] = None
+    # Security (docs/security.md). Secure by default: without tokens_file or RAM_ADMIN_TOKEN /
+    # RAM_READ_TOKEN in the node's environment, requests that need a token are refused; running
+    # without authentication takes an explicit auth = "none".
+    auth: Annotated[
+        str,
+        Field(pattern="^(token|none)$", description="token: requests need a bearer token (writes the admin "
+              "role); none: no authentication at all (only on a trusted network)."),
+    ] = "token"
+    tokens_file: Annotated[
+        Path | None,
+        Field(description="API tokens: TOML (or .json/.yaml) [tokens.NAME] with role (admin or read) and "
+              "token or sha256; must be mode 0600. RAM_ADMIN_TOKEN / RAM_READ_TOKEN add tokens too."),
+    ] = None
+    auth_reads: Annotated[
+        bool, Field(description="Reads (GET) need a token (read or admin role); false: reads are open.")
+    ] = True
+    auth_health: Annotated[
+        bool,
+        Field(description="The load-balancer health checks (/primary, /replica, /health, ...) need a token too."),
+    ] = False
+    allowed_hosts: Annotated[
+        list[str],
+        Field(description="Accepted Host headers (name or name:port); empty: any. Guards against DNS rebinding."),
+    ] = []
+    allowed_clients: Annotated[
+        list[str],
+        Field(description="Client addresses allowed to connect (CIDRs, e.g. 10.0.0.0/24); empty: any. "
+              "Applies to every endpoint, health checks included."),
+    ] = []
+    tls_cert: Annotated[
+        Path | None, Field(description="PEM certificate (chain) of the API: with tls_key, the API speaks HTTPS.")
+    ] = None
+    tls_key: Annotated[Path | None, Field(description="PEM private key of tls_cert (mode 0600).")] = None
+    tls_client_ca: Annotated[
+        Path | None,
+        Field(description="PEM CA bundle: every client must present a certificate signed by it (mutual TLS)."),
+    ] = None
+    max_event_streams: Annotated[
+        int,
+        Field(ge=1, le=100_000, description="Open /events/stream clients this node serves at once; more get "
+              "a 503. All streams share one store connection."),
+    ] = 200
 
     @field_validator("listen")
     @classmethod
     def _optional_address(cls, value: str | None) -> str | None:
         return None if value is None else _check_address(value)
+
+    @field_validator("allowed_clients")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        import ipaddress  # here: only this check needs it, and this block is all of ApiSettings
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an address or CIDR (e.g. 10.0.0.0/24)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> ApiSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (HTTPS)")
+        return self
 
 
 class PostgresSettings(_Strict):

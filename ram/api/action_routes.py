@@ -10,6 +10,7 @@ from litestar import Request, delete, get, patch, post, put
 from litestar.params import Body, FromPath, JSONBody, QueryParameter
 from pydantic import JsonValue
 
+from ram.api.auth import identity_of
 from ram.api.context import ApiContext, Ctx
 from ram.api.errors import ApiError, error_responses
 from ram.api.schemas import (
@@ -60,10 +61,18 @@ def _write_out(result: ApplyResult) -> WriteOut:
 
 
 def _who(request: Request[Any, Any, Any], by: str) -> str:
-    if by:
-        return by
-    client = request.client
-    return f"api:{client.host}" if client else "api"
+    """Who asked, for the event: the authenticated token (``token:<name>``), never only what the client
+    says. A client's own note (``by`` in the body, e.g. ``ramctrl:alice@laptop``) is kept after it,
+    in parentheses, as a hint that nobody checked. Without authentication (``api.auth = "none"``)
+    the client's address stands first, so a claimed name is never mistaken for a checked one."""
+    identity = identity_of(request)
+    note = " ".join(by.split())[:120]
+    if identity is not None:
+        who = identity.label
+    else:
+        client = request.client
+        who = f"api:{client.host}" if client else "api"
+    return f"{who} ({note})" if note and note != who else who
 
 
 # --------------------------------------------------------------------------------- maintenance

@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import logging
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +17,20 @@ import uvicorn
 from litestar import Litestar, Router
 from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 
-from ram.api import action_routes, cluster_routes, health_routes
+from ram.api import action_routes, cluster_routes, health_routes, raft_routes
+from ram.api.auth import WRITE_METHODS, AccessPolicy, access_middleware
 from ram.api.context import ApiContext
-from ram.api.errors import EXCEPTION_HANDLERS
+from ram.api.errors import EXCEPTION_HANDLERS, error_responses
 from ram.api.metrics import ApiMetrics, metrics
 from ram.consensus.runtime.node import RaftNode
 from ram.ha.live import HAView
+from ram.security import ApiSecurity, TlsFiles
 
 log = logging.getLogger("ram.api")
 
@@ -69,14 +74,47 @@ def schema_assets() -> Router:
     )
 
 
-def create_app(node: RaftNode, *, store_dsn: str, pool: asyncpg.Pool, ha: HAView | None = None) -> Litestar:
+def _policy(security: ApiSecurity) -> AccessPolicy:
+    """The access policy: the health checks are the paths of ``health_routes`` (a check added there is
+    covered at once), the API docs under ``/schema`` are always open."""
+    health = {path for handler in health_routes.ROUTES for path in handler.paths}
+    return AccessPolicy(security, open_paths=health, open_prefixes=(f"{SCHEMA_PATH}/",))
+
+
+def _document_access_errors(handlers: list[HTTPRouteHandler]) -> None:
+    """Add the access answers (401, 403; 415 for writes) to every handler's OpenAPI responses, so the
+    schema tells clients (and schema-driven tests) what the access middleware may answer."""
+    for handler in handlers:
+        codes = (401, 403, 415) if set(handler.http_methods) & WRITE_METHODS else (401, 403)
+        handler.responses = {**error_responses(*codes), **(handler.responses or {})}
+
+
+def create_app(
+    node: RaftNode, *, store_dsn: str, pool: asyncpg.Pool, ha: HAView | None = None,
+    security: ApiSecurity | None = None,
+) -> Litestar:
     """The HTTP API of ``node``: reads from its projection, writes through Raft.
 
-    ``store_dsn`` is used by event streams (one LISTEN connection each); ``pool`` serves event reads
-    and the store health check; ``ha`` is the HA controller's live view (lag, streaming, pending
-    restarts, the lease), None on a node that manages no PostgreSQL.
+    ``store_dsn`` is used by the event streams' one shared LISTEN connection; ``pool`` serves event
+    reads and the store health check; ``ha`` is the HA controller's live view (lag, streaming,
+    pending restarts, the lease), None on a node that manages no PostgreSQL. ``security`` (default:
+    from ``node.config.api`` and the environment, see :meth:`ApiSecurity.from_settings`) says who may
+    call what; it raises :class:`ram.security.SecurityConfigError` for an unusable token file.
     """
-    ctx = ApiContext(node=node, store_dsn=store_dsn, pool=pool, ha=ha)
+    if security is None:
+        security = ApiSecurity.from_settings(node.config.api)
+    if security.enabled and not len(security.tokens):
+        log.warning(
+            "api: no tokens configured (api.tokens_file, RAM_ADMIN_TOKEN, RAM_READ_TOKEN): every request that "
+            "needs a token is refused; set api.auth = \"none\" to run without authentication"
+        )
+    elif not security.enabled:
+        log.warning(
+            "api: authentication is off (api.auth = \"none\"): anyone who reaches the API can change the cluster"
+        )
+    ctx = ApiContext(node=node, store_dsn=store_dsn, pool=pool, ha=ha, security=security)
+    handlers = [*cluster_routes.ROUTES, *action_routes.ROUTES, *raft_routes.ROUTES, *health_routes.ROUTES, metrics]
+    _document_access_errors(handlers)
     api_metrics = ApiMetrics(ctx.registry, node, ha)
 
     def provide_ctx() -> ApiContext:
@@ -87,11 +125,12 @@ def create_app(node: RaftNode, *, store_dsn: str, pool: asyncpg.Pool, ha: HAView
 
     app = Litestar(
         route_handlers=[
-            *cluster_routes.ROUTES, *action_routes.ROUTES, *health_routes.ROUTES, metrics, schema_assets(),
+            *handlers, schema_assets(),
         ],
         dependencies={"ctx": Provide(provide_ctx, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[api_metrics.middleware],
+        # The metrics see every answer, refusals included; the access check runs before any handler.
+        middleware=[api_metrics.middleware, access_middleware(_policy(security))],
         on_shutdown=[on_shutdown],
         openapi_config=OpenAPIConfig(
             title="RAM",
@@ -99,6 +138,12 @@ def create_app(node: RaftNode, *, store_dsn: str, pool: asyncpg.Pool, ha: HAView
             description="RAM node API: cluster state, events, actions (committed through Raft) and health checks.",
             path=SCHEMA_PATH,
             render_plugins=[swagger_ui(), JsonRenderPlugin()],
+            # Swagger UI's "Authorize" button: paste a token, the page sends it as a Bearer header.
+            components=Components(security_schemes={"bearer": SecurityScheme(
+                type="http", scheme="bearer",
+                description="An API token: `admin` role for writes, `read` (or `admin`) for reads.",
+            )}),
+            security=[{"bearer": []}],
         ),
         request_max_body_size=MAX_BODY_BYTES,
         debug=False,
@@ -126,11 +171,12 @@ class ApiServer:
     task: asyncio.Task[None]
     host: str
     port: int
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
     async def stop(self, timeout: float = 5.0) -> None:
         ctx = getattr(self.app.state, "ctx", None)
@@ -168,17 +214,43 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(app: Litestar, host: str, port: int, *, startup_timeout: float = 10.0) -> ApiServer:
+def _tls_options(tls: TlsFiles | None) -> dict[str, object]:
+    """uvicorn's HTTPS options: the certificate and key, and with a client CA, certificates required
+    from every client (mutual TLS)."""
+    if tls is None:
+        return {}
+    options: dict[str, object] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+    if tls.client_ca is not None:
+        options.update(ssl_ca_certs=str(tls.client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
+async def serve(
+    app: Litestar, host: str, port: int, *, startup_timeout: float = 10.0, tls: TlsFiles | None = None,
+) -> ApiServer:
     """Run ``app`` with uvicorn in the current event loop; returns once it accepts connections.
 
-    ``port=0`` picks a free port (see ``ApiServer.port``). Raises ``OSError`` when the address can not
-    be bound and ``RuntimeError`` when the app fails to start.
+    ``port=0`` picks a free port (see ``ApiServer.port``). HTTPS with ``tls``, by default the app's own
+    ``api.tls_cert`` / ``api.tls_key`` (``ApiSecurity.tls``). Raises ``OSError`` when the address can
+    not be bound or a TLS file not be loaded, and ``RuntimeError`` when the app fails to start.
     """
+    if tls is None:
+        ctx = getattr(app.state, "ctx", None)
+        tls = ctx.security.tls if isinstance(ctx, ApiContext) else None
     sock = _bind(host, port)
     bound_port = int(sock.getsockname()[1])
-    config = uvicorn.Config(
-        app, lifespan="on", log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-    )
+    try:
+        config = uvicorn.Config(
+            app, lifespan="on", log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+            **_tls_options(tls),  # type: ignore[arg-type]
+        )
+        config.load()  # loads the certificate now: a bad file is an error here, not in every handshake
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        raise OSError(f"API TLS: can not load {tls.cert if tls else 'the certificate'}: {exc}") from None
+    except BaseException:
+        sock.close()
+        raise
     server = _Server(config)
 
     async def run() -> None:
@@ -200,4 +272,5 @@ async def serve(app: Litestar, host: str, port: int, *, startup_timeout: float =
             server.should_exit = True
             raise RuntimeError(f"API server did not start within {startup_timeout:g} s")
         await asyncio.sleep(0.01)
-    return ApiServer(app=app, server=server, task=task, host=host, port=bound_port)
+    return ApiServer(app=app, server=server, task=task, host=host, port=bound_port,
+                     scheme="https" if tls is not None else "http")

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import asyncpg
 from litestar import Request, get
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -32,14 +33,14 @@ from ram.api.schemas import (
     SyncOut,
     TimelineOut,
 )
+from ram.api.streams import EventHub, StreamUnavailable, Subscription, TooManyStreams
 from ram.api.views import leader_api_url, member_out, raft_leader_name
 from ram.consensus.runtime.node import ProposalError
 from ram.eventstore.events import EVENT_TYPES, MAX_INT64, StoredEvent, encode_event
-from ram.eventstore.store import follow, read_last, read_range
+from ram.eventstore.store import read_last, read_range
 from ram.ha.live import LocalLive, MemberLive
 
 KEEPALIVE_S = 15.0
-STREAM_QUEUE = 256
 MAX_PAGE = 1000
 #: Longest a fresh read waits for the Raft read barrier before answering from the local state
 #: (marked stale): long enough for a leader round trip and a short apply backlog, short enough
@@ -294,58 +295,52 @@ def _parse_last_event_id(value: str | None) -> tuple[int, int] | None:
 
 
 async def _event_stream(
-    ctx: Ctx, after: int, skip_through: tuple[int, int] | None, types: list[str] | None
+    ctx: Ctx, sub: Subscription, skip_through: tuple[int, int] | None
 ) -> AsyncIterator[ServerSentEventMessage]:
-    """Relay follow() through a queue: follow's connection lives in a task of its own, so a client
-    disconnect (which cancels this generator) ends it cleanly and closes its connection."""
-    queue: asyncio.Queue[StoredEvent | BaseException | None] = asyncio.Queue(STREAM_QUEUE)
+    """The events of ``sub`` (one place in the node's shared :class:`EventHub`) as SSE messages.
 
-    async def pump() -> None:
-        try:
-            async for stored in follow(ctx.store_dsn, after=after, types=types):
-                await queue.put(stored)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # store down: tell the client, end the stream
-            await queue.put(exc)
-        finally:
-            while True:  # make room for the end marker; the reader is done or will be soon
-                try:
-                    queue.put_nowait(None)
-                    break
-                except asyncio.QueueFull:
-                    queue.get_nowait()
-
-    task = asyncio.get_running_loop().create_task(pump(), name="ram.api.events-stream")
-    ctx.track(task)
+    A client disconnect cancels this generator, which gives the place back; a subscriber that fell
+    behind (its bounded queue full) is ended with a comment, and the client resumes from its
+    ``Last-Event-ID`` (catching up from the store) instead of the node buffering for it."""
     try:
-        yield ServerSentEventMessage(data=None, comment=f"following events after position {after}", retry=2000)
-        while not ctx.closing.is_set():
-            try:
-                item = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-            except TimeoutError:
+        yield ServerSentEventMessage(data=None, comment=f"following events after position {sub.after}", retry=2000)
+        async for item in sub.events(KEEPALIVE_S):
+            if ctx.closing.is_set():
+                return
+            if item is None:
                 yield ServerSentEventMessage(data=None, comment="keepalive")
                 continue
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                yield ServerSentEventMessage(event="error", data=json.dumps({"error": f"event stream ended: {item}"}))
-                return
             if skip_through is not None and (item.position, item.sub) <= skip_through:
                 continue
             out = event_out(item)
             yield ServerSentEventMessage(id=out.id, event=out.type, data=out.model_dump_json())
+        if sub.overflowed:
+            yield ServerSentEventMessage(
+                data=None,
+                comment=f"too slow: more than {sub.queue.maxsize} events waiting; reconnect with Last-Event-ID",
+            )
+    except (StreamUnavailable, asyncpg.PostgresError, OSError) as exc:  # store down: tell the client, end
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        yield ServerSentEventMessage(event="error", data=json.dumps({"error": f"event stream ended: {message}"}))
     finally:
-        task.cancel()
+        sub.close()
+
+
+def _hub(ctx: Ctx) -> EventHub:
+    if ctx.events is None:
+        ctx.events = EventHub(ctx.store_dsn, ctx.pool, max_streams=ctx.security.max_event_streams)
+    return ctx.events
 
 
 @get(
     "/events/stream",
     summary="Live events (server-sent events)",
     description="Each event as `id: <position>.<sub>`, `event: <type>`, `data: <json>`. Without `after` the "
-    "stream starts at the events applied on this node now; `Last-Event-ID` resumes after that event.",
+    "stream starts at the events applied on this node now; `Last-Event-ID` resumes after that event. A node "
+    "serves at most `api.max_event_streams` streams (503 beyond); a client that falls more than 1000 events "
+    "behind is disconnected and resumes with `Last-Event-ID`.",
     tags=["events"],
-    responses=error_responses(400),
+    responses=error_responses(400, 503),
     sync_to_thread=False,
 )
 def events_stream(
@@ -365,7 +360,15 @@ def events_stream(
         start = after
     else:
         start = ctx.node.applied_index
-    return ServerSentEvent(_event_stream(ctx, start, skip_through, selected))
+    try:
+        sub = _hub(ctx).subscribe(start, selected)
+    except TooManyStreams as exc:
+        raise ApiError(
+            503, f"{exc}; retry later, or read pages with GET /events?after=N", headers={"Retry-After": "5"}
+        ) from None
+    except StreamUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    return ServerSentEvent(_event_stream(ctx, sub, skip_through))
 
 
 @get("/history", summary="Failovers, switchovers and timelines", tags=["cluster"], sync_to_thread=False)

@@ -11,8 +11,10 @@ import asyncpg
 from litestar.di import NamedDependency
 from prometheus_client import CollectorRegistry
 
+from ram.api.streams import EventHub
 from ram.consensus.runtime.node import RaftNode
 from ram.ha.live import HAView
+from ram.security import ApiSecurity
 
 
 @dataclass
@@ -21,11 +23,15 @@ class ApiContext:
     store_dsn: str
     pool: asyncpg.Pool
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
-    # Server-sent event streams: each runs its follow() in a task of its own (see events_stream).
+    # Tasks that serve event streams, cancelled on shutdown (the streams' places are in ``events``).
     streams: set[asyncio.Task[Any]] = field(default_factory=set)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     #: The HA controller's live view (None when this node manages no PostgreSQL).
     ha: HAView | None = None
+    #: Who may call what (tokens, roles, allow-lists, TLS); see ram.api.auth and docs/security.md.
+    security: ApiSecurity = field(default_factory=ApiSecurity)
+    #: The one LISTEN connection every /events/stream shares (see ram.api.streams).
+    events: EventHub | None = None
 
     @property
     def name(self) -> str:
@@ -38,6 +44,8 @@ class ApiContext:
     async def close_streams(self) -> None:
         """End every open event stream (on shutdown: uvicorn waits for open responses)."""
         self.closing.set()
+        if self.events is not None:
+            await self.events.close()
         tasks = list(self.streams)
         for task in tasks:
             task.cancel()

@@ -201,8 +201,12 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
 
 _DESCRIPTIONS = {
     400: "Bad request: invalid parameter or body (the message names the field).",
+    401: "A token is needed (`Authorization: Bearer <token>`) and was missing or not valid.",
+    403: "The token's role does not allow this request (writes need `admin`), or the client address is not "
+    "allowed (`api.allowed_clients`).",
     404: "Unknown member or path.",
     409: "The command does not fit the cluster state; nothing changed.",
+    415: "A write's body must be `application/json`.",
     501: "Not available yet on this node.",
     503: "Not possible right now (no Raft leader, no quorum, or the check is false).",
 }

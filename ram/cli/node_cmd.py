@@ -13,6 +13,7 @@ from ram.config import ConfigError, load_config
 from ram.consensus.runtime.storage import StoreIdentityMismatch, StoreUnavailable
 from ram.logs import configure
 from ram.postgres.commands import PostgresCommandError
+from ram.security import ApiSecurity, SecurityConfigError
 
 
 @click.group("node")
@@ -37,12 +38,16 @@ def node_run(config_path: Path) -> None:
 
     try:
         config = load_config(config_path)
-    except ConfigError as exc:
+        # The API's tokens and TLS files are checked now, before Raft or PostgreSQL start: a node that
+        # would refuse every request (or serve a secret file others can read) must not start at all.
+        ApiSecurity.from_settings(config.api)
+    except (ConfigError, SecurityConfigError) as exc:
         raise UserError(str(exc)) from None
     configure(config.log_format, config.log_level)
     try:
         asyncio.run(run_node(config))
-    except (StoreUnavailable, StoreIdentityMismatch, PostgresCommandError, OSError, NodeFailed) as exc:
+    except (StoreUnavailable, StoreIdentityMismatch, PostgresCommandError, OSError, NodeFailed,
+            SecurityConfigError) as exc:
         raise UserError(" ".join(str(exc).split())) from None
     except KeyboardInterrupt:
         pass

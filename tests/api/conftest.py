@@ -17,8 +17,23 @@ from ram.config import parse_address
 from ram.consensus.runtime.node import RaftNode
 from ram.consensus.types import Role
 from ram.postgres.server import PostgresServer
+from ram.security import ApiSecurity
 from tests.conftest import make_tempdir
 from tests.runtime.helpers import cluster_configs, create_store_databases, drop_databases
+
+#: The tokens every test node accepts: the API is never open in tests unless a test says so.
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+READ_TOKEN = "test-read-token-0123456789abcdef"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+
+
+def test_security(**kwargs: object) -> ApiSecurity:
+    """Token authentication with an ``admin`` token named ``ops`` and a ``read`` token named ``viewer``."""
+    return ApiSecurity.with_tokens({"ops": ("admin", ADMIN_TOKEN), "viewer": ("read", READ_TOKEN)}, **kwargs)
+
+
+test_security.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 @dataclass
@@ -78,7 +93,8 @@ async def api_cluster(pg_server: PostgresServer) -> AsyncIterator[ApiCluster]:
         for node, pool, dsn in zip(nodes, pools, dsns, strict=True):
             # On the advertised API address: the cluster state names it (leader hints point there).
             host, port = parse_address(node.config.api.listen or "")
-            servers.append(await serve(create_app(node, store_dsn=dsn, pool=pool), host, port))
+            app = create_app(node, store_dsn=dsn, pool=pool, security=test_security())
+            servers.append(await serve(app, host, port))
         cluster = ApiCluster(nodes, pools, servers, dsns)
         await cluster.settled()
         yield cluster
@@ -95,5 +111,6 @@ async def api_cluster(pg_server: PostgresServer) -> AsyncIterator[ApiCluster]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=15.0) as c:
+    """An HTTP client that sends the admin token (the tests of access control use their own)."""
+    async with httpx.AsyncClient(timeout=15.0, headers=ADMIN) as c:
         yield c

@@ -19,7 +19,7 @@ from ram.api.context import ApiContext
 from ram.consensus.runtime.node import ApplyResult, NoLeaderError, ProposalTimeout
 from ram.consensus.types import Role
 from ram.projections.sql import load_state
-from tests.api.conftest import ApiCluster
+from tests.api.conftest import ADMIN, ApiCluster, test_security
 from tests.conftest import free_port
 
 
@@ -85,7 +85,8 @@ async def test_maintenance_through_follower_reaches_every_node(
     r = await client.post(api_cluster.url(f) + "/maintenance", json={"reason": "upgrade", "by": "alice"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["maintenance"] is True and body["reason"] == "upgrade" and body["by"] == "alice"
+    # Recorded as the authenticated token; what the client claims follows as an unchecked note.
+    assert body["maintenance"] is True and body["reason"] == "upgrade" and body["by"] == "token:ops (alice)"
     assert body["write"]["index"] > 0 and body["write"]["events"] in (["maintenance_mode_changed"], [])
     await api_cluster.barrier()
     for i, node in enumerate(api_cluster.nodes):
@@ -108,8 +109,8 @@ async def test_config_roundtrip_and_pending_restart(api_cluster: ApiCluster, cli
     patch = {
         "postgresql.parameters.max_connections": 250,
         "postgresql.parameters.work_mem": "8MB",
-        "ttl": 30,
-        "tags": {"zone": ["a", "b"]},
+        "maximum_lag_on_failover": 2048,
+        "synchronous_strict": True,
     }
     r = await client.patch(api_cluster.url(1) + "/config", json=patch)
     assert r.status_code == 200, r.text
@@ -123,11 +124,39 @@ async def test_config_roundtrip_and_pending_restart(api_cluster: ApiCluster, cli
         for key, value in patch.items():
             assert got["config"][key] == value
         assert "postgresql.parameters.max_connections" in got["pending_restart"]
-    # The same values again change nothing (no entry); null removes a key.
-    r = await client.patch(api_cluster.url(2) + "/config", json={"ttl": 30})
+        assert got["effective"]["maximum_lag_on_failover"] == 2048 and got["defaults"]["maximum_lag_on_failover"] > 2048
+    # The same values again change nothing (no entry); null removes a key (back to the node file).
+    r = await client.patch(api_cluster.url(2) + "/config", json={"maximum_lag_on_failover": 2048})
     assert r.status_code == 200 and r.json()["write"] is None
-    r = await client.patch(api_cluster.url(0) + "/config", json={"ttl": None})
-    assert r.status_code == 200 and "ttl" not in r.json()["config"]
+    r = await client.patch(api_cluster.url(0) + "/config", json={"maximum_lag_on_failover": None})
+    assert r.status_code == 200 and "maximum_lag_on_failover" not in r.json()["config"]
+    assert r.json()["effective"]["maximum_lag_on_failover"] == r.json()["defaults"]["maximum_lag_on_failover"]
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"ttl": 30}, "unknown config key 'ttl'; allowed: synchronous_mode"),
+        ({"no.such.key": 1}, "unknown config key 'no.such.key'"),
+        ({"synchronous_node_count": 0}, "config key 'synchronous_node_count'"),
+        ({"report_timeout_s": -1}, "config key 'report_timeout_s'"),
+        ({"synchronous_mode": "always"}, "config key 'synchronous_mode'"),
+        ({"synchronous_strict": "yes"}, "a JSON boolean is required"),
+        ({"lease_s": 3}, "is not dynamic"),
+        ({"postgresql.parameters.port": 5433}, "is set by RAM itself"),
+        ({"postgresql.parameters.bad name": 1}, "is not a PostgreSQL parameter name"),
+        ({"postgresql.parameters.work_mem": {"a": 1}}, "a string, number or boolean is required"),
+    ],
+)
+async def test_config_refuses_bad_keys_and_values(
+    api_cluster: ApiCluster, client: httpx.AsyncClient, patch: dict[str, Any], needle: str
+) -> None:
+    """A bad key or value is a 400 naming the key and what is allowed, and changes nothing."""
+    await api_cluster.settled()
+    before = (await client.get(api_cluster.url(0) + "/config")).json()["config"]
+    r = await client.patch(api_cluster.url(0) + "/config", json=patch)
+    assert r.status_code == 400 and needle in r.json()["error"], r.text
+    assert (await client.get(api_cluster.url(0) + "/config")).json()["config"] == before
 
 
 async def test_add_and_remove_member(api_cluster: ApiCluster, client: httpx.AsyncClient) -> None:
@@ -264,7 +293,8 @@ async def test_events_last_reads_the_newest_and_pages_back(
 ) -> None:
     url = api_cluster.url(1)
     for n in range(3):  # a few single-event entries on top of the bootstrap's multi-event entry
-        assert (await client.patch(url + "/config", json={f"tail.probe{n}": n})).status_code == 200
+        r = await client.patch(url + "/config", json={f"postgresql.parameters.tail.probe{n}": n})
+        assert r.status_code == 200
     everything = (await client.get(url + "/events", params={"limit": 1000})).json()["events"]
     ids = [e["id"] for e in everything]
 
@@ -295,7 +325,7 @@ async def test_events_last_reads_the_newest_and_pages_back(
 
     # The type filter applies to the newest too.
     typed = (await client.get(url + "/events", params={"last": 1, "type": "dynamic_config_changed"})).json()
-    assert [list(e["payload"]["changes"]) for e in typed["events"]] == [["tail.probe2"]]
+    assert [list(e["payload"]["changes"]) for e in typed["events"]] == [["postgresql.parameters.tail.probe2"]]
     nothing = (await client.get(url + "/events", params={"last": 5, "before": 1})).json()
     assert nothing == {"events": [], "next_after": 0, "more": False, "next_before": None}
 
@@ -328,7 +358,8 @@ async def test_sse_stream_delivers_new_events_and_stops_on_disconnect(
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = response.aiter_lines()
         # Produced after connecting, through another node.
-        r = await client.patch(api_cluster.url((i + 1) % 3) + "/config", json={"sse_probe": time.time()})
+        probe = {"postgresql.parameters.probe.sse": time.time()}
+        r = await client.patch(api_cluster.url((i + 1) % 3) + "/config", json=probe)
         assert r.status_code == 200
         async with asyncio.timeout(10):
             event = await _next_event(lines)
@@ -336,13 +367,13 @@ async def test_sse_stream_delivers_new_events_and_stops_on_disconnect(
         position, _, sub = event["id"].partition(".")
         assert int(position) == r.json()["write"]["index"] and sub == "0"
         data = json.loads(event["data"])  # the SSE field is "data"; the event's body is "payload", as in SQL
-        assert "sse_probe" in data["payload"]["changes"] and "data" not in data
-        assert len(ctx.streams) == 1
+        assert "postgresql.parameters.probe.sse" in data["payload"]["changes"] and "data" not in data
+        assert ctx.events is not None and len(ctx.events) == 1
     # The client went away: the server side ends its follow() and releases its connection.
     deadline = time.monotonic() + 5
-    while ctx.streams and time.monotonic() < deadline:
+    while len(ctx.events) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    assert not ctx.streams
+    assert not len(ctx.events)
 
 
 async def test_sse_resumes_after_last_event_id(api_cluster: ApiCluster, client: httpx.AsyncClient) -> None:
@@ -454,7 +485,7 @@ async def test_a_503_names_the_leader_api(
         raise ProposalTimeout(f"leader (node {lid}) did not answer within 10 s")
 
     monkeypatch.setattr(follower, "propose", silent)
-    r = await client.patch(api_cluster.url(fi) + "/config", json={"hint.probe": 1})
+    r = await client.patch(api_cluster.url(fi) + "/config", json={"postgresql.parameters.hint.probe": 1})
     assert "did not answer" in _error(r, 503)
     assert r.json()["leader_api"] == leader_url and r.headers["location"] == leader_url + "/config"
 
@@ -572,8 +603,8 @@ async def test_serve_refuses_a_busy_port_and_stops_cleanly(api_cluster: ApiClust
     node, pool, dsn = api_cluster.nodes[0], api_cluster.pools[0], api_cluster.dsns[0]
     from ram.api import create_app
 
-    server = await serve(create_app(node, store_dsn=dsn, pool=pool), "127.0.0.1", 0)
-    async with httpx.AsyncClient(timeout=5) as c:
+    server = await serve(create_app(node, store_dsn=dsn, pool=pool, security=test_security()), "127.0.0.1", 0)
+    async with httpx.AsyncClient(timeout=5, headers=ADMIN) as c:
         assert (await c.get(server.url + "/liveness")).status_code == 200
         schema = (await c.get(server.url + "/schema/openapi.json")).json()
         assert schema["info"]["title"] == "RAM"
@@ -598,7 +629,7 @@ def _fuzz_one(base_url: str, operation: Any, max_examples: int, checks: list[Any
     )
     @given(case=operation.as_strategy())
     def run(case: Any) -> None:
-        response = case.call(base_url=base_url, timeout=15)
+        response = case.call(base_url=base_url, timeout=15, headers=ADMIN)
         assert response.status_code < 500 or (is_check and response.status_code == 503), response.text
         case.validate_response(response, checks=checks)
 

@@ -202,6 +202,7 @@ def node_config_toml(info: ClusterInfo, member: MemberInfo, store_dsn: str, ha: 
         "",
         "[raft]",
         f'listen = "{member.host}:{member.raft_port}"',
+        f'secret_file = "{raft_secret_file(info)}"',
         "peers = [",
     ]
     for other in info.members:
@@ -233,7 +234,27 @@ def node_config_toml(info: ClusterInfo, member: MemberInfo, store_dsn: str, ha: 
     return text
 
 
+def raft_secret_file(info: ClusterInfo) -> Path:
+    """The cluster secret the nodes' Raft peers prove to each other (``raft.secret_file``)."""
+    return Path(info.dir) / "raft.secret"
+
+
+def write_raft_secret(info: ClusterInfo) -> None:
+    """Create the cluster secret once (64 hex characters and a newline), mode 0600 from the moment the
+    file exists (never written first and restricted afterwards); an existing one is kept, so the
+    nodes of a cluster brought up again still agree."""
+    path = raft_secret_file(info)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+
+
 def _write_layout(info: ClusterInfo, dsns: dict[str, str], ha: dict[str, Any] | None) -> None:
+    write_raft_secret(info)
     for member in info.members:
         node_dir = Path(member.node_dir)
         node_dir.mkdir(parents=True, exist_ok=True)

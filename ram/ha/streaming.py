@@ -103,11 +103,17 @@ def local_replication(
     if receiver_status is None:
         return LocalReplication(False, None, None, "no WAL receiver running (not connected to a primary)")
     receive_lag = replay_lag = None
-    if latest_end_lsn is not None:
+    end = latest_end_lsn
+    if end is None and receiver_status == "streaming":
+        # No message from the upstream since the receiver connected: a walsender sends whatever WAL
+        # it has at once, so it had nothing beyond what we flushed (keepalives come only every
+        # wal_sender_timeout / 2 on an idle primary).
+        end = flushed_lsn
+    if end is not None:
         if flushed_lsn is not None:
-            receive_lag = max(0, latest_end_lsn - flushed_lsn)
+            receive_lag = max(0, end - flushed_lsn)
         if replayed_lsn is not None:
-            replay_lag = max(0, latest_end_lsn - replayed_lsn)
+            replay_lag = max(0, end - replayed_lsn)
     if receiver_status != "streaming":
         return LocalReplication(False, receive_lag, replay_lag, f"WAL receiver is {receiver_status}")
     if not connected_to_primary:

@@ -37,6 +37,9 @@ def test_local_replication_sample() -> None:
     none = local_replication(receiver_status=None, receiver_tli=None, connected_to_primary=False,
                              cluster_timeline=3, latest_end_lsn=None, flushed_lsn=None, replayed_lsn=800)
     assert not none.streaming and none.replay_lag_bytes is None
+    idle = local_replication(receiver_status="streaming", receiver_tli=3, connected_to_primary=True,
+                             cluster_timeline=3, latest_end_lsn=None, flushed_lsn=900, replayed_lsn=850)
+    assert idle.streaming and (idle.receive_lag_bytes, idle.replay_lag_bytes) == (0, 50)
     other = local_replication(receiver_status="streaming", receiver_tli=3, connected_to_primary=False,
                               cluster_timeline=3, latest_end_lsn=None, flushed_lsn=None, replayed_lsn=None)
     assert not other.streaming and "another server" in other.reason

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from ram.cli.ctl_http import CONNECT_TIMEOUT_S, ApiClient, CtlError
+from ram.cli.ctl_http import CONNECT_TIMEOUT_S, ApiClient, Credentials, CtlError, resolve_credentials
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,16 +21,37 @@ class Settings:
 
     urls: list[str]
     connect_timeout: float = CONNECT_TIMEOUT_S
+    token_file: Path | None = None
+    cacert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    _credentials: list[Credentials] = field(default_factory=list, compare=False, repr=False)
+
+    def credentials(self) -> Credentials:
+        """Token and TLS setup, read when a command first needs them (so ``--help`` never fails on a
+        token file), then kept for the rest of the command."""
+        if not self._credentials:
+            self._credentials.append(resolve_credentials(self.token_file, self.cacert, self.client_cert,
+                                                         self.client_key))
+        return self._credentials[0]
+
+    def client(self, urls: Sequence[str] | None = None, **kwargs: Any) -> ApiClient:
+        return ApiClient(list(urls or self.urls), connect_timeout=self.connect_timeout,
+                         credentials=self.credentials(), **kwargs)
+
+
+def settings() -> Settings:
+    found = click.get_current_context().find_object(Settings)
+    if found is None:  # a command invoked outside the ramctrl group (tests, embedding)
+        raise CtlError("internal: ramctrl settings missing")
+    return found
 
 
 def client() -> ApiClient:
-    """A client for the APIs of this invocation, closed when the command ends."""
-    ctx = click.get_current_context()
-    settings = ctx.find_object(Settings)
-    if settings is None:  # a command invoked outside the ramctrl group (tests, embedding)
-        raise CtlError("internal: ramctrl settings missing")
-    api = ApiClient(settings.urls, connect_timeout=settings.connect_timeout)
-    ctx.call_on_close(api.close)
+    """A client for the APIs of this invocation (with its token and TLS setup), closed when the
+    command ends."""
+    api = settings().client()
+    click.get_current_context().call_on_close(api.close)
     return api
 
 

@@ -135,7 +135,7 @@ def _probe(url: str, settings: Settings) -> dict[str, Any]:
     """One node's /health and /readiness; an unreachable node is a result, not a failure of the command."""
     result: dict[str, Any] = {"api": url}
     try:
-        with ApiClient([url], connect_timeout=settings.connect_timeout, read_timeout=10.0) as api:
+        with settings.client([url], read_timeout=10.0) as api:
             health = _check(api, "/health")
             ready = _check(api, "/readiness")
     except CtlError as exc:  # unreachable, or an error answer
@@ -175,7 +175,9 @@ def health(as_json: bool, use_members: bool) -> None:
     assert settings is not None
     if use_members:
         cluster = client().request("GET", "/cluster")
-        urls = [normalize_url(m["api_address"]) for m in cluster.get("members", [])]
+        # Members advertise host:port; reached over HTTPS, they are asked over HTTPS too.
+        scheme = "https" if settings.urls[0].startswith("https://") else "http"
+        urls = [normalize_url(m["api_address"], scheme) for m in cluster.get("members", [])]
     else:
         urls = settings.urls
     results = [_probe(url, settings) for url in urls]

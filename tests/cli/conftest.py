@@ -13,9 +13,17 @@ import pytest
 from click.testing import CliRunner
 
 from ram.cli.ramctrl import cli
-from tests.api.conftest import ApiCluster, api_cluster  # noqa: F401  (the fixture, shared)
+from tests.api.conftest import ADMIN_TOKEN, ApiCluster, api_cluster  # noqa: F401  (the fixture, shared)
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+#: What every ramctrl run of these tests gets, unless a test says otherwise: the admin token of the
+#: fixture's nodes in $RAM_TOKEN, and nothing else from the environment of whoever runs the tests.
+CREDENTIALS: dict[str, str | None] = {
+    "RAM_TOKEN": ADMIN_TOKEN, "RAM_TOKEN_FILE": None, "RAM_CACERT": None, "RAM_CLIENT_CERT": None,
+    "RAM_CLIENT_KEY": None,
+}
 
 
 @dataclass
@@ -31,14 +39,16 @@ async def ctl(cluster: ApiCluster | None, *args: str, input: str | None = None, 
     urls = list(apis) if apis is not None else [cluster.url(i) for i in range(3)] if cluster else []
     argv = [a for url in urls for a in ("--api", url)] + list(args)
     runner = CliRunner()
-    result = await asyncio.to_thread(runner.invoke, cli, argv, input=input, env={"RAM_API": None, **(env or {})})
+    base: dict[str, str | None] = {"RAM_API": None, **CREDENTIALS}
+    result = await asyncio.to_thread(runner.invoke, cli, argv, input=input, env={**base, **(env or {})})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return Run(result.exit_code, result.stdout, result.stderr)
 
 
 def subprocess_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAM_API"}
+    env = {k: v for k, v in os.environ.items() if k != "RAM_API" and k not in CREDENTIALS}
+    env["RAM_TOKEN"] = ADMIN_TOKEN
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

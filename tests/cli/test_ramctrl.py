@@ -13,7 +13,7 @@ import pytest
 
 from ram.cli.ctl_status import render_status
 from ram.consensus.runtime.node import ApplyResult, NoLeaderError
-from tests.api.conftest import ApiCluster
+from tests.api.conftest import ADMIN, ApiCluster
 from tests.cli.conftest import ctl, ctl_process, one_error_line
 from tests.conftest import free_port
 
@@ -22,7 +22,7 @@ P = "postgresql.parameters."
 
 
 async def _get(cluster: ApiCluster, path: str, i: int = 0) -> Any:
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=ADMIN) as http:
         r = await http.get(cluster.url(i) + path)
         assert r.status_code == 200, r.text
         return r.json()
@@ -69,7 +69,8 @@ async def test_pause_and_resume_show_in_status(api_cluster: ApiCluster) -> None:
     records = [json.loads(line) for line in events.stdout.splitlines()]
     assert records and all(r["type"] == "maintenance_mode_changed" for r in records)
     assert records[-1]["payload"]["enabled"] is False
-    assert any(r["payload"]["reason"] == "kernel upgrade" and r["payload"]["by"].startswith("ramctrl:")
+    # Recorded as the token that asked (the fixture's admin token is named "ops"), then ramctrl's own note.
+    assert any(r["payload"]["reason"] == "kernel upgrade" and r["payload"]["by"].startswith("token:ops (ramctrl:")
                for r in records)
 
 
@@ -178,7 +179,7 @@ async def test_events_table_type_and_paging(api_cluster: ApiCluster) -> None:
 
 
 async def test_events_show_the_newest_by_default(api_cluster: ApiCluster) -> None:
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=ADMIN) as http:
         for n in range(22):  # more than a default screen of events
             r = await http.patch(api_cluster.url(n % 3) + "/config", json={P + "newest.probe": n})
             assert r.status_code == 200, r.text
@@ -217,7 +218,7 @@ async def test_events_follow_receives_a_new_event(api_cluster: ApiCluster) -> No
     assert proc.stdout is not None and proc.stderr is not None
     try:
         await asyncio.sleep(0.3)
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=10, headers=ADMIN) as http:
             r = await http.patch(api_cluster.url(1) + "/config", json={P + "follow.marker": 7})
             assert r.status_code == 200, r.text
         line = await asyncio.wait_for(proc.stdout.readline(), 20)
@@ -231,7 +232,7 @@ async def test_events_follow_receives_a_new_event(api_cluster: ApiCluster) -> No
 
 
 async def test_events_follow_starts_after_the_newest_shown(api_cluster: ApiCluster) -> None:
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=ADMIN) as http:
         for n in range(3):
             assert (await http.patch(api_cluster.url(0) + "/config", json={P + "tail.follow": n})).status_code == 200
     await api_cluster.barrier()
@@ -242,7 +243,7 @@ async def test_events_follow_starts_after_the_newest_shown(api_cluster: ApiClust
     try:
         shown = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 20)) for _ in range(2)]
         assert [e["id"] for e in shown] == [e["id"] for e in typed]
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=10, headers=ADMIN) as http:
             r = await http.patch(api_cluster.url(0) + "/config", json={P + "tail.follow": "new"})
             assert r.status_code == 200, r.text
         event = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))

@@ -11,7 +11,7 @@ import click
 
 from ram.cli.ctl_context import Settings, client, json_option, print_json
 from ram.cli.ctl_http import ApiClient, CtlError, normalize_url
-from ram.cli.ctl_table import human_bytes, render_table
+from ram.cli.ctl_table import render_table
 
 
 def _role(member: Mapping[str, Any]) -> str:
@@ -28,18 +28,31 @@ def _raft(member: Mapping[str, Any]) -> str:
 
 
 def _state(member: Mapping[str, Any]) -> str:
-    """``streaming`` for a running replica that follows someone: what patronictl users expect to see."""
+    """``streaming`` only for a replica the primary sees streaming (what patronictl users expect to
+    see); a replica that runs without streaming says so; a member whose RAM is down while its
+    PostgreSQL still streams is shown as exactly that, not as stopped."""
     state = str(member.get("state", "unknown"))
-    if state == "running" and member.get("role") == "replica" and member.get("following"):
-        return "streaming"
-    return state
+    if member.get("role") != "replica" or state != "running":
+        return state
+    ram_down = " (RAM down)" if member.get("ram_reachable") is False else ""
+    streaming = member.get("streaming")
+    if streaming is None and member.get("live"):
+        streaming = member.get("seen_by_primary") == "streaming"
+    if streaming is True or (streaming is None and member.get("following")):
+        return "streaming" + ram_down
+    if streaming is False:
+        return "running, not streaming" + ram_down
+    return state + ram_down
 
 
 def _lag(member: Mapping[str, Any]) -> str:
+    """Replay lag in MB (patronictl's unit), measured by the Raft leader."""
     if member.get("role") == "primary":
         return ""
     lag = member.get("lag_bytes")
-    return human_bytes(lag) if isinstance(lag, int) else ""
+    if not isinstance(lag, int):
+        return "?" if member.get("live") is False else ""
+    return f"{lag / 2**20:.1f}" if lag < 10 * 2**20 else str(round(lag / 2**20))
 
 
 def _tags(member: Mapping[str, Any]) -> str:
@@ -63,7 +76,12 @@ def render_status(cluster: Mapping[str, Any]) -> str:
     head.append(f"answered by {cluster.get('node', '?')}")
     members: Sequence[Mapping[str, Any]] = cluster.get("members") or []
     with_tags = any(_tags(m) for m in members)
-    headers = ["Member", "Host", "Role", "State", "TL", "Lag", "Raft"] + (["Tags"] if with_tags else [])
+    with_pending = any(m.get("pending_restart") for m in members)
+    headers = (
+        ["Member", "Host", "Role", "State", "TL", "Lag in MB", "Raft"]
+        + (["Pending restart"] if with_pending else [])
+        + (["Tags"] if with_tags else [])
+    )
     rows = []
     for m in members:
         timeline = m.get("timeline")
@@ -71,7 +89,8 @@ def render_status(cluster: Mapping[str, Any]) -> str:
             str(m.get("name", "")), str(m.get("pg_address", "")), _role(m), _state(m),
             "" if timeline is None else str(timeline), _lag(m), _raft(m),
         ]
-        rows.append(row + ([_tags(m)] if with_tags else []))
+        pending = ", ".join(m.get("pending_restart") or [])
+        rows.append(row + ([pending] if with_pending else []) + ([_tags(m)] if with_tags else []))
     lines = [" | ".join(head), render_table(headers, rows)]
     if cluster.get("maintenance"):
         reason = cluster.get("maintenance_reason")
@@ -108,7 +127,7 @@ def status(as_json: bool, watch: float | None) -> None:
     """
     api = client()
     while True:
-        cluster = api.request("GET", "/cluster")
+        cluster = _from_leader(api, api.request("GET", "/cluster"))
         if as_json:
             print_json(cluster)
         else:
@@ -122,6 +141,23 @@ def status(as_json: bool, watch: float | None) -> None:
             time.sleep(watch)
         except KeyboardInterrupt:
             return
+
+
+def _from_leader(api: ApiClient, cluster: Any) -> Any:
+    """The Raft leader's answer when another node answered: only the leader measures every member's
+    lag and streaming (it hears all reports). Falls back to the first answer if it is unreachable."""
+    if not isinstance(cluster, dict) or cluster.get("raft_leader") in (None, cluster.get("node")):
+        return cluster
+    leader_api = cluster.get("raft_leader_api")
+    settings = click.get_current_context().find_object(Settings)
+    if not leader_api or settings is None:
+        return cluster
+    try:
+        with settings.client([str(leader_api)], read_timeout=5.0) as leader:
+            answer = leader.request("GET", "/cluster")
+    except CtlError:
+        return cluster
+    return answer if isinstance(answer, dict) else cluster
 
 
 def _check(api: ApiClient, path: str) -> Mapping[str, Any]:

@@ -234,7 +234,7 @@ def settled(doc: dict[str, Any], primary: str | None = None) -> bool:
 def status_rows(table: str) -> dict[str, list[str]]:
     """The member rows of ``ramctrl status``: name -> [Member, Host, Role, State, TL, (Lag,) Raft]."""
     lines = table.splitlines()
-    assert lines[1].split() == ["Member", "Host", "Role", "State", "TL", "Lag", "Raft"], table
+    assert lines[1].split() == ["Member", "Host", "Role", "State", "TL", "Lag", "in", "MB", "Raft"], table
     assert set(lines[2]) <= {"-", " "}, table
     return {line.split()[0]: line.split() for line in lines[3:] if line.strip() and line.split()[0].startswith("pg")}
 

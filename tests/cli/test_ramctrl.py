@@ -41,7 +41,7 @@ async def test_status_table_and_json(api_cluster: ApiCluster) -> None:
     assert run.exit_code == 0, run
     lines = run.stdout.splitlines()
     assert lines[0].startswith("Cluster: ram (test)") and f"Raft leader: {leader.config.name}" in lines[0]
-    assert lines[1].split() == ["Member", "Host", "Role", "State", "TL", "Lag", "Raft"]
+    assert lines[1].split() == ["Member", "Host", "Role", "State", "TL", "Lag", "in", "MB", "Raft"]
     rows = {line.split()[0]: line.split() for line in lines[3:6]}
     assert sorted(rows) == ["node1", "node2", "node3"]
     for name, row in rows.items():

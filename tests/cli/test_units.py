@@ -169,5 +169,27 @@ def test_render_status_banners() -> None:
     lines = render_status(cluster).splitlines()
     assert lines[0] == "Cluster: ram (x) | primary: a | timeline: 3 | Raft leader: b, term 7 | answered by a"
     assert lines[3].split() == ["a", "h1:5432", "primary", "running", "3", "voter"]
-    assert lines[4].split() == ["b", "h2:5432", "sync", "standby", "streaming", "3", "16", "MB", "leader"]
+    assert lines[4].split() == ["b", "h2:5432", "sync", "standby", "streaming", "3", "16", "leader"]
     assert "Maintenance mode: on (upgrade)" in lines and "Pending restart: p" in lines
+
+
+def test_render_status_live_facts() -> None:
+    """A replica whose RAM is down but whose PostgreSQL the primary sees streaming says so; a replica
+    that runs without streaming is not called streaming; pending restarts get a column."""
+    base = {"pg_address": "h:1", "role": "replica", "state": "running", "timeline": 2, "following": "a",
+            "is_raft_leader": False, "tags": {}, "live": True}
+    cluster = {
+        "cluster_name": "ram", "primary": "a", "raft_leader": "a", "raft_term": 1, "node": "a",
+        "members": [
+            {**base, "name": "a", "role": "primary", "pending_restart": ["max_connections"]},
+            {**base, "name": "b", "ram_reachable": False, "streaming": None, "seen_by_primary": "streaming",
+             "lag_bytes": 3 * 2**20},
+            {**base, "name": "c", "ram_reachable": True, "streaming": False, "lag_bytes": None},
+        ],
+    }
+    lines = render_status(cluster).splitlines()
+    header = ["Member", "Host", "Role", "State", "TL", "Lag", "in", "MB", "Raft", "Pending", "restart"]
+    assert lines[1].split() == header
+    assert lines[3].split()[-1] == "max_connections"
+    assert lines[4].split()[3:7] == ["streaming", "(RAM", "down)", "2"] and "3.0" in lines[4]
+    assert "running, not streaming" in lines[5]

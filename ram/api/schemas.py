@@ -202,7 +202,11 @@ class OperationOut(_Response):
     error: str
     completed_position: int | None
     completed_at: datetime | None
-    duration_ms: int | None
+    duration_ms: int | None = Field(
+        description="Failover: from the old primary's last report as a running primary to the new primary's "
+        "first report as primary (the write outage clients saw, within one report interval). Switchover: from "
+        "the request's acceptance to the promotion."
+    )
     timeline: int | None
     lsn: int | None
 

@@ -223,6 +223,10 @@ def render_history(history: Mapping[str, Any]) -> str:
                 " ".join(str(op.get("error") or op.get("reason") or "").split()),
             ])
         parts.append(render_table(["Pos", "Started", "Kind", "Outcome", "From", "To", "Took", "Reason"], rows))
+        parts.append(
+            "Took: a failover from the old primary's last report as primary to the new one's first (the write "
+            "outage clients saw); a switchover from its acceptance to the promotion."
+        )
     else:
         parts.append("No failovers or switchovers recorded.")
     if timelines:

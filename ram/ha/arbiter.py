@@ -285,6 +285,10 @@ class ArbiterInput:
     #: ``report_timeout_s`` later it has not heard every member yet, so it marks nobody unhealthy
     #: and leaves the synchronous set alone. None: long enough ago.
     arbiter_since: float | None = None
+    #: Arbiter-clock time of the committed primary's last report as a running primary (None: this
+    #: arbiter never saw one). A failover's recorded duration runs from there: the write outage
+    #: clients saw, not only the time from the decision to the promotion.
+    primary_last_ok_at: float | None = None
     #: Per replica, whether the primary's side shows it streaming and keeping up (from
     #: :class:`ram.ha.streaming.StreamingTracker`): (True/False/None for no evidence yet, why).
     #: None: no primary-side evidence is kept; each replica's own report decides (pure tests, sim).
@@ -385,6 +389,16 @@ class Ctx:
             return None, f"the primary saw it keep up, but it reports: {own_why}"
         return seen, why
 
+    def outage_ms(self) -> int:
+        """From the old primary's last report as a running primary to now (the new primary's first
+        report as primary): an upper bound, within one report interval, of the time clients had no
+        writable primary. Falls back to the operation's own duration when that report is unknown."""
+        last = self.inp.primary_last_ok_at
+        since = self.inp.operation_since
+        if last is None or (since is not None and last > since):
+            return self.elapsed_ms()
+        return max(0, int((self.now - last) * 1000))
+
     def elapsed_ms(self) -> int:
         since = self.inp.operation_since
         return 0 if since is None else max(0, int((self.now - since) * 1000))
@@ -441,7 +455,7 @@ def _complete_failover(c: Ctx, reason: str) -> Decision:
         c.op.candidate,
         o.timeline,
         _fork(o),
-        c.elapsed_ms(),
+        c.outage_ms(),
     )
 
 

@@ -108,6 +108,7 @@ class HAController:
         self.lease_released = False
         self._leader_term = 0
         self._primary_down_since: float | None = None
+        self._primary_last_ok_at: float | None = None
         self._operation_key: int | None = None
         self._operation_since: float | None = None
         self._last_action = ""
@@ -515,6 +516,8 @@ class HAController:
         if primary is not None:
             obs = self.observations.get(primary)
             down = obs is None or now - obs.observed_at > self.settings.report_timeout_s or not obs.pg_running
+            if obs is not None and obs.pg_running and obs.role == "primary":
+                self._primary_last_ok_at = obs.observed_at
             if not down:
                 self._primary_down_since = None
             elif self._primary_down_since is None:
@@ -534,6 +537,7 @@ class HAController:
             lease=self.view,
             settings=self.settings,
             primary_down_since=self._primary_down_since,
+            primary_last_ok_at=self._primary_last_ok_at,
             pending_switchover=due,
             operation_since=self._operation_since,
             arbiter_since=self._arbiter_since,
@@ -551,7 +555,7 @@ class HAController:
             if self._leader_term:
                 self._leader_term = 0
                 self.view.on_lost_leadership()
-                self._primary_down_since = None
+                self._primary_down_since = self._primary_last_ok_at = None
                 self._operation_key = self._operation_since = None
                 self._arbiter_since = None
                 self.streaming.reset()

@@ -327,6 +327,16 @@ def test_promotion_is_recorded_only_with_its_fork_point() -> None:
     assert isinstance(d, CompleteFailover) and d.lsn == 900
 
 
+def test_failover_duration_is_the_write_outage() -> None:
+    """Recorded from the old primary's last report as primary (what clients lived through), not from
+    the decision (2.4 s vs 1 s); without that report, from the decision."""
+    ob = observations(pg2={"role": "primary", "timeline": 2, "timeline_start_lsn": 900}, **PRIMARY_DOWN)
+    d = main(run(FAILOVER, ob, operation_since=NOW - 1, primary_last_ok_at=NOW - 2.4))
+    assert isinstance(d, CompleteFailover) and d.duration_ms == 2400
+    d = main(run(FAILOVER, ob, operation_since=NOW - 1))
+    assert isinstance(d, CompleteFailover) and d.duration_ms == 1000
+
+
 def test_every_health_rule_is_exercised() -> None:
     assert {r.name for r in HEALTH_RULES} <= {r[0] for r in HEALTH_ROWS} | {r[0] for r in HEALTH_ROWS_CTX}
 

@@ -89,7 +89,7 @@ from ram.consensus.types import (
 )
 
 # Event kinds (ints: cheap to compare, and the heap never has to compare payloads).
-TICK, DELIVER, FLUSH, PROPOSE, FAULT, RESTART, HEAL, CRASH, READ = range(9)
+TICK, DELIVER, FLUSH, PROPOSE, FAULT, RESTART, HEAL, CRASH, READ, SPLIT = range(10)
 
 # Crash points inside the runtime's handling of a Ready (in the order the runtime reaches them).
 CRASH_BEFORE_PERSIST, CRASH_AFTER_SNAPSHOT, CRASH_AFTER_PERSIST, CRASH_AFTER_SEND = range(4)
@@ -461,7 +461,10 @@ class Sim:
         self._reads_answered(node, rd)
         if core.applied_index - core.first_index >= self.p.compact_after:
             st = node.storage
+            want = self._implied_conf(core, core.applied_index)
             snap = core.compact(core.applied_index, _snap_data(st.applied, st.chain))
+            if snap.conf != want:
+                self._fail(f"membership: node {node.id}'s snapshot at {snap.index} carries {snap.conf}, not {want}")
             st.entries = st.entries[snap.index - st.snap_index() :]
             st.snapshot = snap
             self.stats["snapshots"] += 1
@@ -673,11 +676,16 @@ class Sim:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def _read(self) -> None:
-        """A client's ReadIndex at a node that believes it leads; it must see every earlier write."""
-        if self.faults_on:
+    def _read(self, at: int | None = None) -> None:
+        """A client's ReadIndex at a node that believes it leads; it must see every earlier write.
+
+        ``at``: a targeted read at that node (if it still believes it leads), else a random leader.
+        """
+        if at is None and self.faults_on:
             self._push(1 + self.rng.randrange(self.p.read_every), READ, None)
         leaders = self._leaders()
+        if at is not None:
+            leaders = [nd for nd in leaders if nd.id == at]
         if not leaders:
             return
         node = self.rng.choice(leaders)
@@ -723,14 +731,16 @@ class Sim:
 
     # -- checks after each step --------------------------------------------------------------
 
-    def _implied_conf(self, core: RaftCore) -> ConfState:
+    def _implied_conf(self, core: RaftCore, upto: int | None = None) -> ConfState:
+        """The membership that ``core``'s snapshot and log (up to ``upto``) imply."""
+        last = core.last_index if upto is None else upto
         snap = core.snapshot
         conf = snap.conf if snap is not None else EMPTY_CONF
         lo = snap.index + 1 if snap is not None else 1
         keys = self.conf_keys
         for k in range(bisect.bisect_left(keys, (lo, 0)), len(keys)):
             idx, term = keys[k]
-            if idx > core.last_index:
+            if idx > last:
                 break
             if core.log_term(idx) == term:
                 conf = conf_after(conf, self.conf_entries[keys[k]])
@@ -798,10 +808,15 @@ class Sim:
                     self.faults["new-leader-crash-soon"] += 1
             self._note("leader", f"node {node.id} leads term {term} (last={core.last_index})")
             if self.split_brain and node.id not in self.split_brain and self.faults_on:
+                # Give the new leader time to acknowledge writes, read at the old one (still
+                # leading while check-quorum allows), then heal: what the partition held (answers to
+                # the old leader's earlier ReadIndex rounds among it) arrives after that read.
+                wait = self.rng.choice((0, 0, 4, 8))
                 for nid in self.split_brain:
                     self.nodes[nid].stall = True
+                    self._push(wait, READ, nid)
                 self.split_brain = set()
-                self._push(self.rng.randrange(0, 3), HEAL, None)
+                self._push(wait + self.rng.randrange(0, 2), HEAL, None)
                 self.faults["split-brain-heal"] += 1
             # Leader completeness: everything committed so far is in the new leader's log.
             if core.last_index < self.max_committed:
@@ -943,7 +958,11 @@ class Sim:
                 others = sorted(ld.core.conf.voters - {ld.id})
                 k = rng.randrange(0, max(1, majority(len(others) + 1) - 1))
                 side_a = [ld.id, *rng.sample(others, min(k, len(others)))]
-                self.split_brain = set(side_a)
+                # A ReadIndex round starts now; the cut comes while its answers are on the way.
+                self._read(at=ld.id)
+                self._push(rng.randrange(1, 4), SPLIT, side_a)
+                self._fault_fired("partition-split_brain", f"split brain soon: {sorted(side_a)} keep leader {ld.id}")
+                return
             else:
                 k = max(1, len(ids) // 2)
                 side_a = rng.sample(ids, k)
@@ -1102,7 +1121,7 @@ class Sim:
         elif kind == PROPOSE:
             self._propose()
         elif kind == READ:
-            self._read()
+            self._read(payload)
         elif kind == FAULT:
             self._fault()
         elif kind == RESTART:
@@ -1115,6 +1134,18 @@ class Sim:
             node = self.nodes[payload]
             if node.core is not None and self.faults_on:
                 self._crash(node, "targeted")
+        elif kind == SPLIT:
+            if self.faults_on:
+                side_a = set(payload)
+                self.split_brain = side_a
+                self.buffering = True
+                for a in side_a:
+                    for b in self.nodes:
+                        if b not in side_a:
+                            self.blocked.add((a, b))
+                            self.blocked.add((b, a))
+                self._note("fault", f"split brain: {sorted(side_a)} | the rest (held, not dropped)")
+                self._push(self.rng.randrange(2, 10 * self.p.election_ticks), HEAL, None)
         elif kind == HEAL:
             self._heal()
             self._note("heal", "all links")

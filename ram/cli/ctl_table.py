@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from ram import lsn
+
 _UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
 
 
@@ -30,10 +32,10 @@ def human_bytes(value: int | None) -> str:
 
 
 def format_lsn(value: int | None) -> str:
-    """Byte position -> PostgreSQL's ``X/Y`` notation, the form operators compare with pg_stat_*."""
+    """Byte position -> PostgreSQL's ``X/Y`` notation (low half zero-padded so a column lines up)."""
     if value is None:
         return ""
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:08X}"
+    return lsn.format_lsn(value, fixed_width=True)
 
 
 def format_time(value: str | None) -> str:

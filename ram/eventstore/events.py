@@ -10,7 +10,8 @@ Conventions shared by all events:
   event creates or removes a member, also by ``node_id`` (1 .. 2**31-1; 0 means "unknown" and is only
   used for ``StoredEvent.proposer``).
 * **LSNs are integers: the byte position in the WAL** (0 .. 2**64-1), i.e. PostgreSQL's
-  ``'X/Y'::pg_lsn`` is ``X << 32 | Y``.  Use :func:`lsn_to_text` / :func:`parse_lsn` to convert.
+  ``'X/Y'::pg_lsn`` is ``X << 32 | Y``.  Convert with :mod:`ram.lsn` (re-exported
+  here as :func:`lsn_to_text` / :func:`parse_lsn`).
 * Free text (reasons, who did it) is at most 1000 characters and may not contain NUL (PostgreSQL
   text and jsonb reject it, and an event that can not be stored would stall the apply loop).
 * Dynamic configuration values are JSON values (no NaN/Infinity, no NUL in strings).
@@ -39,6 +40,10 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from ram.lsn import MAX_LSN
+from ram.lsn import format_lsn as lsn_to_text  # re-exported: the catalogue's name for it
+from ram.lsn import parse_lsn as parse_lsn
 
 __all__ = [
     "EVENT_TYPES",
@@ -81,7 +86,6 @@ __all__ = [
     "parse_lsn",
 ]
 
-MAX_LSN = 2**64 - 1
 MAX_INT32 = 2**31 - 1
 MAX_INT64 = 2**63 - 1
 
@@ -126,24 +130,6 @@ def check_json_value(value: JsonValue, where: str = "value") -> JsonValue:
 
 
 ConfigValue = Annotated[JsonValue, AfterValidator(check_json_value)]
-
-
-def lsn_to_text(lsn: int) -> str:
-    """``50331744`` -> ``'0/3000060'`` (PostgreSQL's pg_lsn text form)."""
-    if not 0 <= lsn <= MAX_LSN:
-        raise ValueError(f"LSN out of range: {lsn}")
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def parse_lsn(text: str) -> int:
-    """``'0/3000060'`` -> ``50331744``."""
-    hi, sep, lo = text.strip().partition("/")
-    if not sep or not hi or not lo or len(hi) > 8 or len(lo) > 8:
-        raise ValueError(f"not an LSN: {text!r}")
-    try:
-        return (int(hi, 16) << 32) | int(lo, 16)
-    except ValueError:
-        raise ValueError(f"not an LSN: {text!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------

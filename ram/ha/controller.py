@@ -52,12 +52,13 @@ from ram.ha.streaming import (
     replay_timeline,
     segment_file_name,
 )
+from ram.lsn import parse_lsn
 from ram.postgres import dynamic_conf, sql
 from ram.postgres.bootstrap import scram_verifier
 from ram.postgres.instance import ManagedInstance
 from ram.postgres.replication import streams_from
 from ram.postgres.spec import PrimaryEndpoint
-from ram.postgres.status import InstanceStatus, parse_lsn
+from ram.postgres.status import InstanceStatus
 
 log = logging.getLogger("ram.ha")
 

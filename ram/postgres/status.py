@@ -1,7 +1,7 @@
 """What the managed instance is doing right now, as the HA layer needs it for its reports.
 
 LSNs are ints (bytes since the start of WAL) so that lag is a subtraction and comparisons are
-plain; :func:`parse_lsn` / :func:`format_lsn` convert to and from PostgreSQL's ``X/Y`` text.
+plain; :mod:`ram.lsn` converts to and from PostgreSQL's ``X/Y`` text (re-exported here).
 
 Timeline: on a primary it is the timeline WAL is being written on, from the name of the current
 WAL file (``pg_control_checkpoint()`` lags until the first checkpoint after a promotion). On a
@@ -17,30 +17,11 @@ from typing import Any
 
 import asyncpg
 
+from ram.lsn import format_lsn as format_lsn  # re-exported: callers keep importing it from here
+from ram.lsn import parse_lsn as parse_lsn
 from ram.postgres.errors import SqlError
 from ram.postgres.spec import ManagedInstanceSpec
 from ram.postgres.sql import local_connection
-
-
-def parse_lsn(text: str) -> int:
-    """``'16/B374D848'`` → ``0x16B374D848``."""
-    high, sep, low = text.strip().partition("/")
-    if not sep or not high or not low:
-        raise ValueError(f"not an LSN: {text!r}")
-    try:
-        hi, lo = int(high, 16), int(low, 16)
-    except ValueError:
-        raise ValueError(f"not an LSN: {text!r}") from None
-    if not (0 <= hi < 2**32 and 0 <= lo < 2**32):
-        raise ValueError(f"LSN out of range: {text!r}")
-    return (hi << 32) | lo
-
-
-def format_lsn(value: int) -> str:
-    """``0x16B374D848`` → ``'16/B374D848'`` (PostgreSQL's spelling)."""
-    if not 0 <= value < 2**64:
-        raise ValueError(f"LSN out of range: {value}")
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
 def _lsn(value: Any) -> int | None:

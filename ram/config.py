@@ -311,6 +311,14 @@ class PostgresSettings(_Strict):
     tls_ca: Annotated[
         Path | None, Field(description="CA certificate(s) (PEM) that sign the members' PostgreSQL certificates.")
     ] = None
+    tls_verify: Annotated[
+        str,
+        Field(
+            pattern="^(full|ca)$",
+            description="How members check each other's PostgreSQL certificate: full (sslmode=verify-full: it must "
+            "name the host dialed, an IP subjectAltName for members addressed by IP) or ca (signed by tls_ca).",
+        ),
+    ] = "full"
 
     @field_validator("listen")
     @classmethod

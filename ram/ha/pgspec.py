@@ -1,7 +1,9 @@
 """The managed instance's specification, derived from the node's config and the committed members.
 
-pg_hba admits exactly the members' hosts; when membership changes, the spec changes and the
-instance is reconfigured (a reload, no restart).
+pg_hba admits exactly the members' hosts, and the passfile offers the replication password to the
+members' PostgreSQL endpoints only; when membership changes, the spec changes and the instance is
+reconfigured (a reload, no restart). Passwords are read through :mod:`ram.config` on every call
+(inline values or ``*_password_file``), so a spec built later carries a rotated password.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 
 from ram.config import NodeConfig, pg_address, pg_data_dir, replication_password
-from ram.postgres.spec import ManagedInstanceSpec, PrimaryEndpoint
+from ram.postgres.spec import ManagedInstanceSpec, PrimaryEndpoint, TlsFiles
 from ram.projections.state import ClusterState
 
 
@@ -36,6 +38,13 @@ def member_hosts(config: NodeConfig, state: ClusterState) -> tuple[str, ...]:
     return tuple(sorted(ips))
 
 
+def member_endpoints(config: NodeConfig, state: ClusterState) -> tuple[tuple[str, int], ...]:
+    """Every member's PostgreSQL (host, port): this node, its configured peers, the committed members."""
+    endpoints = [pg_address(config), *(peer.pg() for peer in config.raft.peers)]
+    endpoints += [(m.pg_host, m.pg_port) for m in state.members.values()]
+    return tuple(sorted(set(endpoints)))
+
+
 def instance_spec(config: NodeConfig, state: ClusterState) -> ManagedInstanceSpec:
     host, port = pg_address(config)
     password = replication_password(config)  # reads replication_password_file when that is how it is given
@@ -48,9 +57,19 @@ def instance_spec(config: NodeConfig, state: ClusterState) -> ManagedInstanceSpe
         port=port,
         replication_password=password,
         members=member_hosts(config, state),
+        member_endpoints=member_endpoints(config, state),
+        tls=_tls(config),
+        tls_verify="verify-ca" if config.postgres.tls_verify == "ca" else "verify-full",
         parameters=dict(config.postgres.parameters),
         clone_on_rewind_failure=True,
     )
+
+
+def _tls(config: NodeConfig) -> TlsFiles | None:
+    pg = config.postgres
+    if pg.tls_cert is None or pg.tls_key is None or pg.tls_ca is None:
+        return None
+    return TlsFiles(cert=pg.tls_cert, key=pg.tls_key, ca=pg.tls_ca)
 
 
 def endpoint_of(state: ClusterState, name: str) -> PrimaryEndpoint | None:

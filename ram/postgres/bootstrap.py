@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
@@ -60,6 +61,51 @@ def scram_verifier(
     server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
     b64 = base64.b64encode
     return f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored_key).decode()}:{b64(server_key).decode()}"
+
+
+def verifier_matches(verifier: str | None, password: str) -> bool:
+    """Whether a stored SCRAM-SHA-256 verifier was made from ``password`` (same salt and iterations).
+
+    Lets a primary check a role's password without changing anything: rotation writes a new
+    verifier only when the configured password really changed."""
+    if not verifier or not verifier.startswith("SCRAM-SHA-256$"):
+        return False
+    try:
+        iterations_text, rest = verifier[len("SCRAM-SHA-256$"):].split(":", 1)
+        salt_b64 = rest.split("$", 1)[0]
+        salt = base64.b64decode(salt_b64, validate=True)
+        iterations = int(iterations_text)
+    except (ValueError, IndexError):
+        return False
+    if not 0 < iterations <= 1_000_000:
+        return False
+    return hmac.compare_digest(scram_verifier(password, salt=salt, iterations=iterations), verifier)
+
+
+async def ensure_role_password(spec: ManagedInstanceSpec, role: str, password: str | SecretStr) -> bool:
+    """Make ``role``'s password ``password`` on this (primary) server; True if it had to change.
+
+    Idempotent and cheap when nothing changed (one catalog read, one PBKDF2), so the HA loop can call
+    it on every pass: that is how a changed password file reaches PostgreSQL without a restart. The
+    new password travels as a SCRAM verifier computed here (never in clear text, so not in the
+    server log), under ``synchronous_commit = local``: a primary still waiting for a synchronous
+    standby that is gone must not hang its bookkeeping. Replicas get the change through WAL.
+    Streaming connections already open stay up (authentication happens at connect time only).
+    """
+    secret = password.get_secret_value() if isinstance(password, SecretStr) else password
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
+        raise ValueError(f"role {role!r} must match [a-z_][a-z0-9_]*")
+    async with local_connection(spec) as conn:
+        stored = await conn.fetchval("SELECT rolpassword FROM pg_authid WHERE rolname = $1", role)
+        if stored is not None and verifier_matches(stored, secret):
+            return False
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+        if not exists:
+            raise InstanceStateError(f"role {role!r} does not exist on this server")
+        async with conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = local")
+            await conn.execute(f"ALTER ROLE {role} PASSWORD {quote_literal(scram_verifier(secret))}")
+    return True
 
 
 async def ensure_replication_user(spec: ManagedInstanceSpec) -> None:

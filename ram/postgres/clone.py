@@ -90,6 +90,7 @@ async def clone_from(
         raise InstanceStateError("refusing to clone over a running instance; stop it first")
     await asyncio.to_thread(_empty_datadir, spec, wipe)
     await asyncio.to_thread(conffiles.write_passfile, spec)
+    await asyncio.to_thread(conffiles.write_tls_files, spec)  # the client certificate, with TLS
     slot = spec.slot_name if use_slot else None
 
     def on_line(line: str) -> None:

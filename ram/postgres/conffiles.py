@@ -20,7 +20,16 @@ Layout inside the data directory:
   SCRAM from members only, nothing else.
 
 Outside it: the libpq password file (``spec.passfile``, 0600) holding the replication password
-for walreceiver, pg_basebackup and pg_rewind, so it is never on a command line.
+for walreceiver, pg_basebackup and pg_rewind, so it is never on a command line — one line per
+member's host:port, so libpq offers it to members only; and with TLS the owner's copies of the
+member certificate, key and CA (``spec.tls_dir``, 0700; the key 0600).
+
+TLS (``spec.tls``): ``ssl = on`` with those files, ``hostssl`` instead of ``host`` in pg_hba (plain
+TCP is refused), the replication user must also present a member certificate
+(``clientcert=verify-ca``), and RAM's connections use ``sslmode=verify-full`` (or ``verify-ca``, see
+``spec.tls_verify``) with ``channel_binding=require``. Channel binding is what stands in for libpq
+16's ``require_auth=scram-sha-256`` on libpq 15: a client that requires it accepts only
+SCRAM-SHA-256-PLUS, so a server that asks for a clear-text or MD5 password gets nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shutil
 from pathlib import Path
 
 from ram.postgres.commands import chown_to_owner
@@ -73,6 +83,17 @@ def base_settings(spec: ManagedInstanceSpec) -> dict[str, str]:
         if key in PROTECTED_PARAMETERS:
             raise ValueError(f"parameter {key!r} is set by RAM from the node configuration; it cannot be overridden")
         settings[key] = str(value)
+    if spec.tls is not None:
+        # After the operator's parameters: with member TLS configured, these are RAM's.
+        settings.update(
+            {
+                "ssl": "on",
+                "ssl_cert_file": str(tls_paths(spec)[0]),
+                "ssl_key_file": str(tls_paths(spec)[1]),
+                "ssl_ca_file": str(tls_paths(spec)[2]),
+                "ssl_min_protocol_version": "TLSv1.2",
+            }
+        )
     settings.update(
         {
             "listen_addresses": spec.host,
@@ -110,11 +131,18 @@ def ram_os_user() -> str:
 
 
 def render_hba(spec: ManagedInstanceSpec) -> str:
-    """Local superuser by peer (mapped), SCRAM from each member's /32 (or /128), nothing else."""
+    """Local superuser by peer (mapped), SCRAM from each member's /32 (or /128), nothing else.
+
+    With TLS: ``hostssl`` only, and the replication user (streaming, clone, rewind) must also show a
+    certificate of the cluster's CA — RAM's clients always have one; operators logging in as other
+    roles need only their password (over TLS)."""
     lines = [HEADER, f"local   all           {spec.superuser:<16} peer map={HBA_MAP}\n"]
+    kind, member_cert = ("hostssl", " clientcert=verify-ca") if spec.tls is not None else ("host   ", "")
     for cidr in spec.member_cidrs():
-        lines.append(f"host    replication   {spec.replication_user:<16} {cidr:<20} scram-sha-256\n")
-        lines.append(f"host    all           {'all':<16} {cidr:<20} scram-sha-256\n")
+        lines.append(f"{kind} replication   {spec.replication_user:<16} {cidr:<20} scram-sha-256{member_cert}\n")
+        if spec.tls is not None:
+            lines.append(f"{kind} all           {spec.replication_user:<16} {cidr:<20} scram-sha-256{member_cert}\n")
+        lines.append(f"{kind} all           {'all':<16} {cidr:<20} scram-sha-256\n")
     return "".join(lines)
 
 
@@ -144,6 +172,18 @@ def primary_conninfo(spec: ManagedInstanceSpec, primary: PrimaryEndpoint, *, dbn
     }
     if dbname:
         parts["dbname"] = dbname
+    if spec.tls is not None:
+        cert, key, ca = tls_paths(spec)
+        parts.update(
+            {
+                "sslmode": spec.tls_verify,
+                "sslrootcert": str(ca),
+                "sslcert": str(cert),
+                "sslkey": str(key),
+                # libpq 15 has no require_auth; requiring channel binding admits SCRAM-SHA-256-PLUS only.
+                "channel_binding": "require",
+            }
+        )
     return " ".join(f"{key}={conninfo_quote(value)}" for key, value in parts.items())
 
 
@@ -171,11 +211,66 @@ def write_owned(path: Path, text: str, owner: str, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
-def write_passfile(spec: ManagedInstanceSpec) -> None:
-    """The libpq password file for the replication user (libpq ignores it unless it is 0600)."""
-    escaped = spec.replication_password.replace("\\", "\\\\").replace(":", "\\:")
+def _pgpass_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def render_passfile(spec: ManagedInstanceSpec) -> str:
+    """One ``host:port:*:replicator:password`` line per member (``*:*`` only without endpoints)."""
+    password = _pgpass_field(spec.replication_password)
+    user = _pgpass_field(spec.replication_user)
+    endpoints = list(dict.fromkeys((str(h), int(p)) for h, p in spec.member_endpoints))
+    if not endpoints:
+        return f"*:*:*:{user}:{password}\n"
+    return "".join(f"{_pgpass_field(host)}:{port}:*:{user}:{password}\n" for host, port in endpoints)
+
+
+def write_passfile(spec: ManagedInstanceSpec) -> bool:
+    """The libpq password file for the replication user (libpq ignores it unless it is 0600).
+
+    Rewritten only when its content changes (a rotated password, a new member); True if it did.
+    Created 0600 from the start (:func:`write_owned`), atomically: walreceivers reading it while it
+    changes see the old file or the new one."""
+    text = render_passfile(spec)
+    try:
+        if spec.pgpass.read_text() == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
     spec.pgpass.parent.mkdir(parents=True, exist_ok=True)
-    write_owned(spec.pgpass, f"*:*:*:{spec.replication_user}:{escaped}\n", spec.owner)
+    write_owned(spec.pgpass, text, spec.owner)
+    return True
+
+
+def tls_paths(spec: ManagedInstanceSpec) -> tuple[Path, Path, Path]:
+    """(cert, key, ca): the owner's copies of the member TLS files that the server and clients use."""
+    return spec.tls_dir / "member.crt", spec.tls_dir / "member.key", spec.tls_dir / "ca.crt"
+
+
+def write_tls_files(spec: ManagedInstanceSpec) -> None:
+    """Copy the configured certificate, key and CA into ``spec.tls_dir`` for the owner (0600 each, the
+    directory 0700): PostgreSQL refuses a key file it does not own or that others can read, and the
+    configured files typically belong to root. Rewritten only when they differ, so a renewed
+    certificate is picked up by the next reload."""
+    if spec.tls is None:
+        return
+    spec.tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(spec.tls_dir, 0o700)
+    chown_to_owner(spec.tls_dir, spec.owner)
+    for source, target in zip((spec.tls.cert, spec.tls.key, spec.tls.ca), tls_paths(spec), strict=True):
+        data = Path(source).read_bytes()
+        try:
+            if target.read_bytes() == data:
+                continue
+        except OSError:
+            pass
+        write_owned(target, data.decode(), spec.owner)
+
+
+def remove_tls_files(spec: ManagedInstanceSpec) -> None:
+    """Drop the copies when TLS is no longer configured."""
+    if spec.tls is None and spec.tls_dir.exists():
+        shutil.rmtree(spec.tls_dir, ignore_errors=True)
 
 
 def write_config(spec: ManagedInstanceSpec) -> None:
@@ -197,6 +292,10 @@ def write_config(spec: ManagedInstanceSpec) -> None:
         write_owned(data / REPLICATION_CONF, render_replication_conf(spec, None, None), spec.owner)
     strip_auto_conf(spec)
     write_passfile(spec)
+    if spec.tls is not None:
+        write_tls_files(spec)
+    else:
+        remove_tls_files(spec)
 
 
 def strip_auto_conf(spec: ManagedInstanceSpec) -> None:

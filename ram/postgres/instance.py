@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from ram.postgres import conffiles, replication
-from ram.postgres.bootstrap import initdb_primary, prepare_dirs
+from ram.postgres.bootstrap import ensure_role_password, initdb_primary, prepare_dirs
 from ram.postgres.clone import CloneProgress, clone_from
 from ram.postgres.commands import PostgresCommandError, find_bindir, run_command
 from ram.postgres.errors import InstanceStateError
@@ -312,6 +313,33 @@ class ManagedInstance:
                 await asyncio.to_thread(conffiles.write_config, spec)
                 return None
             return await self._reload()
+
+    async def sync_passwords(
+        self, replication_password: str, *, superuser_password: str | None = None, primary: bool
+    ) -> tuple[str, ...]:
+        """Adopt the passwords configured now (password files are re-read by the caller); what changed.
+
+        Every node: the spec takes the new replication password and the passfile is rewritten when
+        its content changes (the next walreceiver, pg_basebackup or pg_rewind connection uses it).
+        On the primary (``primary``): the replication user's and, when given, the superuser's
+        password are set in PostgreSQL if they differ (:func:`ram.postgres.bootstrap.ensure_role_password`).
+        Cheap when nothing changed; safe to call on every HA pass. Does not take the lifecycle lock:
+        a rotation must not wait behind an hour-long clone (each step is atomic on its own).
+        Returns e.g. ``("passfile", "replicator")``.
+        """
+        changed: list[str] = []
+        if replication_password != self.spec.replication_password:
+            self.spec = dataclasses.replace(self.spec, replication_password=replication_password)
+        if await asyncio.to_thread(conffiles.write_passfile, self.spec):
+            changed.append("passfile")
+        if primary:
+            if await ensure_role_password(self.spec, self.spec.replication_user, replication_password):
+                changed.append(self.spec.replication_user)
+            if superuser_password and await ensure_role_password(self.spec, self.spec.superuser, superuser_password):
+                changed.append(self.spec.superuser)
+        if changed:
+            log.info("passwords updated changed=%s", ",".join(changed))
+        return tuple(changed)
 
     # -- role changes ----------------------------------------------------------------------------
 

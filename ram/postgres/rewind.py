@@ -106,6 +106,7 @@ async def rewind_from(instance: ManagedInstance, primary: PrimaryEndpoint, *, us
         return RewindResult(False, False, str(exc))
     recovered = time.monotonic()
     await asyncio.to_thread(conffiles.write_passfile, spec)
+    await asyncio.to_thread(conffiles.write_tls_files, spec)  # the client certificate, with TLS
     argv = [
         str(instance.bindir / "pg_rewind"),
         "--target-pgdata", str(spec.data_dir),

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from ram.postgres.commands import default_owner
 
@@ -71,6 +72,17 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The member's certificate, its key and the CA (PEM paths as configured). RAM copies them next
+    to the data directory, owned by the PostgreSQL owner (the server refuses a key it does not own),
+    and points both the server and RAM's clients (walreceiver, pg_basebackup, pg_rewind) at the copies."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
 class PrimaryEndpoint:
     """Where a primary (or any upstream) accepts replication connections."""
 
@@ -91,6 +103,11 @@ class ManagedInstanceSpec:
 
     Remote access: members (``members``, host IPs) may connect over TCP with SCRAM only, as the
     replication user (streaming, pg_basebackup, pg_rewind source) or any role that has a password.
+    With ``tls``, only over TLS (``hostssl``): the replication user must also show a member
+    certificate signed by the CA, and RAM's clients verify the server's (``tls_verify``) and insist
+    on SCRAM with channel binding, so a server that is not a member never gets a password.
+
+    The password is kept out of ``repr`` (specs end up in logs and tracebacks).
     """
 
     #: Member name; used as ``application_name`` upstream and for this node's slot name.
@@ -98,8 +115,17 @@ class ManagedInstanceSpec:
     data_dir: Path
     host: str
     port: int
-    replication_password: str
+    replication_password: str = field(repr=False)
     members: Sequence[str] = ()
+    #: Every member's PostgreSQL (host, port): one passfile line each, so the replication password is
+    #: offered to members only. Empty (a spec built by hand, tests): one ``*:*`` line.
+    member_endpoints: Sequence[tuple[str, int]] = ()
+    #: Member certificate for PostgreSQL TLS (None: no TLS).
+    tls: TlsFiles | None = None
+    #: How RAM's clients check the upstream's certificate: ``verify-full`` (it must name the host
+    #: RAM dials, an IP subjectAltName for members addressed by IP) or ``verify-ca`` (signed by the
+    #: CA is enough — for certificates without the hosts in them).
+    tls_verify: Literal["verify-full", "verify-ca"] = "verify-full"
     socket_dir: Path | None = None
     owner: str = field(default_factory=default_owner)
     superuser: str = "postgres"
@@ -160,6 +186,11 @@ class ManagedInstanceSpec:
     def pgpass(self) -> Path:
         assert self.passfile is not None
         return self.passfile
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where RAM keeps the owner's copies of the TLS files (outside the data dir: clones don't copy it)."""
+        return self.data_dir.parent / f".{self.data_dir.name}.tls"
 
     @property
     def slot_name(self) -> str:

@@ -18,6 +18,8 @@ ensure_system_packages() {
   local missing=()
   have_pg_server || missing+=(postgresql)
   command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
+  # haproxy: the end-to-end test of the health checks behind a real load balancer.
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
   if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then missing+=(postgresql); fi
   if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing system packages: ${missing[*]}"

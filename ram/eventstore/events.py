@@ -47,7 +47,6 @@ from ram.lsn import parse_lsn as parse_lsn
 
 __all__ = [
     "EVENT_TYPES",
-    "SWITCHOVER_ACCEPTED_PREFIX",
     "CandidateInfo",
     "ClusterBootstrapped",
     "CommandRejected",
@@ -75,6 +74,7 @@ __all__ = [
     "ReplicaFollowing",
     "ReplicaRejoined",
     "StoredEvent",
+    "SwitchoverAccepted",
     "SwitchoverCompleted",
     "SwitchoverFailed",
     "SwitchoverRequested",
@@ -309,9 +309,17 @@ class SwitchoverRequested(_EventBase):
     reason: Text = ""
 
 
-#: A ``switchover_requested`` whose reason starts with this is the arbiter accepting the request in
-#: progress (with the candidate it chose): it updates that operation rather than starting another.
-SWITCHOVER_ACCEPTED_PREFIX = "accepted by the arbiter: "
+class SwitchoverAccepted(_EventBase):
+    """The arbiter accepted the switchover in progress, with the candidate it chose: the same
+    operation goes on (now with its candidate, and its timers restarted from here), so a switchover
+    is one row of the history. Its own type, so that no reader has to recognise an acceptance by
+    the text of a reason (revision 0005 turned the older prefixed ``switchover_requested`` events
+    into this). Without a switchover in progress it opens an accepted one (the fold is total)."""
+
+    type: Literal["switchover_accepted"] = "switchover_accepted"
+    primary: Name
+    candidate: Name
+    reason: Text = ""
 
 
 class SwitchoverCompleted(_EventBase):
@@ -451,6 +459,7 @@ Event: TypeAlias = Annotated[
         FailoverCompleted,
         FailoverFailed,
         SwitchoverRequested,
+        SwitchoverAccepted,
         SwitchoverCompleted,
         SwitchoverFailed,
         PrimaryPromoted,

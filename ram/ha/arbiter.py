@@ -21,9 +21,8 @@ Lease designee (who may be granted, :func:`grant_policy`):
   ``primary_start_timeout_s`` (then its lease runs out and a failover can happen).
 
 A switchover request (``SwitchoverRequested`` from the API) is validated first; the arbiter accepts
-it by proposing a second ``SwitchoverRequested`` naming the chosen candidate, whose ``reason`` starts
-with :data:`ACCEPTED_PREFIX` (the event catalogue has no "switchover started" event; see the open
-questions in the report). Scheduled switchovers: the runtime passes the operation only once due.
+it with ``SwitchoverAccepted`` naming the chosen candidate (the operation's ``accepted`` flag).
+Scheduled switchovers: the runtime passes the operation only once due.
 """
 
 from __future__ import annotations
@@ -33,16 +32,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ram.eventstore.events import (
-    SWITCHOVER_ACCEPTED_PREFIX,
     Event,
     FailoverCompleted,
     FailoverFailed,
     FailoverStarted,
     MemberHealthChanged,
     PrimaryPromoted,
+    SwitchoverAccepted,
     SwitchoverCompleted,
     SwitchoverFailed,
-    SwitchoverRequested,
     SynchronousStandbysChanged,
 )
 from ram.ha.candidates import CandidateChoice, CandidateVerdict, MemberObservation, choose_candidate, is_fresh
@@ -52,7 +50,6 @@ from ram.ha.syncset import SyncConfig, parse_standby_names, plan_sync_change
 from ram.projections.state import ClusterState, OperationRecord
 
 __all__ = [
-    "ACCEPTED_PREFIX",
     "HEALTH_RULES",
     "RULES",
     "AcceptSwitchover",
@@ -74,9 +71,6 @@ __all__ = [
     "steady_holder",
     "switchover_accepted",
 ]
-
-ACCEPTED_PREFIX = SWITCHOVER_ACCEPTED_PREFIX
-
 
 # -- decisions ------------------------------------------------------------------------------------
 
@@ -164,17 +158,9 @@ class FailFailover(Decision):
 class AcceptSwitchover(Decision):
     primary: str
     candidate: str
-    requested_by: str = ""
 
     def to_events(self) -> list[Event]:
-        return [
-            SwitchoverRequested(
-                primary=self.primary,
-                candidate=self.candidate,
-                requested_by=self.requested_by[:1000],
-                reason=(ACCEPTED_PREFIX + self.reason)[:1000],
-            )
-        ]
+        return [SwitchoverAccepted(primary=self.primary, candidate=self.candidate, reason=self.reason[:1000])]
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +287,8 @@ def steady_holder(state: ClusterState) -> str | None:
 
 
 def switchover_accepted(op: OperationRecord | None) -> bool:
-    return op is not None and op.kind == "switchover" and op.reason.startswith(ACCEPTED_PREFIX)
+    """A switchover the arbiter accepted (its candidate is final and the lease moves to it)."""
+    return op is not None and op.kind == "switchover" and op.accepted
 
 
 @dataclass
@@ -491,7 +478,7 @@ def _accept_switchover(c: Ctx, reason: str) -> Decision:
     assert op is not None and op.old_primary is not None
     ch = c.choice((op.old_primary,), op.candidate, switchover=True)
     assert ch.chosen is not None  # checked by _switchover_problem
-    return AcceptSwitchover(f"{reason}: {ch.chosen} ({ch.reason})", op.old_primary, ch.chosen, op.requested_by)
+    return AcceptSwitchover(f"{reason}: {ch.chosen} ({ch.reason})", op.old_primary, ch.chosen)
 
 
 def _complete_switchover(c: Ctx, reason: str) -> Decision:

@@ -110,6 +110,7 @@ async def _load(conn: asyncpg.Connection) -> ClusterState:
             duration_ms=r["duration_ms"],
             timeline=r["timeline"],
             lsn=_int(r["lsn_bytes"]),
+            accepted=r.get("accepted", False),  # column of revision 0005
         )
         for r in op_rows
     )

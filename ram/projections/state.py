@@ -42,7 +42,6 @@ from typing import Any, Literal, TypeVar
 from pydantic import JsonValue
 
 from ram.eventstore.events import (
-    SWITCHOVER_ACCEPTED_PREFIX,
     CandidateInfo,
     ClusterBootstrapped,
     CommandRejected,
@@ -65,6 +64,7 @@ from ram.eventstore.events import (
     ReplicaFollowing,
     ReplicaRejoined,
     StoredEvent,
+    SwitchoverAccepted,
     SwitchoverCompleted,
     SwitchoverFailed,
     SwitchoverRequested,
@@ -171,6 +171,9 @@ class OperationRecord:
     duration_ms: int | None = None
     timeline: int | None = None
     lsn: int | None = None
+    #: A switchover the arbiter accepted (``switchover_accepted``): its candidate is final and the
+    #: lease moves; before that it is only a request the arbiter may still refuse.
+    accepted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,18 +394,35 @@ def _apply(state: ClusterState, se: StoredEvent) -> ClusterState:
             return _set_primary(state, ev.new_primary, ev.timeline, ev.lsn, se)
         case FailoverFailed():
             return _close_operation(state, "failover", "failed", se, old_primary=ev.old_primary, error=ev.reason)
-        case SwitchoverRequested():
+        case SwitchoverAccepted():
             current = state.current_operation
-            accepted = ev.reason.startswith(SWITCHOVER_ACCEPTED_PREFIX)
-            if accepted and current is not None and current.kind == "switchover":
-                # The arbiter accepted the request in progress: the same operation, now with its
-                # candidate (and a new started_position, which restarts the operation's timers).
-                ops = tuple(
-                    replace(op, started_position=pos, old_primary=ev.primary, candidate=ev.candidate, reason=ev.reason)
-                    if op is current else op
-                    for op in state.operations
+            if current is None or current.kind != "switchover":
+                # The fold is total: an acceptance with no request in progress opens an accepted one.
+                return _start_operation(
+                    state,
+                    OperationRecord(
+                        kind="switchover",
+                        outcome="in_progress",
+                        started_position=pos,
+                        started_at=se.ts,
+                        old_primary=ev.primary,
+                        candidate=ev.candidate,
+                        reason=ev.reason,
+                        accepted=True,
+                    ),
                 )
-                return replace(state, operations=ops)
+            # The arbiter accepted the request in progress: the same operation, now with its
+            # candidate (and a new started_position, which restarts the operation's timers).
+            accepted = replace(
+                current,
+                started_position=pos,
+                old_primary=ev.primary,
+                candidate=ev.candidate,
+                reason=ev.reason,
+                accepted=True,
+            )
+            return replace(state, operations=tuple(accepted if op is current else op for op in state.operations))
+        case SwitchoverRequested():
             return _start_operation(
                 state,
                 OperationRecord(

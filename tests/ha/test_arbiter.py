@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from ram.eventstore.events import FailoverStarted, MemberHealthChanged, SwitchoverRequested
+from ram.eventstore.events import FailoverStarted, MemberHealthChanged, SwitchoverAccepted
 from ram.ha.arbiter import (
-    ACCEPTED_PREFIX,
     HEALTH_RULES,
     RULES,
     AcceptSwitchover,
@@ -63,7 +62,7 @@ PRIMARY_DOWN = {"pg1": {"pg_running": False}}
 FAILOVER = cluster(operations=(operation("failover", "pg1", "pg2"),))
 SWITCH_REQ = cluster(operations=(operation("switchover", "pg1", "pg3"),))
 SWITCH_ANY = cluster(operations=(operation("switchover", "pg1", None),))
-SWITCH_OK = cluster(operations=(operation("switchover", "pg1", "pg2", reason=ACCEPTED_PREFIX + "x"),))
+SWITCH_OK = cluster(operations=(operation("switchover", "pg1", "pg2", reason="x", accepted=True),))
 
 ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], type | None, str]] = [
     ("not-bootstrapped", ClusterState(), {}, {}, Wait, "cluster not bootstrapped yet"),
@@ -236,7 +235,7 @@ def test_switchover_accept_event_and_revokes() -> None:
     d = main(run(SWITCH_REQ, observations()))
     assert isinstance(d, AcceptSwitchover) and d.revokes is None
     (ev,) = d.to_events()
-    assert isinstance(ev, SwitchoverRequested) and ev.candidate == "pg3" and ev.reason.startswith(ACCEPTED_PREFIX)
+    assert isinstance(ev, SwitchoverAccepted) and ev.candidate == "pg3" and ev.reason.startswith("switchover accepted")
     f = FailSwitchover("x", "pg1", "pg2", accepted=True)
     assert f.revokes == "pg2"
     assert FailFailover("x", "pg1", "pg2").revokes == "pg2"

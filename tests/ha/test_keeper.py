@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from ram.ha.arbiter import ACCEPTED_PREFIX
 from ram.ha.keeper import (
     KEEPER_RULES,
     Clone,
@@ -43,7 +42,7 @@ DOWN_PG = LocalPostgres(has_data=True, running=False)
 EMPTY_PG = LocalPostgres(has_data=False, running=False)
 
 FAILOVER = cluster(operations=(operation("failover", "pg1", "pg2"),))
-SWITCH = cluster(operations=(operation("switchover", "pg1", "pg2", reason=ACCEPTED_PREFIX + "ok"),))
+SWITCH = cluster(operations=(operation("switchover", "pg1", "pg2", reason="ok", accepted=True),))
 SWITCH_UNACCEPTED = cluster(operations=(operation("switchover", "pg1", "pg2"),))
 BOOT = cluster(primary="pg1", timeline_history=())
 

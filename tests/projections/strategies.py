@@ -137,8 +137,9 @@ events: st.SearchStrategy[e.Event] = st.one_of(
         candidate=opt_names,
         scheduled_at=st.none() | timestamps,
         requested_by=texts,
-        reason=texts | texts.map(lambda t: (e.SWITCHOVER_ACCEPTED_PREFIX + t)[:1000]),
+        reason=texts | texts.map(lambda t: ("accepted by the arbiter: " + t)[:1000]),  # no longer special
     ),
+    st.builds(e.SwitchoverAccepted, primary=names, candidate=names, reason=texts),
     st.builds(
         e.SwitchoverCompleted,
         old_primary=names,

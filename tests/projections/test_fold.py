@@ -313,14 +313,20 @@ def test_accepted_switchover_is_the_same_operation() -> None:
     log, s = booted()
     s = fold(s, log(e.SwitchoverRequested(primary="n1", candidate=None, requested_by="alice", reason="patching")))
     requested = s.operations[-1]
-    accepted_reason = e.SWITCHOVER_ACCEPTED_PREFIX + "n2 has the most WAL"
-    s = fold(s, log(e.SwitchoverRequested(primary="n1", candidate="n2", requested_by="alice", reason=accepted_reason)))
+    accepted_reason = "switchover accepted: n2 has the most WAL"
+    assert not requested.accepted
+    s = fold(s, log(e.SwitchoverAccepted(primary="n1", candidate="n2", reason=accepted_reason)))
     assert len(s.operations) == 1
     op = s.operations[0]
     assert (op.outcome, op.candidate, op.reason, op.requested_by) == ("in_progress", "n2", accepted_reason, "alice")
+    assert op.accepted
     assert op.started_at == requested.started_at and op.started_position == requested.started_position + 1
     s = fold(s, log(e.SwitchoverCompleted(old_primary="n1", new_primary="n2", timeline=2, lsn=9, duration_ms=700)))
     assert [o.outcome for o in s.operations] == ["succeeded"]
     # Without a switchover in progress an acceptance starts one (the fold is total).
-    s = fold(s, log(e.SwitchoverRequested(primary="n2", candidate="n1", reason=accepted_reason)))
+    s = fold(s, log(e.SwitchoverAccepted(primary="n2", candidate="n1", reason=accepted_reason)))
     assert [o.outcome for o in s.operations] == ["succeeded", "in_progress"]
+    assert s.operations[-1].accepted
+    # A request is never an acceptance, whatever its reason says (revision 0005 ended the prefix).
+    s = fold(s, log(e.SwitchoverRequested(primary="n2", candidate="n3", reason="accepted by the arbiter: x")))
+    assert [(o.outcome, o.accepted) for o in s.operations[1:]] == [("superseded", True), ("in_progress", False)]

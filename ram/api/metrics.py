@@ -35,13 +35,17 @@ class NodeCollector(Collector):
         self.ha = ha
 
     def collect(self) -> Iterator[Any]:
+        """Names follow Prometheus conventions (base units in the name, ``_total`` counters); every
+        figure is read from the node or measured by the HA layer when scraped, never a placeholder."""
         node = self.node
         state = node.state
+        me = node.config.name
         yield _gauge("ram_raft_term", "Current Raft term.", node.term)
         yield _gauge("ram_raft_commit_index", "Highest Raft index known committed.", node.commit_index)
         yield _gauge("ram_raft_applied_index", "Highest Raft index applied to the store.", node.applied_index)
         yield _gauge("ram_raft_is_leader", "1 when this node leads Raft.", 1 if node.role is Role.LEADER else 0)
-        member = state.members.get(node.config.name)
+        yield _gauge("ram_raft_has_leader", "1 when this node knows a Raft leader.", 1 if node.leader_id else 0)
+        member = state.members.get(me)
         role = member_role(state, member) if member is not None else "unknown"
         roles = GaugeMetricFamily("ram_pg_role", "PostgreSQL role of this member (1 for the current one).",
                                   labels=["role"])
@@ -50,20 +54,45 @@ class NodeCollector(Collector):
         yield roles
         timeline = member.timeline if member is not None and member.timeline is not None else state.timeline
         yield _gauge("ram_pg_timeline", "PostgreSQL timeline of this member (NaN: unknown).", timeline)
+        yield _gauge("ram_cluster_timeline", "The cluster's committed timeline (NaN: none yet).", state.timeline)
+        yield _gauge("ram_primary_known", "1 when the committed state names a primary.", 1 if state.primary else 0)
         yield self._lag()
         lease = self.ha.lease_seconds_left() if self.ha is not None else None
         yield _gauge(
-            "ram_lease_seconds_left",
+            "ram_lease_remaining_seconds",
             "Seconds until this node must fence its primary (NaN: it holds no lease, or manages no PostgreSQL).",
             lease,
         )
-        failovers = sum(1 for op in state.operations if op.kind == "failover" and op.outcome == "succeeded")
-        switchovers = sum(1 for op in state.operations if op.kind == "switchover" and op.outcome == "succeeded")
-        yield CounterMetricFamily("ram_failovers", "Completed failovers (cluster history).", value=failovers)
-        yield CounterMetricFamily("ram_switchovers", "Completed switchovers (cluster history).", value=switchovers)
+        healthy = GaugeMetricFamily("ram_member_healthy", "1 when the arbiter judged the member healthy.",
+                                    labels=["member"])
+        fenced = GaugeMetricFamily("ram_member_fenced", "1 while the member's PostgreSQL is recorded fenced.",
+                                   labels=["member"])
+        for name, m in sorted(state.members.items()):
+            healthy.add_metric([name], 1 if m.healthy else 0)
+            fenced.add_metric([name], 1 if m.fenced else 0)
+        yield healthy
+        yield fenced
+        for kind in ("failover", "switchover"):
+            family = CounterMetricFamily(
+                f"ram_{kind}s", f"{kind.capitalize()}s recorded in the cluster history, by outcome.", labels=["outcome"]
+            )
+            for outcome in ("succeeded", "failed", "superseded"):
+                count = sum(1 for op in state.operations if op.kind == kind and op.outcome == outcome)
+                family.add_metric([outcome], count)
+            yield family
         yield _gauge("ram_members", "Members of the cluster.", len(state.members))
         yield _gauge("ram_maintenance", "1 while maintenance mode is on.", 1 if state.maintenance else 0)
-
+        yield _gauge("ram_synchronous_standbys", "Committed synchronous standbys.", len(state.sync_standbys))
+        degraded = state.sync_mode != "off" and state.num_sync == 0
+        yield _gauge(
+            "ram_synchronous_degraded", "1 while synchronous mode is on but no standby confirms commits.",
+            1 if degraded else 0,
+        )
+        local = self.ha.local() if self.ha is not None else None
+        yield _gauge(
+            "ram_pending_restart", "Parameters this member's PostgreSQL runs with an old value until restarted.",
+            len(local.pending_restart) if local is not None else 0,
+        )
 
     def _lag(self) -> GaugeMetricFamily:
         """Replay lag per member, in bytes behind the primary's WAL: every member on the Raft leader

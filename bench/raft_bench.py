@@ -16,6 +16,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -138,6 +139,12 @@ class Bench:
         finally:
             await admin.close()
         ports = [free_port() for _ in range(self.count)]
+        # Peers authenticate as in production: a shared cluster secret, in a file only we can read.
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        secret_file = self.workdir / "cluster.secret"
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
         for i in range(self.count):
             dsn = self.server.dsn(f"bench{i}")
             await asyncio.to_thread(schema.upgrade, dsn)
@@ -153,7 +160,7 @@ class Bench:
                     "name": f"n{i + 1}",
                     "data_dir": str(self.workdir / f"n{i + 1}"),
                     "bootstrap": True,
-                    "raft": {"listen": f"127.0.0.1:{ports[i]}", "peers": peers},
+                    "raft": {"listen": f"127.0.0.1:{ports[i]}", "peers": peers, "secret_file": str(secret_file)},
                     "store": {"dsn": dsn, "pool_size": 4},
                 }
             )

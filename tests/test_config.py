@@ -67,13 +67,46 @@ def test_node_init_writes_a_valid_commented_config(tmp_path: Path) -> None:
 
     out = tmp_path / "pg1.toml"
     args = ["node", "init", "-o", str(out), "--cluster-id", "prod", "--node-id", "1", "--name", "pg1",
-            "--listen", "10.0.0.1:7400", "--peer", "2=pg2@10.0.0.2:7400", "--data-dir", str(tmp_path), "--bootstrap"]
+            "--listen", "10.0.0.1:7400", "--peer", "2=pg2@10.0.0.2:7400", "--data-dir", str(tmp_path),
+            "--secret-file", str(tmp_path / "raft.secret"), "--bootstrap"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    cfg = load_config(out, check=False)  # a template: the operator still adds raft.secret_file (or TLS)
+    cfg = load_config(out)  # secrets referenced by file and private: it passes the start-up checks
     assert cfg.bootstrap and cfg.raft.peers[0].name == "pg2" and cfg.raft.election_ms == 600
+    assert (tmp_path / "raft.secret").stat().st_mode & 0o777 == 0o600
     assert "# heartbeat_ms = 100" in out.read_text()
     again = CliRunner().invoke(cli, args)
     assert again.exit_code != 0 and "exists" in again.output
     bad = CliRunner().invoke(cli, [*args[:-1], "--force", "--peer", "nonsense"])
     assert bad.exit_code != 0 and "ID=NAME@HOST:PORT" in bad.output
+    without = [a for a in args if a not in ("--secret-file", str(tmp_path / "raft.secret"))]
+    no_secret = CliRunner().invoke(cli, [*without, "--force"])
+    assert no_secret.exit_code != 0 and "--secret-file" in no_secret.output
+
+
+def test_node_init_for_a_managed_node_references_every_secret_by_file(tmp_path: Path) -> None:
+    """What docs/deploy.md does on each host: secrets in 0600 files created once and then copied;
+    nothing secret inline in the config; an existing secret file is kept."""
+    from click.testing import CliRunner
+
+    from ram.cli.ram_cmd import cli
+
+    secret = tmp_path / "raft.secret"
+    secret.touch(mode=0o600)
+    secret.write_text("kept-" + "x" * 40 + "\n")
+    files = {"--secret-file": secret, "--replication-password-file": tmp_path / "repl.pw",
+             "--superuser-password-file": tmp_path / "su.pw", "--api-tokens-file": tmp_path / "tokens.toml"}
+    args = ["node", "init", "-o", str(tmp_path / "n.toml"), "--cluster-id", "prod", "--node-id", "1", "--name", "pg1",
+            "--listen", "10.0.0.1:7400", "--peer", "2=pg2@10.0.0.2:7400", "--data-dir", str(tmp_path / "d"),
+            "--manage", "--bootstrap", *[x for k, v in files.items() for x in (k, str(v))]]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    cfg = load_config(tmp_path / "n.toml")
+    assert cfg.postgres.manage and cfg.api.tokens_file == files["--api-tokens-file"]
+    assert secret.read_text().startswith("kept-")
+    text = (tmp_path / "n.toml").read_text()
+    for path in [*files.values(), tmp_path / "tokens.admin.token", tmp_path / "tokens.read.token"]:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    for path in (tmp_path / "repl.pw", tmp_path / "su.pw", tmp_path / "tokens.admin.token"):
+        assert path.read_text().strip() not in text
+    assert "RAM_TOKEN_FILE=" in result.output

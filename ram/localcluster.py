@@ -4,6 +4,11 @@ Used by ``ram cluster up/down`` and by the end-to-end tests, so both exercise th
 node gets its own loopback address (127.0.0.11, .12, …) so that a test can cut the network between
 two nodes with iptables; ports derive from one base port. ``DIR/cluster.json`` describes the result
 (member names, API URLs, PostgreSQL host and port, data directories, process ids) for tools.
+
+Secure by default, like a real deployment: the nodes' APIs require tokens (``DIR/api-tokens.toml``
+holds their SHA-256 digests; ``DIR/admin.token`` and ``DIR/read.token`` the tokens for ramctrl, all
+mode 0600 from creation), and with ``tls`` they speak HTTPS with certificates from a cluster CA
+(``DIR/tls/``, made by :mod:`ram.tls`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import pwd
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +34,7 @@ import asyncpg
 from ram.eventstore import schema
 from ram.postgres.commands import default_owner
 from ram.postgres.server import PostgresServer
+from ram.security import new_token, read_token_file, tokens_file_text, write_private
 
 CLUSTER_FILE = "cluster.json"
 
@@ -47,10 +54,11 @@ class MemberInfo:
     config_file: str
     log_file: str
     pid: int | None = None
+    api_scheme: str = "http"
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.host}:{self.api_port}"
+        return f"{self.api_scheme}://{self.host}:{self.api_port}"
 
     def as_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -67,10 +75,48 @@ class ClusterInfo:
     replication_password: str
     superuser_password: str = ""
     members: list[MemberInfo] = field(default_factory=list)
+    #: The nodes' API over HTTPS with certificates of the cluster's own CA (``ram cluster up --tls``).
+    tls: bool = False
 
     @property
     def pgpass_file(self) -> Path:
         return Path(self.dir) / "pgpass"
+
+    @property
+    def tokens_file(self) -> Path:
+        """The nodes' ``api.tokens_file``: token names, roles and SHA-256 digests (no token itself)."""
+        return Path(self.dir) / "api-tokens.toml"
+
+    @property
+    def admin_token_file(self) -> Path:
+        """The admin token for ramctrl (``export RAM_TOKEN_FILE=...``)."""
+        return Path(self.dir) / "admin.token"
+
+    @property
+    def read_token_file(self) -> Path:
+        """A read-only token (monitoring, dashboards)."""
+        return Path(self.dir) / "read.token"
+
+    @property
+    def tls_dir(self) -> Path:
+        return Path(self.dir) / "tls"
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The cluster CA's certificate (``export RAM_CACERT=...``), when the APIs speak HTTPS."""
+        return self.tls_dir / "ca.crt" if self.tls else None
+
+    def admin_token(self) -> str:
+        return read_token_file(self.admin_token_file)
+
+    def api_headers(self) -> dict[str, str]:
+        """What an HTTP client of the nodes' APIs sends: the admin token."""
+        return {"Authorization": f"Bearer {self.admin_token()}"}
+
+    def api_verify(self) -> ssl.SSLContext | bool:
+        """How an HTTP client checks the nodes' certificates (``httpx`` ``verify=``)."""
+        ca = self.ca_file
+        return ssl.create_default_context(cafile=str(ca)) if ca is not None else True
 
     def writer_dsn(self) -> str:
         hosts = ",".join(f"{m.host}:{m.pg_port}" for m in self.members)
@@ -90,14 +136,16 @@ class ClusterInfo:
             "replication_password": self.replication_password,
             "superuser_password": self.superuser_password,
             "pgpass_file": str(self.pgpass_file),
+            "tokens_file": str(self.tokens_file),
+            "admin_token_file": str(self.admin_token_file),
+            "read_token_file": str(self.read_token_file),
+            "tls": self.tls,
+            "ca_file": str(self.ca_file) if self.ca_file else None,
             "writer_dsn": self.writer_dsn(),
             "reader_dsn": self.reader_dsn(),
             "members": [m.as_json() for m in self.members],
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        os.chmod(tmp, 0o600)
-        tmp.replace(path)
+        write_private(path, json.dumps(doc, indent=2) + "\n", overwrite=True)  # passwords: 0600 from creation
 
     @classmethod
     def load(cls, directory: Path) -> ClusterInfo:
@@ -114,7 +162,7 @@ class ClusterInfo:
         return cls(
             name=doc["name"], cluster_id=doc["cluster_id"], dir=doc["dir"], store_port=doc["store_port"],
             replication_password=doc["replication_password"], superuser_password=doc.get("superuser_password", ""),
-            members=members,
+            members=members, tls=bool(doc.get("tls", False)),
         )
 
 
@@ -149,8 +197,9 @@ def member_host(index: int) -> str:
     return f"127.0.0.{10 + index}"
 
 
-def plan(directory: Path, nodes: int, base_port: int, name: str = "ram") -> ClusterInfo:
-    """Lay out a new cluster: addresses, ports, directories (nothing is created yet)."""
+def plan(directory: Path, nodes: int, base_port: int, name: str = "ram", *, tls: bool = False) -> ClusterInfo:
+    """Lay out a new cluster: addresses, ports, directories (nothing is created yet). ``tls``: the
+    APIs speak HTTPS with certificates of a CA made for this cluster."""
     if not 1 <= nodes <= 9:
         raise ValueError(f"--nodes must be between 1 and 9, got {nodes}")
     if not 1024 <= base_port <= 65535 - 300:
@@ -163,6 +212,7 @@ def plan(directory: Path, nodes: int, base_port: int, name: str = "ram") -> Clus
         store_port=base_port + 299,
         replication_password=secrets.token_urlsafe(18),
         superuser_password=secrets.token_urlsafe(18),
+        tls=tls,
     )
     for i in range(1, nodes + 1):
         node_dir = directory / f"node{i}"
@@ -178,6 +228,7 @@ def plan(directory: Path, nodes: int, base_port: int, name: str = "ram") -> Clus
                 pg_data_dir=str(node_dir / "pgdata"),
                 config_file=str(node_dir / "node.toml"),
                 log_file=str(node_dir / "ram.log"),
+                api_scheme="https" if tls else "http",
             )
         )
     return info
@@ -216,6 +267,7 @@ def node_config_toml(info: ClusterInfo, member: MemberInfo, store_dsn: str, ha: 
         "",
         "[api]",
         f'listen = "{member.host}:{member.api_port}"',
+        *_api_security_lines(info, member),
         "",
         "[store]",
         f'dsn = "{store_dsn}"',
@@ -232,6 +284,60 @@ def node_config_toml(info: ClusterInfo, member: MemberInfo, store_dsn: str, ha: 
     text = "\n".join(lines) + "\n"
     tomllib.loads(text)  # what we write must parse
     return text
+
+
+def _api_security_lines(info: ClusterInfo, member: MemberInfo) -> list[str]:
+    lines = [f'tokens_file = "{info.tokens_file}"']
+    if info.tls:
+        lines += [f'tls_cert = "{info.tls_dir / member.name}.crt"', f'tls_key = "{info.tls_dir / member.name}.key"']
+    return lines
+
+
+def write_api_tokens(info: ClusterInfo) -> bool:
+    """Create the API tokens once: an ``admin`` and a ``read`` token (files for ramctrl) and the nodes'
+    tokens file with their digests, every file 0600 from its creation. Existing tokens are kept (a
+    cluster brought up again keeps working with the exported ``RAM_TOKEN_FILE``). True if created."""
+    if info.tokens_file.exists() and info.admin_token_file.exists():
+        return False
+    tokens: dict[str, tuple[Any, str]] = {}
+    for name, role, path in (("admin", "admin", info.admin_token_file), ("read", "read", info.read_token_file)):
+        if path.exists():
+            token = read_token_file(path)
+        else:
+            token = new_token()
+            write_private(path, token + "\n")
+        tokens[name] = (role, token)
+    write_private(info.tokens_file, tokens_file_text(tokens), overwrite=True)
+    return True
+
+
+def write_api_certificates(info: ClusterInfo) -> None:
+    """A CA for the cluster and one certificate per member for its own address (keys 0600); the same
+    certificates serve for server and client use, so other TLS (Raft, PostgreSQL) can use them too."""
+    from ram.tls import make_ca, make_cert  # cryptography is imported only for TLS clusters
+
+    ca = make_ca(info.tls_dir, name=f"RAM {info.name} cluster CA ({info.cluster_id})")
+    for member in info.members:
+        make_cert(ca, member.name, [member.host, "localhost"], info.tls_dir)
+
+
+def upgrade_api_security(info: ClusterInfo) -> bool:
+    """A cluster made before the APIs required tokens: create the tokens and add ``tokens_file`` to each
+    node's ``[api]`` section (its nodes would otherwise refuse every request). True if changed."""
+    if "tokens_file" in Path(info.members[0].config_file).read_text():
+        return False
+    write_api_tokens(info)
+    for member in info.members:
+        path = Path(member.config_file)
+        text = path.read_text()
+        listen = f'listen = "{member.host}:{member.api_port}"\n'
+        if listen not in text:
+            raise ValueError(f"{path}: no [api] listen line to add tokens_file after; add it by hand: "
+                             f'tokens_file = "{info.tokens_file}"')
+        new = text.replace(listen, listen + f'tokens_file = "{info.tokens_file}"\n', 1)
+        tomllib.loads(new)
+        write_private(path, new, overwrite=True)
+    return True
 
 
 def raft_secret_file(info: ClusterInfo) -> Path:
@@ -255,15 +361,17 @@ def write_raft_secret(info: ClusterInfo) -> None:
 
 def _write_layout(info: ClusterInfo, dsns: dict[str, str], ha: dict[str, Any] | None) -> None:
     write_raft_secret(info)
+    write_api_tokens(info)
+    if info.tls:
+        write_api_certificates(info)
     for member in info.members:
         node_dir = Path(member.node_dir)
         node_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(node_dir, 0o755)
-        Path(member.config_file).write_text(node_config_toml(info, member, dsns[member.name], ha))
-        os.chmod(member.config_file, 0o600)
+        # Configs and pgpass hold passwords: 0600 from creation, never written first and chmod-ed after.
+        write_private(Path(member.config_file), node_config_toml(info, member, dsns[member.name], ha), overwrite=True)
     lines = [f"{m.host}:{m.pg_port}:*:postgres:{info.superuser_password}" for m in info.members]
-    info.pgpass_file.write_text("\n".join(lines) + "\n")
-    os.chmod(info.pgpass_file, 0o600)
+    write_private(info.pgpass_file, "\n".join(lines) + "\n", overwrite=True)
     info.save()
 
 

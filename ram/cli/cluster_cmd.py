@@ -23,6 +23,7 @@ from ram.localcluster import (
     stop_nodes,
     store_server,
     sync_settings,
+    upgrade_api_security,
 )
 from ram.postgres.commands import PostgresCommandError
 
@@ -37,14 +38,18 @@ def cluster_group() -> None:
 def _cluster_state(info: ClusterInfo) -> dict[str, Any] | None:
     import httpx  # here, not at the top: every `ram node run` imports this module and never needs it
 
+    headers, verify = info.api_headers(), info.api_verify()
     for member in info.members:
         try:
-            reply = httpx.get(f"{member.api_url}/cluster?stale=ok", timeout=2.0)
+            reply = httpx.get(f"{member.api_url}/cluster?stale=ok", timeout=2.0, headers=headers, verify=verify)
         except httpx.HTTPError:
             continue
         if reply.status_code == 200:
             doc: dict[str, Any] = reply.json()
             return doc
+        if reply.status_code in (401, 403):
+            raise UserError(f"{member.api_url} refused the cluster's admin token from {info.admin_token_file} "
+                            f"(HTTP {reply.status_code}); see {member.log_file}")
     return None
 
 
@@ -100,6 +105,9 @@ def _print_summary(info: ClusterInfo, doc: dict[str, Any]) -> None:
     click.echo(f"writers: {info.writer_dsn()}")
     click.echo(f"readers: {info.reader_dsn()}")
     click.echo(f"(the postgres password is in {info.pgpass_file}; export PGPASSFILE={info.pgpass_file})")
+    click.echo(f"API tokens (mode 0600): admin {info.admin_token_file}, read-only {info.read_token_file}")
+    if info.ca_file is not None:
+        click.echo(f"API over HTTPS; the cluster's CA certificate: {info.ca_file}")
     click.echo("")
     primary = str(doc.get("primary") or info.members[0].name)
     other = next((m.name for m in info.members if m.name != primary), primary)
@@ -108,7 +116,11 @@ def _print_summary(info: ClusterInfo, doc: dict[str, Any]) -> None:
     # The commands live next to the interpreter running us (the venv's bin): on PATH, the first
     # `ramctrl status` works in any shell, also one where the venv was never activated.
     click.echo(f"  export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH")
-    click.echo(f"  export RAM_API={apis} PGPASSFILE={shlex.quote(str(info.pgpass_file))}")
+    # The token's file, never the token: a command line (and a terminal's scrollback) is no place for it.
+    exports = f"RAM_API={apis} RAM_TOKEN_FILE={shlex.quote(str(info.admin_token_file))}"
+    if info.ca_file is not None:
+        exports += f" RAM_CACERT={shlex.quote(str(info.ca_file))}"
+    click.echo(f"  export {exports} PGPASSFILE={shlex.quote(str(info.pgpass_file))}")
     click.echo("  ramctrl status                      # members, roles, lag, Raft leader")
     click.echo("  ramctrl events --follow             # live cluster events (in a second terminal)")
     click.echo(f"  psql '{info.writer_dsn()}' -c 'SELECT 1'")
@@ -134,23 +146,29 @@ def _print_summary(info: ClusterInfo, doc: dict[str, Any]) -> None:
                    "synchronous standby is healthy).")
 @click.option("--sync-count", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="With --sync on|quorum: how many standbys must confirm each commit (at most nodes-1).")
+@click.option("--tls", is_flag=True,
+              help="The nodes' APIs speak HTTPS, with certificates from a CA made for this cluster (DIR/tls/).")
 @click.pass_context
 @friendly_errors(PostgresCommandError, ValueError)
 def cluster_up(ctx: click.Context, nodes: int, directory: Path, base_port: int, timeout: float, sync_mode: str,
-               strict: bool, sync_count: int) -> None:
+               strict: bool, sync_count: int, tls: bool) -> None:
     """Build and start a local cluster (or restart an existing one in DIR).
 
-    --sync, --strict and --sync-count go into every node's configuration ([ha] section) when the
-    cluster is created; an existing cluster keeps the mode it was created with.
+    --sync, --strict, --sync-count and --tls go into every node's configuration when the cluster
+    is created; an existing cluster keeps what it was created with.
+
+    The APIs require tokens: an admin and a read-only token are created in DIR (admin.token,
+    read.token, mode 0600) and the "Next:" lines export RAM_TOKEN_FILE for ramctrl.
 
     \b
     Example:
       ram cluster up --nodes 3 --dir ./ram-cluster
       ram cluster up --dir /var/tmp/ram-sync --base-port 16432 --sync on
       ram cluster up --dir /var/tmp/ram-q --base-port 17432 --sync quorum --strict
+      ram cluster up --dir /var/tmp/ram-tls --base-port 18432 --tls
     """
     existing = (directory / "cluster.json").exists()
-    given = [f"--{name.replace('_', '-')}" for name in ("sync_mode", "strict", "sync_count")
+    given = [f"--{name.replace('_', '-')}" for name in ("sync_mode", "strict", "sync_count", "tls")
              if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
     given = ["--sync" if g == "--sync-mode" else g for g in given]
     if existing:
@@ -161,10 +179,12 @@ def cluster_up(ctx: click.Context, nodes: int, directory: Path, base_port: int, 
             )
         info = ClusterInfo.load(directory)
         click.echo(f"restarting the cluster in {info.dir}")
+        if upgrade_api_security(info):
+            click.echo(f"  its APIs now require tokens: created {info.admin_token_file} and {info.read_token_file}")
         asyncio.run(store_server(info).start())
     else:
         ha = sync_settings(sync_mode, strict=strict, count=sync_count, nodes=nodes)
-        info = plan(directory, nodes, base_port)
+        info = plan(directory, nodes, base_port, tls=tls)
         mode = "" if sync_mode == "off" else f", synchronous mode {sync_mode}" + (" (strict)" if strict else "")
         click.echo(f"creating a {nodes}-node cluster in {info.dir}{mode}")
         asyncio.run(prepare(info, ha))

@@ -296,7 +296,7 @@ class ApiClient:
             raise error
         if refused is not None:
             raise refused
-        raise Unreachable("no RAM API reachable; tried " + ", ".join(failures))
+        raise self._unreachable(failures)
 
     @contextmanager
     def stream(
@@ -323,16 +323,24 @@ class ApiClient:
                 return
             finally:
                 opened.__exit__(None, None, None)
-        raise Unreachable("no RAM API reachable; tried " + ", ".join(failures))
+        raise self._unreachable(failures)
 
     def _reason(self, exc: httpx.HTTPError) -> str:
-        """Why a connection failed; a certificate the client could not verify says how to fix it."""
+        """Why a connection failed (a certificate that did not verify: just that, the hint comes once)."""
         text = _reason(exc)
         if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-            hint = "is the CA given with --cacert the one that signed the server?" if self.credentials.cacert \
-                else CACERT_HELP
-            return f"{text}; {hint}"
+            return "server certificate not verified: " + text.split("certificate verify failed:", 1)[-1].split(
+                " (_ssl", 1)[0].strip()
         return text
+
+    def _unreachable(self, failures: list[str]) -> Unreachable:
+        message = "no RAM API reachable; tried " + ", ".join(failures)
+        if any("server certificate not verified" in f for f in failures):
+            message += "; " + (
+                "is the CA given with --cacert / RAM_CACERT the one that signed the nodes' certificates?"
+                if self.credentials.cacert else CACERT_HELP
+            )
+        return Unreachable(message)
 
 
 def _reason(exc: httpx.HTTPError) -> str:

@@ -150,10 +150,10 @@ def test_sync_settings_reach_every_node_config(
 ) -> None:
     assert lc.sync_settings(mode, strict=strict, count=count, nodes=3) == ha
     info = lc.plan(root / "c", 3, 15432)
+    lc.write_raft_secret(info)  # a node config names the cluster secret, which must exist to load it
     for member in info.members:
         text = lc.node_config_toml(info, member, "postgresql://x@127.0.0.1/db", ha)
-        path = root / f"{member.name}.toml"
-        path.write_text(text)
+        path = lc.write_private(root / f"{member.name}.toml", text)  # it holds passwords: 0600, as ram writes it
         settings = load_config(path).ha
         assert settings.synchronous_mode == mode
         assert settings.synchronous_strict is strict and settings.synchronous_node_count == count

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ram.config import load_config
-from tests.cli.test_cluster_up_tour import BIN, CTL_TIMEOUT_S, UP_TIMEOUT_S, Tour, describe
+from tests.cli.test_cluster_up_tour import BIN, CTL_TIMEOUT_S, TOKEN_VARIABLES, UP_TIMEOUT_S, Tour, describe
 from tests.conftest import make_tempdir
 from tests.e2e.cluster import free_base_port
 
@@ -24,7 +24,8 @@ NODES = 2
 @pytest.fixture(scope="module")
 def sync_tour() -> Iterator[Tour]:
     root = make_tempdir("ram-sync-tour-")
-    env = {k: v for k, v in os.environ.items() if k not in ("RAM_API", "PGPASSFILE", "PGUSER", "PGHOST", "PGPORT")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAM_API", "PGPASSFILE", "PGUSER", "PGHOST", "PGPORT",
+                                                            *TOKEN_VARIABLES)}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     tour = Tour(root=root, base_port=free_base_port(NODES), env=env)
     try:
@@ -32,6 +33,7 @@ def sync_tour() -> Iterator[Tour]:
                            "--base-port", str(tour.base_port), "--timeout", str(UP_TIMEOUT_S), "--sync", "on")
         assert tour.up.returncode == 0, describe(tour.up)
         env["RAM_API"] = ",".join(tour.api_urls())
+        env["RAM_TOKEN_FILE"] = str(tour.info()["admin_token_file"])
         env["PGPASSFILE"] = str(tour.info()["pgpass_file"])
         yield tour
     finally:

@@ -37,6 +37,8 @@ UP_TIMEOUT_S = 150.0  # ram cluster up --timeout; a first start on a busy 2-core
 CTL_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 60.0
 FAILOVER_BOUND_S = 30.0  # the README promises ~3 s; this only catches "never"
+#: ramctrl's credentials from the environment: whoever runs the tests may have some; the tour sets its own.
+TOKEN_VARIABLES = ("RAM_TOKEN", "RAM_TOKEN_FILE", "RAM_CACERT", "RAM_CLIENT_CERT", "RAM_CLIENT_KEY")
 
 
 def _exe(name: str) -> str:
@@ -257,7 +259,8 @@ def assert_all_dead(pids: Sequence[int], what: str, root: Path | None = None) ->
 @pytest.fixture(scope="module")
 def tour() -> Iterator[Tour]:
     root = make_tempdir("ram-tour-")  # 0755: PostgreSQL's OS user must traverse it when we are root
-    env = {k: v for k, v in os.environ.items() if k not in ("RAM_API", "PGPASSFILE", "PGUSER", "PGHOST", "PGPORT")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAM_API", "PGPASSFILE", "PGUSER", "PGHOST", "PGPORT",
+                                                            *TOKEN_VARIABLES)}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the README's `export PATH=$PWD/.venv/bin:$PATH`
     tour = Tour(root=root, base_port=free_base_port(NODES), env=env)
     try:
@@ -266,6 +269,7 @@ def tour() -> Iterator[Tour]:
         assert tour.up.returncode == 0, describe(tour.up)
         # What `ram cluster up` tells the user to export.
         env["RAM_API"] = ",".join(tour.api_urls())
+        env["RAM_TOKEN_FILE"] = str(tour.info()["admin_token_file"])
         env["PGPASSFILE"] = str(tour.info()["pgpass_file"])
         yield tour
     finally:
@@ -295,7 +299,7 @@ def test_cluster_up_prints_status_dsns_next_steps_and_writes_cluster_json(tour: 
     assert f"readers: {info['reader_dsn']}" in out
     assert f"export PGPASSFILE={tour.dir / 'pgpass'}" in out
     assert "Next:" in out
-    assert f"export RAM_API={','.join(tour.api_urls())}" in out
+    assert f"export RAM_API={','.join(tour.api_urls())} RAM_TOKEN_FILE={tour.dir / 'admin.token'} " in out
     assert "ramctrl status" in out and "ramctrl switchover --to" in out
     assert f"ram cluster down --dir {tour.dir}" in out
     primary = next(name for name, r in rows.items() if r[2] == "primary")
@@ -304,7 +308,7 @@ def test_cluster_up_prints_status_dsns_next_steps_and_writes_cluster_json(tour: 
     nxt = out.split("Next:", 1)[1].splitlines()
     exports = [line.strip() for line in nxt if line.strip().startswith("export ")]
     assert exports and exports[0] == f"export PATH={BIN}:$PATH", nxt
-    bare = {k: v for k, v in tour.env.items() if k not in ("RAM_API", "PGPASSFILE")}
+    bare = {k: v for k, v in tour.env.items() if k not in ("RAM_API", "PGPASSFILE", *TOKEN_VARIABLES)}
     bare["PATH"] = os.pathsep.join(p for p in bare["PATH"].split(os.pathsep) if Path(p) != BIN) or "/usr/bin:/bin"
     shell = subprocess.run(["bash", "-c", "\n".join([*exports, "ramctrl status"])], capture_output=True, text=True,
                            timeout=CTL_TIMEOUT_S, env=bare, cwd=tour.root, stdin=subprocess.DEVNULL)
@@ -326,6 +330,42 @@ def test_cluster_up_prints_status_dsns_next_steps_and_writes_cluster_json(tour: 
         assert "node run" in cmdline(m["pid"]) and m["config_file"] in cmdline(m["pid"])
         pm = postmaster_pid(Path(m["pg_data_dir"]))
         assert pm is not None and lc.pid_alive(pm), f"{m['name']}: no running postmaster"
+
+
+def test_cluster_up_made_api_tokens_that_stay_secret(tour: Tour) -> None:
+    """Secure by default: the APIs require tokens, which ram cluster up made (0600 files) and never shows."""
+    info = tour.info()
+    tokens = {}
+    for key in ("admin_token_file", "read_token_file", "tokens_file"):
+        path = Path(info[key])
+        assert path.parent == tour.dir and path.stat().st_mode & 0o777 == 0o600, (path, oct(path.stat().st_mode))
+    for role in ("admin", "read"):
+        tokens[role] = Path(info[f"{role}_token_file"]).read_text().strip()
+        assert len(tokens[role]) >= 32
+    assert tour.up is not None
+    # Nowhere in what ram cluster up printed, cluster.json, the node configs or logs (the tokens file only
+    # holds digests).
+    places = {"ram cluster up output": tour.up.stdout + tour.up.stderr,
+              "cluster.json": (tour.dir / lc.CLUSTER_FILE).read_text(),
+              "tokens file": Path(info["tokens_file"]).read_text()}
+    for m in info["members"]:
+        places[m["config_file"]] = Path(m["config_file"]).read_text()
+        places[m["log_file"]] = Path(m["log_file"]).read_text(errors="replace")
+    for role, token in tokens.items():
+        for where, text in places.items():
+            assert token not in text, f"the {role} token shows in {where}"
+    # Without a token, ramctrl says what to set, in one line; with the read token, writes are refused.
+    anonymous = {k: v for k, v in tour.env.items() if k not in TOKEN_VARIABLES}
+    result = subprocess.run([_exe("ramctrl"), "status"], capture_output=True, text=True, timeout=CTL_TIMEOUT_S,
+                            env=anonymous, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "RAM_TOKEN_FILE" in result.stderr, \
+        describe(result)
+    reader = {**anonymous, "RAM_TOKEN_FILE": info["read_token_file"]}
+    result = subprocess.run([_exe("ramctrl"), "pause"], capture_output=True, text=True, timeout=CTL_TIMEOUT_S,
+                            env=reader, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1 and "admin role" in result.stderr and "Traceback" not in result.stderr, \
+        describe(result)
+    assert "Maintenance" not in tour.ctl("status").stdout
 
 
 def test_status_table_and_json(tour: Tour) -> None:
@@ -617,7 +657,7 @@ def test_the_readme_tour_runs_as_written(tour: Tour) -> None:
     script = readme_tour_script(tour)
     assert "ram cluster kill $P" in script and "ramctrl switchover --to $P" in script, script
     before = tour.wait_settled()
-    env = {k: v for k, v in tour.env.items() if k not in ("RAM_API", "PGPASSFILE")}
+    env = {k: v for k, v in tour.env.items() if k not in ("RAM_API", "PGPASSFILE", *TOKEN_VARIABLES)}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != BIN)
     # The switchover asks "Switch over? [y/N]" (the README does not pass --force): the person answers y.
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=UP_TIMEOUT_S + 120,

@@ -28,7 +28,7 @@ Scheduled switchovers: the runtime passes the operation only once due.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ram.eventstore.events import (
@@ -77,7 +77,16 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """``rule``: the name of the :data:`RULES` / :data:`HEALTH_RULES` row (or ``sync-set``) that
+    decided it; logged, and stored in every event's reason through :attr:`why`."""
+
     reason: str
+    rule: str = field(default="", kw_only=True, compare=False)
+
+    @property
+    def why(self) -> str:
+        """The reason with the rule's name, as logged and stored in the events."""
+        return f"{self.reason} [rule {self.rule}]" if self.rule else self.reason
 
     @property
     def revokes(self) -> str | None:
@@ -114,7 +123,7 @@ class StartFailover(Decision):
         return [
             FailoverStarted(
                 old_primary=self.old_primary,
-                reason=self.reason[:1000],
+                reason=self.why[:1000],
                 candidates=tuple(v.to_info() for v in self.candidates),
                 chosen=self.candidate,
             )
@@ -151,7 +160,7 @@ class FailFailover(Decision):
         return self.candidate
 
     def to_events(self) -> list[Event]:
-        return [FailoverFailed(old_primary=self.old_primary, reason=self.reason[:1000])]
+        return [FailoverFailed(old_primary=self.old_primary, reason=self.why[:1000])]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +169,7 @@ class AcceptSwitchover(Decision):
     candidate: str
 
     def to_events(self) -> list[Event]:
-        return [SwitchoverAccepted(primary=self.primary, candidate=self.candidate, reason=self.reason[:1000])]
+        return [SwitchoverAccepted(primary=self.primary, candidate=self.candidate, reason=self.why[:1000])]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +203,7 @@ class FailSwitchover(Decision):
         return self.candidate if self.accepted else None
 
     def to_events(self) -> list[Event]:
-        return [SwitchoverFailed(primary=self.primary, candidate=self.candidate, reason=self.reason[:1000])]
+        return [SwitchoverFailed(primary=self.primary, candidate=self.candidate, reason=self.why[:1000])]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +228,7 @@ class ChangeSyncSet(Decision):
                 mode=self.config.mode,
                 num_sync=self.config.num_sync,
                 standbys=self.config.standbys,
-                reason=self.reason[:1000],
+                reason=self.why[:1000],
             )
         ]
 
@@ -244,7 +253,7 @@ class MarkHealth(Decision):
                 timeline=self.timeline,
                 lsn=self.lsn,
                 lag_bytes=self.lag_bytes,
-                reason=self.reason[:1000],
+                reason=self.why[:1000],
             )
         ]
 
@@ -729,6 +738,7 @@ def _health(c: Ctx) -> list[Decision]:
                 timeline,
                 o.wal_position if o is not None and fresh else m.lsn,
                 o.lag_bytes if o is not None and fresh else None,
+                rule=f"health:{rule.name}",
             )
         )
     return out
@@ -744,7 +754,7 @@ def _sync(c: Ctx, health_changed: bool) -> list[Decision]:
         return []
     if step.guard_position is not None and health_changed:
         return []  # the guard would reject it: health events are proposed first
-    return [ChangeSyncSet(step.reason, step.config, step.guard_position, step.degraded)]
+    return [ChangeSyncSet(step.reason, step.config, step.guard_position, step.degraded, rule="sync-set")]
 
 
 def arbitrate(inp: ArbiterInput) -> list[Decision]:
@@ -766,7 +776,7 @@ def arbitrate(inp: ArbiterInput) -> list[Decision]:
         if rule.when(c):
             d = rule.build(c, rule.reason)
             if d is not None:
-                out.append(d)
+                out.append(replace(d, rule=rule.name))
             break
     if inp.state.cluster_id is not None:
         out.extend(_sync(c, any(isinstance(d, MarkHealth) for d in out)))

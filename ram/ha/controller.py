@@ -639,13 +639,13 @@ class HAController:
         events = [ev for d in decisions for ev in d.to_events()]
         revoked = [d.revokes for d in decisions if getattr(d, "revokes", None)]
         for d in decisions:
-            log.info("arbiter decision=%s reason=%s", type(d).__name__, d.reason)
+            log.info("arbiter decision=%s rule=%s reason=%s", type(d).__name__, d.rule, d.reason)
         for name in revoked:
             assert name is not None
             self.view.revoke(name)
         try:
             result = await self.node.propose(
-                Arbitrate(events=tuple(events), based_on=inp.state.last_position, reason=decisions[0].reason)
+                Arbitrate(events=tuple(events), based_on=inp.state.last_position, reason=decisions[0].why[:1000])
             )
         except ProposalError as exc:
             log.warning("arbiter decision not committed error=%s", exc)
@@ -824,9 +824,9 @@ class HAController:
             action = k.next_action(self._keeper_input(time.monotonic()))
             if isinstance(action, k.Nothing):
                 continue
-            line = f"{type(action).__name__}: {action.reason}"
+            line = f"{type(action).__name__}: {action.why}"
             if line != self._last_action:
-                log.info("keeper action=%s reason=%s", type(action).__name__, action.reason)
+                log.info("keeper action=%s rule=%s reason=%s", type(action).__name__, action.rule, action.reason)
                 self._last_action = line
             try:
                 await self._execute(action)
@@ -841,7 +841,7 @@ class HAController:
         inst = self.instance
         state = self.node.state
         if isinstance(action, k.Fence):
-            await self._fence(action.reason)
+            await self._fence(action.why)
         elif isinstance(action, k.InitDb):
             self._initializing = True
             try:
@@ -924,7 +924,7 @@ class HAController:
             await self._member_action(action)
         elif isinstance(action, k.ReportCannotRejoin):
             self.facts.report(
-                MemberHealthChanged(name=self.me, healthy=False, pg_running=False, reason=action.reason[:1000])
+                MemberHealthChanged(name=self.me, healthy=False, pg_running=False, reason=action.why[:1000])
             )
 
     async def _member_action(self, action: k.RestartPostgres | k.Reinit | k.RefuseMemberAction) -> None:

@@ -20,7 +20,7 @@ every mode, maintenance included:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ram.ha.arbiter import switchover_accepted
@@ -62,7 +62,17 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Action:
+    """``rule``: the name of the :data:`KEEPER_RULES` row that chose it (logged with the action and
+    carried into any fact it reports), so a table whose order encodes priority still says which row
+    won."""
+
     reason: str
+    rule: str = field(default="", kw_only=True, compare=False)
+
+    @property
+    def why(self) -> str:
+        """The reason with the rule's name, as logged and stored."""
+        return f"{self.reason} [rule {self.rule}]" if self.rule else self.reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,7 +538,7 @@ def next_action(inp: KeeperInput) -> Action:
     c = Ctx(inp, desired_role(inp.state, inp.me))
     for rule in KEEPER_RULES:
         if rule.when(c):
-            return rule.act(c, rule.reason)
+            return replace(rule.act(c, rule.reason), rule=rule.name)
     raise AssertionError("the last rule always matches")  # pragma: no cover
 
 

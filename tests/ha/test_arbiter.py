@@ -448,3 +448,23 @@ def test_released_old_primary_does_not_delay_the_candidate() -> None:
     lv2.on_became_leader(NOW - 0.1, steady_holder="pg1")
     r = decide_grant(ArbiterInput(now=NOW, state=FAILOVER, observations=stopped, lease=lv2, settings=S), "pg2")
     assert not r.granted, r.reason
+
+
+def test_decisions_carry_their_rule_into_the_events() -> None:
+    """The table's order decides priority; the winning row's name travels with the decision."""
+    names = {r.name for r in RULES}
+    for row_id, state, per, kw, cls, _ in ROWS:
+        if cls is None:
+            continue
+        kw = dict(kw)
+        expired = kw.pop("expired", True)
+        ob = observations(primary=state.primary, **per) if state.cluster_id else {}
+        d = main(run(state, ob, expired=expired, **kw))
+        assert d is not None and d.rule in names, (row_id, d.rule)
+        assert d.reason.startswith(next(r.reason for r in RULES if r.name == d.rule)), (row_id, d.rule)
+        reasons = [str(ev.reason) for ev in d.to_events() if hasattr(ev, "reason")]
+        assert all(r.endswith(f"[rule {d.rule}]") for r in reasons), reasons
+    (h,) = [d for d in run(cluster(), observations(pg2={"pg_running": False})) if isinstance(d, MarkHealth)]
+    (ev,) = h.to_events()
+    assert h.rule == "health:pg-down" and isinstance(ev, MemberHealthChanged)
+    assert ev.reason.endswith("[rule health:pg-down]")

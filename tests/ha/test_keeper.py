@@ -326,3 +326,13 @@ def test_operator_actions_never_unfence_or_promote() -> None:
     assert isinstance(a, Fence), a
     a = next_action(inp("pg2", asked("reinit"), REPLICA_PG))
     assert isinstance(a, Reinit) and a.primary == "pg1" and a.position == 7
+
+
+def test_actions_carry_their_rule() -> None:
+    """Every action names the KEEPER_RULES row that chose it (for the log line and any fact)."""
+    names = {r.name for r in KEEPER_RULES}
+    a = next_action(inp("pg2", cluster(), DOWN_PG))
+    assert a.rule == "replica-start" and a.why.endswith("[rule replica-start]")
+    for state in (cluster(), FAILOVER, SWITCH, cluster(maintenance=True)):
+        for me in ("pg1", "pg2"):
+            assert next_action(inp(me, state, PRIMARY_PG, lease_valid=True)).rule in names

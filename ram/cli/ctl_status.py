@@ -11,6 +11,7 @@ import click
 
 from ram.cli.ctl_context import Settings, client, json_option, print_json
 from ram.cli.ctl_http import ApiClient, CtlError, normalize_url
+from ram.cli.ctl_http import leader_api as leader_url
 from ram.cli.ctl_table import render_table
 
 
@@ -152,8 +153,12 @@ def _from_leader(api: ApiClient, cluster: Any) -> Any:
     settings = click.get_current_context().find_object(Settings)
     if not leader_api or settings is None:
         return cluster
+    # Over HTTPS, ask the leader over HTTPS too (a node advertises its API as host:port or http://).
+    url = leader_url({"leader_api": leader_api}, api.urls[0] if api.urls else "")
+    if url is None:
+        return cluster
     try:
-        with settings.client([str(leader_api)], read_timeout=5.0) as leader:
+        with settings.client([url], read_timeout=5.0) as leader:
             answer = leader.request("GET", "/cluster")
     except CtlError:
         return cluster

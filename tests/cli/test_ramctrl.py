@@ -395,6 +395,7 @@ async def test_status_says_when_the_answer_may_be_stale(api_cluster: ApiCluster)
 
 
 async def test_ram_api_environment_variable(api_cluster: ApiCluster) -> None:
-    run = await ctl(None, "status", "--json", env={"RAM_API": f"{_dead_url()},{api_cluster.url(2)}"})
-    assert run.exit_code == 0, run
-    assert json.loads(run.stdout)["node"] == api_cluster.nodes[2].config.name
+    run = await ctl(None, "config", "show", "--json", env={"RAM_API": f"{_dead_url()},{api_cluster.url(2)}"})
+    assert run.exit_code == 0 and "config" in json.loads(run.stdout), run  # the live URL of $RAM_API answered
+    run = await ctl(None, "status", "--json", env={"RAM_API": _dead_url()})
+    assert run.exit_code == 2, run  # and $RAM_API is what was asked (no default URL behind it)

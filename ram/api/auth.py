@@ -23,6 +23,7 @@ handlers record who asked (``requested_by = "token:<name>"``). Error answers are
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,6 +41,10 @@ BEARER = "bearer"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="ram"'}
 
 MISSING = "authentication required: send the header 'Authorization: Bearer <token>'"
+#: A refusal is logged at most this often per (kind, client address): a client guessing tokens (or a
+#: misconfigured monitor) must not be able to flood the node's log.
+REFUSAL_LOG_INTERVAL_S = 10.0
+_MAX_TRACKED = 10_000
 INVALID = "authentication failed: the token is not valid"
 
 
@@ -64,6 +69,22 @@ class AccessPolicy:
         self.security = security
         self.health_paths = frozenset(open_paths)
         self.open_prefixes = tuple(open_prefixes)
+        self._logged: dict[tuple[str, str | None], tuple[float, int]] = {}
+
+    def _log_refusal(self, kind: str, peer: str | None, detail: str) -> None:
+        """A warning per (kind, client) at most every REFUSAL_LOG_INTERVAL_S, with how many were not
+        logged since; never the token itself."""
+        now = time.monotonic()
+        key = (kind, peer)
+        last, skipped = self._logged.get(key, (-REFUSAL_LOG_INTERVAL_S, 0))
+        if now - last < REFUSAL_LOG_INTERVAL_S:
+            self._logged[key] = (last, skipped + 1)
+            return
+        if len(self._logged) >= _MAX_TRACKED:
+            self._logged.clear()
+        self._logged[key] = (now, 0)
+        more = f" (+{skipped} more since the last such line)" if skipped else ""
+        log.warning("api refused: %s client=%s %s%s", kind, peer, detail, more)
 
     def needed(self, method: str, path: str) -> Role | None:
         """The role a request needs; None: no token needed."""
@@ -85,7 +106,7 @@ class AccessPolicy:
         peer = client[0] if client else None
         security = self.security
         if not security.client_allowed(peer):
-            log.warning("api refused: client address not allowed client=%s method=%s path=%s", peer, method, path)
+            self._log_refusal("client address not allowed", peer, f"method={method} path={path}")
             raise ApiError(403, "forbidden: this client address is not allowed (api.allowed_clients)")
         if not security.host_allowed(_header(scope, b"host")):
             raise ApiError(400, "the Host header of this request is not allowed (api.allowed_hosts)")
@@ -94,8 +115,7 @@ class AccessPolicy:
         if needed is not None:
             identity = self._authenticate(scope, method, path, peer)
             if not identity.may(needed):
-                log.warning("api refused: role too low client=%s token=%s method=%s path=%s",
-                            peer, identity.name, method, path)
+                self._log_refusal("role too low", peer, f"token={identity.name} method={method} path={path}")
                 raise ApiError(403, f"forbidden: {method} {path} needs a token with the {needed} role")
         if method in WRITE_METHODS:
             self._check_body_type(scope)
@@ -111,7 +131,7 @@ class AccessPolicy:
             raise ApiError(401, MISSING, headers=CHALLENGE)
         identity = self.security.tokens.identify(presented)
         if identity is None:
-            log.warning("api refused: invalid token client=%s method=%s path=%s", peer, method, path)
+            self._log_refusal("invalid token", peer, f"method={method} path={path}")
             raise ApiError(401, INVALID, headers=CHALLENGE)
         return identity
 

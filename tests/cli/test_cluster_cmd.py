@@ -160,6 +160,27 @@ def test_sync_settings_reach_every_node_config(
         assert ("[ha]" in text) is (ha is not None)
 
 
+def test_a_cluster_made_before_api_tokens_gets_them(root: Path) -> None:
+    """Restarting a cluster whose node configs name no tokens file (made by an older ram) adds one:
+    its nodes would otherwise refuse every request."""
+    info = lc.plan(root / "old", 3, 15432)
+    lc.write_raft_secret(info)
+    for member in info.members:
+        Path(member.node_dir).mkdir(parents=True)
+        text = lc.node_config_toml(info, member, "postgresql://x@127.0.0.1/db")
+        legacy = "\n".join(line for line in text.splitlines() if not line.startswith("tokens_file")) + "\n"
+        lc.write_private(Path(member.config_file), legacy)
+    assert lc.upgrade_api_security(info)
+    for member in info.members:
+        config = load_config(Path(member.config_file))
+        assert config.api.tokens_file == info.tokens_file
+        assert Path(member.config_file).stat().st_mode & 0o777 == 0o600
+    for path in (info.tokens_file, info.admin_token_file, info.read_token_file):
+        assert path.stat().st_mode & 0o777 == 0o600
+    assert info.admin_token() not in info.tokens_file.read_text()
+    assert not lc.upgrade_api_security(info)  # once
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

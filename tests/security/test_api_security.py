@@ -197,6 +197,20 @@ def _networks(*cidrs: str) -> tuple[Any, ...]:
     return tuple(ipaddress.ip_network(c) for c in cidrs)
 
 
+async def test_refusals_are_logged_briefly_and_never_with_the_token(api_cluster: ApiCluster,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    guess = "guessed-token-guessed-token-0001"
+    async with node_server(api_cluster, test_security()) as server, httpx.AsyncClient(timeout=10) as http:
+        with caplog.at_level("WARNING", logger="ram.api.auth"):
+            for _ in range(20):
+                _error_shape(await http.get(server.url + "/cluster", headers={"Authorization": f"Bearer {guess}"}), 401)
+            _error_shape(await http.post(server.url + "/maintenance", json={}, headers=READ), 403)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ram.api.auth"]
+    assert sum("invalid token" in line for line in lines) == 1, lines  # one line per client per 10 s, not 20
+    assert any("role too low" in line and "token=viewer" in line for line in lines), lines
+    assert not any(secret in line for line in lines for secret in (guess, READ_TOKEN, ADMIN_TOKEN)), lines
+
+
 # ---------------------------------------------------------------------------------------- ramctrl
 
 

@@ -35,6 +35,8 @@ from ram.security import ApiSecurity, TlsFiles
 log = logging.getLogger("ram.api")
 
 MAX_BODY_BYTES = 1024 * 1024
+#: Connections and requests a node serves at once besides its event streams (uvicorn limit_concurrency).
+CONCURRENCY_HEADROOM = 512
 
 #: The API docs (Swagger UI) and the OpenAPI document, under the node's own API.
 SCHEMA_PATH = "/schema"
@@ -234,14 +236,18 @@ async def serve(
     ``api.tls_cert`` / ``api.tls_key`` (``ApiSecurity.tls``). Raises ``OSError`` when the address can
     not be bound or a TLS file not be loaded, and ``RuntimeError`` when the app fails to start.
     """
+    ctx = getattr(app.state, "ctx", None)
+    security = ctx.security if isinstance(ctx, ApiContext) else ApiSecurity()
     if tls is None:
-        ctx = getattr(app.state, "ctx", None)
-        tls = ctx.security.tls if isinstance(ctx, ApiContext) else None
+        tls = security.tls
     sock = _bind(host, port)
     bound_port = int(sock.getsockname()[1])
     try:
         config = uvicorn.Config(
             app, lifespan="on", log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+            # Open connections and requests beyond this get a 503 from uvicorn at once: event streams
+            # (capped themselves) plus room for operators and health checks, not unbounded.
+            limit_concurrency=security.max_event_streams + CONCURRENCY_HEADROOM,
             **_tls_options(tls),  # type: ignore[arg-type]
         )
         config.load()  # loads the certificate now: a bad file is an error here, not in every handshake

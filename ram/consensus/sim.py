@@ -380,6 +380,12 @@ class Sim:
 
     def _crash(self, node: SimNode, why: str) -> None:
         self._note("crash", f"node {node.id} ({why})")
+        durable_term = node.storage.hs.term
+        lost = [k for k, (term, _) in self.proposed.items() if k[0] == node.id and term > durable_term]
+        for k in lost:
+            # Proposed in a term that never became durable (a single voter leads before its write):
+            # nobody saw it, the client gets an error, and the node may lead that term again.
+            del self.proposed[k]
         self.stats["crashes"] += 1
         node.core = None
         node.inflight = None
@@ -1182,7 +1188,12 @@ class Sim:
                 self._check_node(node)
         self._note("liveness", "healed, all nodes up; waiting for a leader and a commit")
         backlog = max((nd.core.last_index - nd.core.commit_index for nd in self._live() if nd.core), default=0)
-        deadline = self.now + 40 * self.p.election_ticks + 50 + 4 * min(backlog, 100)
+        # A member far behind (a learner of a single voter, which commits alone) catches up at
+        # max_entries per round trip.
+        newest = max((nd.core.last_index for nd in self._live() if nd.core), default=0)
+        behind = max((newest - nd.storage.applied for nd in self.nodes.values()), default=0)
+        catch_up = 2 * behind // self.p.max_entries
+        deadline = self.now + 40 * self.p.election_ticks + 50 + 4 * min(backlog, 100) + catch_up
         marker = f"s{self.seed}-liveness".encode()
         state: dict[str, Any] = {"at": None}
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.faults.faults import KINDS  # noqa: E402
-from tests.faults.runner import ChaosConfig, run  # noqa: E402
+from tests.faults.faults import KINDS
+from tests.faults.runner import ChaosConfig, run
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -165,7 +166,7 @@ def gaps(ops: list[Op], since: float, until: float) -> list[Gap]:
     acks = sorted(op.complete for op in ops if op.client.startswith("w") and op.status == "ok"
                   and since <= op.complete <= until)
     points = [since, *acks, until]
-    return [Gap(a, b, False) for a, b in zip(points, points[1:], strict=False) if b > a]
+    return [Gap(a, b, False) for a, b in itertools.pairwise(points) if b > a]
 
 
 @dataclass
@@ -181,8 +182,12 @@ def unavailability(ops: list[Op], windows: list[tuple[float, float, str]], since
     longest gap, and every gap longer than ``bound``."""
     out = Availability()
     all_gaps = gaps(ops, since, until)
+    starts = sorted(s for s, _, _ in windows)
     for start, end, _ in windows:
-        overlapping = [g.length for g in all_gaps if g.end > start and g.start < end + grace]
+        # A fault's own stretch: from its start to its end plus the grace, cut at the next fault.
+        nxt = min((s for s in starts if s > start), default=float("inf"))
+        stop = min(end + grace, nxt)
+        overlapping = [g.length for g in all_gaps if g.end > start and g.start < stop]
         out.per_fault.append(max(overlapping, default=0.0))
     for g in all_gaps:
         if any(g.end > s and g.start < e + grace for s, e, _ in windows):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -92,11 +93,7 @@ class ChaosCluster(E2ECluster):
         marking of tests.faults.net), start every node and wait until the cluster is healthy."""
         await lc.prepare(self.info, self.ha)
         if self.raft_extra:
-            for member in self.info.members:
-                path = Path(member.config_file)
-                extra = "".join(f"{k} = {v!r}\n".replace("'", '"') if isinstance(v, str) else f"{k} = {v}\n"
-                                for k, v in self.raft_extra.items())
-                path.write_text(path.read_text().replace("[raft]\n", "[raft]\n" + extra, 1))
+            await asyncio.to_thread(self._write_raft_extra)
         if self.cgroup_root is not None:
             for member in self.info.members:
                 (self.cgroup_root / member.name).mkdir(parents=True, exist_ok=True)
@@ -109,6 +106,12 @@ class ChaosCluster(E2ECluster):
             self.restart_node(member.name)
         await self.wait_healthy(timeout)
 
+    def _write_raft_extra(self) -> None:
+        extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.raft_extra.items())
+        for member in self.info.members:
+            path = Path(member.config_file)
+            path.write_text(path.read_text().replace("[raft]\n", "[raft]\n" + extra, 1))
+
     async def close(self) -> None:
         for member in self.info.members:
             self.thaw(member.name)
@@ -118,6 +121,9 @@ class ChaosCluster(E2ECluster):
             self.kill_member_processes(member.name)
         with contextlib.suppress(Exception):
             await lc.store_server(self.info).stop("immediate", 10)
+        await asyncio.to_thread(self._teardown_files)
+
+    def _teardown_files(self) -> None:
         for mount in reversed(self.mounts):
             for _ in range(20):
                 if subprocess.run(["umount", str(mount)], capture_output=True).returncode == 0:

@@ -241,7 +241,8 @@ class DiskReadOnly(Fault):
         dev = fx.cluster.loop_device(self.targets[0])
         if dev is None:
             raise FaultSkipped("no loop device for the data disk")
-        Path(f"/sys/fs/ext4/{Path(dev).name}/trigger_fs_error").write_text("ram chaos: disk_readonly\n")
+        await asyncio.to_thread(Path(f"/sys/fs/ext4/{Path(dev).name}/trigger_fs_error").write_text,
+                                "ram chaos: disk_readonly\n")
 
     async def undo(self, fx: FaultInjector) -> None:
         await asyncio.to_thread(self.undo_sync, fx)
@@ -298,7 +299,8 @@ class ClockJump(Fault):
             raise FaultSkipped("clock jumps move the clock of the whole machine (other tests, other users); "
                                "set RAM_CHAOS_CLOCK=1 to allow them")
         self.wall0, self.mono0 = time.time(), time.monotonic()
-        proc = subprocess.run(["date", "-s", f"@{self.wall0 + self.seconds:.3f}"], capture_output=True, text=True)
+        proc = await asyncio.to_thread(subprocess.run, ["date", "-s", f"@{self.wall0 + self.seconds:.3f}"],
+                                       capture_output=True, text=True)
         if proc.returncode != 0:
             raise FaultSkipped(f"can not set the clock here: {proc.stderr.strip()}")
         self.detail["seconds"] = self.seconds
@@ -481,5 +483,8 @@ def make_fault(kind: str, rng: random.Random, cluster_doc: dict[str, Any], names
     if kind == "clock_jump":
         return ClockJump(kind, [], seconds=rng.choice([-1, 1]) * rng.uniform(30, 600))
     if kind == "switchover":
-        return Switchover(kind, [rng.choice(replicas)] if replicas and rng.random() < 0.5 else [])
+        # In synchronous mode only a synchronous standby is eligible: name one of those.
+        sync = [m["name"] for m in cluster_doc.get("members", []) if m.get("sync_standby")]
+        pool = sync or replicas
+        return Switchover(kind, [rng.choice(pool)] if pool and rng.random() < 0.5 else [])
     raise ValueError(f"unknown fault kind {kind!r}")

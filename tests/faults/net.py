@@ -2,13 +2,15 @@
 
 Why not simply ``-s A -d B``: every member has its own loopback address (127.0.0.11, .12, …) and every
 server of a member listens on it (Raft, API, PostgreSQL), but a *client* socket that does not bind
-takes the route's source address, 127.0.0.1. ``ss -tnp`` on a running cluster shows it:
+takes the route's source address, 127.0.0.1. ``ss -tnp`` on a running cluster shows:
 
-* Raft peer connections: ``127.0.0.1:<ephemeral> -> 127.0.0.12:<raft>`` (the dialling node does not bind),
-* PostgreSQL replication (walreceiver), pg_rewind, pg_basebackup: ``127.0.0.1:<eph> -> primary:<pg>``,
+* Raft peer connections: ``127.0.0.11:<eph> -> 127.0.0.12:<raft>`` (the transport binds its own address),
+* PostgreSQL replication (walreceiver), pg_rewind, pg_basebackup: ``127.0.0.1:<eph> -> primary:<pg>``
+  (libpq can not bind a source address),
 * API forwarding from a follower to the leader: ``127.0.0.1:<eph> -> leader:<api>``.
 
-So address rules cut nothing but the replies. A cut therefore matches the *process* that sends:
+So address rules cut Raft but neither replication nor forwarded API calls (only their replies).
+A cut therefore matches the *process* that sends:
 every node runs in its own cgroup v2 (:class:`tests.faults.cluster.ChaosCluster`), and "A can not
 send to B" is two rules in the cluster's own OUTPUT chain:
 

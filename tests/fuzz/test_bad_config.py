@@ -94,10 +94,7 @@ def _set(doc: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node: Any = doc
     for part in parts[:-1]:
-        if isinstance(node, list):
-            node = node[int(part)]
-        else:
-            node = node.setdefault(part, {})
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
     if isinstance(node, list):
         node[int(parts[-1])] = value
     else:

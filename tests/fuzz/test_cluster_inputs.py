@@ -136,7 +136,7 @@ async def test_peer_with_wrong_cluster_id_or_secret_is_refused(cluster: ChaosClu
     await _fake_peer(cluster, cluster_id=cluster.info.cluster_id, node_id=2, to=target, secret=None, frames=frames)
     await _fake_peer(cluster, cluster_id=cluster.info.cluster_id, node_id=77, to=target, secret=_secret(cluster),
                      frames=frames)
-    log = Path(target.log_file).read_text()
+    log = await asyncio.to_thread(Path(target.log_file).read_text)
     assert "refused" in log, "the node does not log why it refused peers"
     await _still_serving(cluster)
 

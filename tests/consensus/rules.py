@@ -388,6 +388,24 @@ def check_leader_appends_and_answers_after_apply(core: Core) -> None:
     assert net.applied_data(1)[-1] == b"cmd"
 
 
+def check_leader_heartbeat_commit_within_match(core: Core) -> None:
+    """Leaders: a heartbeat tells a follower a commit no further than that follower's match (what
+    it holds beyond may be a stale suffix; heartbeats carry no entries to verify it)."""
+    net = Net([1, 2, 3], core=core)
+    net.elect(1)
+    net.isolate(3)
+    for k in range(4):
+        net.propose(1, f"v{k}".encode())
+    net.deliver()
+    leader = net.cores[1]
+    match3 = leader.progress[3].match
+    assert leader.commit_index > match3
+    leader.tick()
+    rd = drain(leader)
+    beats = [m for m in msgs(rd, MT.HEARTBEAT) if m.to == 3]
+    assert beats and all(m.commit <= match3 for m in beats), (match3, beats)
+
+
 def check_leader_next_match(core: Core) -> None:
     """Leaders 3: success -> matchIndex/nextIndex advance; inconsistency -> nextIndex back, retry."""
     net = Net([1, 2, 3], core=core, logs={1: [1, 1, 1], 2: [1, 1, 1], 3: [1]}, terms={1: 1, 2: 1, 3: 1})
@@ -730,6 +748,7 @@ ALL_CHECKS: tuple[Callable[[Core], None], ...] = (
     check_only_candidates_count_votes,
     check_leader_initial_append_and_heartbeats,
     check_leader_appends_and_answers_after_apply,
+    check_leader_heartbeat_commit_within_match,
     check_leader_next_match,
     check_leader_commit_majority_current_term,
     check_leader_counts_self_only_durable,

@@ -37,11 +37,19 @@ Invariants are checked incrementally after every step:
 - durability: a node never grants two votes in one term (seen on the wire), never rolls back its
   durable term or commit, and never changes its durable vote within a term;
 - membership: each node's configuration equals what its snapshot and log imply (a change takes
-  effect when appended and is rolled back when its entry is truncated);
+  effect when appended and is rolled back when its entry is truncated), and every snapshot carries
+  the configuration in effect at its index;
 - check-quorum: a leader that heard from no quorum of its voters for two election timeouts (since
   it was elected, its configuration changed or a transfer restarted its timer) is no longer leader;
 - read linearizability: every ReadIndex answer is at least as new as every write acknowledged and
   every read served before that read was invoked (real-time order).
+
+Faults besides crashes: partitions (halves, the leader alone, a bridge node, a split brain that
+heals as soon as the majority has a new leader) that either drop what crosses them or hold it and
+deliver it in a burst at the heal (as TCP does over a short outage), drops, duplicates,
+stragglers, reordering bursts, disk stalls, leadership transfers, membership changes (some left
+uncommitted by cutting their leader off), and legal but unusual appends (a leader re-sending from
+below a follower's stale suffix).
 
 At the end of a run the network heals, crashed nodes restart, and the cluster must elect a leader
 and commit and apply a new proposal on every member within a bounded number of ticks.

@@ -114,7 +114,7 @@ class E2ECluster:
         """The cluster as the Raft leader sees it (a follower's answer is fresh too, but when the
         read barrier fails it serves its own, possibly stale, state: the leader's is the reference)."""
         answers: list[dict[str, Any]] = []
-        async with httpx.AsyncClient(timeout=2) as client:
+        async with self.http(timeout=2) as client:
             for member in self.info.members:
                 if not lc.pid_alive(member.pid):
                     continue
@@ -130,12 +130,16 @@ class E2ECluster:
         raise AssertionError("no node API answers")
 
     async def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        async with httpx.AsyncClient(timeout=15) as client:
+        async with self.http(timeout=15) as client:
             for member in self.info.members:
                 if lc.pid_alive(member.pid):
                     with contextlib.suppress(httpx.ConnectError):
                         return await client.request(method, f"{member.api_url}{path}", **kwargs)
         raise AssertionError("no node API answers")
+
+    def http(self, timeout: float = 5) -> httpx.AsyncClient:
+        """An API client with the cluster's admin token (the nodes require one, as in production)."""
+        return httpx.AsyncClient(timeout=timeout, headers=self.info.api_headers(), verify=self.info.api_verify())
 
     async def wait_for(self, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

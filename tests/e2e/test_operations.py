@@ -9,7 +9,6 @@ import contextlib
 import time
 from typing import Any
 
-import httpx
 import pytest
 
 from ram import localcluster as lc
@@ -17,7 +16,7 @@ from tests.e2e.cluster import E2ECluster, Writer
 
 
 async def _code(e2e: E2ECluster, name: str, path: str) -> int:
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with e2e.http() as client:
         return (await client.get(e2e.member(name).api_url + path)).status_code
 
 
@@ -91,7 +90,7 @@ async def test_postgresql_parameters_reload_and_pending_restart(e2e: E2ECluster)
 
     await _until("max_connections pending restart on every member", 15, pending)
     leader = (await e2e.cluster())["raft_leader"]
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with e2e.http() as client:
         config = (await client.get(e2e.member(leader).api_url + "/config")).json()
     assert sorted(config["pending_restart_members"]) == sorted(names), config
     assert config["effective"]["postgresql.parameters.work_mem"] == "16MB"
@@ -167,7 +166,7 @@ async def test_leader_changes_are_invisible(e2e: E2ECluster) -> None:
             leader = doc["raft_leader"]
             others = [m["name"] for m in doc["members"] if m["name"] != leader]
             target = others[i % len(others)]
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with e2e.http(timeout=10) as client:
                 r = await client.post(e2e.member(leader).api_url + "/raft/leader", json={"to": target})
             assert r.status_code == 200, r.text
             moves += 1

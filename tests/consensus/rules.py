@@ -459,6 +459,18 @@ def check_leader_counts_self_only_durable(core: Core) -> None:
     assert c.commit_index == idx
 
 
+def check_stable_drops_on_overwrite(core: Core) -> None:
+    """Persistence: entries that replace durable ones are not durable until their Ready is advanced;
+    the index the node would count for itself as leader (``stable_index``) drops below them."""
+    c = make(core, terms=[1, 1, 2, 2, 2], term=2)
+    drain(c)
+    assert c.stable_index == 5
+    c.step(append(2, 1, 3, 2, 1, entries_with_terms([3, 3], start=3), commit=0))
+    assert c.stable_index <= 2, f"overwritten entries still counted durable up to {c.stable_index}"
+    drain(c)
+    assert c.stable_index == 4
+
+
 def check_leader_old_term_not_committed_by_counting(core: Core) -> None:
     """Leaders 4 (Figure 8): an old-term entry on a majority is not committed by counting."""
     from tests.consensus.test_scenarios_replication import figure8_commit_after_majority
@@ -752,6 +764,7 @@ ALL_CHECKS: tuple[Callable[[Core], None], ...] = (
     check_leader_next_match,
     check_leader_commit_majority_current_term,
     check_leader_counts_self_only_durable,
+    check_stable_drops_on_overwrite,
     check_leader_old_term_not_committed_by_counting,
     check_check_quorum_steps_down,
     check_vote_durable_before_reply,

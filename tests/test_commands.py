@@ -1,15 +1,14 @@
 """The pure rule from committed commands to events: HA operations keep one operation at a time and
 refuse targets that may not take over."""
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
 from ram.eventstore.commands import (
+    Arbitrate,
     BootstrapCluster,
-    CompleteOperation,
-    DesignatePrimary,
-    FailOperation,
     ReportFact,
     RequestMemberAction,
     RequestSwitchover,
@@ -18,7 +17,17 @@ from ram.eventstore.commands import (
     StartFailover,
     decide,
 )
-from ram.eventstore.events import MemberActionCompleted, MemberHealthChanged, MemberSpec, MemberTags, StoredEvent
+from ram.eventstore.events import (
+    Event,
+    FailoverCompleted,
+    MemberActionCompleted,
+    MemberHealthChanged,
+    MemberSpec,
+    MemberTags,
+    PrimaryPromoted,
+    StoredEvent,
+    SwitchoverFailed,
+)
 from ram.projections.state import ClusterState, fold
 
 TS = datetime(2026, 11, 26, tzinfo=UTC)
@@ -37,14 +46,21 @@ def cluster() -> ClusterState:
         for i in (1, 2, 3)
     )
     state, _ = apply(ClusterState.empty(), BootstrapCluster(cluster_id="c", cluster_name="c", members=members), 1)
-    state, types = apply(state, DesignatePrimary(name="pg1"), 2)
+    state, types = apply(state, arbitrated(state, PrimaryPromoted(name="pg1", timeline=1, lsn=0)), 2)
     assert types == ["primary_promoted"] and state.primary == "pg1"
     return state
 
 
-def test_designate_only_once() -> None:
-    state, types = apply(cluster(), DesignatePrimary(name="pg2"), 3)
-    assert types == ["command_rejected"] and state.primary == "pg1"
+def arbitrated(state: ClusterState, *events: Event) -> Arbitrate:
+    """The arbiter's proposal of ``events`` decided on ``state`` (how operations complete or fail)."""
+    return Arbitrate(events=events, based_on=state.last_position)
+
+
+def test_arbiter_decisions_on_stale_state_yield_nothing() -> None:
+    state = cluster()
+    stale = Arbitrate(events=(PrimaryPromoted(name="pg2", timeline=2, lsn=5),), based_on=state.last_position - 1)
+    state, types = apply(state, stale, 3)
+    assert types == [] and state.primary == "pg1"
 
 
 def test_failover_lifecycle() -> None:
@@ -52,11 +68,8 @@ def test_failover_lifecycle() -> None:
     assert types == ["failover_started"]
     state, types = apply(state, StartFailover(old_primary="pg1", candidate="pg3", reason="again"), 4)
     assert types == ["command_rejected"], "one operation at a time"
-    state, types = apply(state, CompleteOperation(operation="failover", new_primary="pg3", timeline=2, lsn=1,
-                                                  duration_ms=5), 5)
-    assert types == ["command_rejected"], "only the chosen candidate completes it"
-    state, types = apply(state, CompleteOperation(operation="failover", new_primary="pg2", timeline=2, lsn=1,
-                                                  duration_ms=5), 6)
+    done = FailoverCompleted(old_primary="pg1", new_primary="pg2", timeline=2, lsn=1, duration_ms=5)
+    state, types = apply(state, arbitrated(state, done), 6)
     assert types == ["failover_completed"] and state.primary == "pg2" and state.timeline == 2
     assert state.current_operation is None
 
@@ -75,6 +88,20 @@ def test_failover_refusals() -> None:
     assert types == ["command_rejected"]
 
 
+def test_targets_follow_the_one_candidate_rule() -> None:
+    """Command validation uses ram.ha.candidates.target_refusal: a forced failover overrides
+    nofailover (tag or priority 0) but never promotes a learner."""
+    state = cluster()
+    zero, _ = apply(state, SetTags(name="pg2", tags=MemberTags(failover_priority=0)), 3)
+    _, types = apply(zero, RequestSwitchover(candidate="pg2"), 4)
+    assert types == ["command_rejected"]
+    _, types = apply(zero, StartFailover(old_primary="pg1", candidate="pg2", reason="x", forced=True), 4)
+    assert types == ["failover_started"]
+    learner = replace(state, members={**state.members, "pg3": replace(state.members["pg3"], is_learner=True)})
+    _, types = apply(learner, StartFailover(old_primary="pg1", candidate="pg3", reason="x", forced=True), 4)
+    assert types == ["command_rejected"]
+
+
 @pytest.mark.parametrize("target", ["pg1", "nope"])
 def test_switchover_refusals(target: str) -> None:
     _, types = apply(cluster(), RequestSwitchover(candidate=target), 3)
@@ -84,7 +111,8 @@ def test_switchover_refusals(target: str) -> None:
 def test_switchover_fail_then_retry() -> None:
     state, types = apply(cluster(), RequestSwitchover(candidate="pg3"), 3)
     assert types == ["switchover_requested"]
-    state, types = apply(state, FailOperation(operation="switchover", reason="target lagging"), 4)
+    failed = SwitchoverFailed(primary="pg1", candidate="pg3", reason="target lagging")
+    state, types = apply(state, arbitrated(state, failed), 4)
     assert types == ["switchover_failed"] and state.primary == "pg1"
     state, types = apply(state, RequestSwitchover(candidate="pg3"), 5)
     assert types == ["switchover_requested"]

@@ -21,8 +21,6 @@ from ram.eventstore.events import (
     ConfigChange,
     DynamicConfigChanged,
     Event,
-    FailoverCompleted,
-    FailoverFailed,
     FailoverStarted,
     LearnerPromoted,
     MaintenanceModeChanged,
@@ -35,15 +33,13 @@ from ram.eventstore.events import (
     MemberTags,
     MemberTagsChanged,
     NodeFenced,
-    PrimaryPromoted,
     RaftLeaderElected,
     ReplicaFollowing,
     ReplicaRejoined,
-    SwitchoverCompleted,
-    SwitchoverFailed,
     SwitchoverRequested,
     SynchronousStandbysChanged,
 )
+from ram.ha.candidates import target_refusal
 from ram.projections.state import ClusterState
 
 _CONFIG = ConfigDict(extra="forbid", frozen=True)
@@ -115,15 +111,6 @@ class PatchConfig(_Command):
     by: str = ""
 
 
-class DesignatePrimary(_Command):
-    """Name the first primary of a new cluster (the arbiter's bootstrap decision)."""
-
-    kind: Literal["designate_primary"] = "designate_primary"
-    name: str
-    timeline: int = 1
-    lsn: int = 0
-
-
 class StartFailover(_Command):
     """The arbiter (or an operator, ``forced``) starts a failover to ``candidate``."""
 
@@ -143,25 +130,6 @@ class RequestSwitchover(_Command):
     candidate: str | None = None
     scheduled_at: AwareDatetime | None = None
     requested_by: str = ""
-
-
-class CompleteOperation(_Command):
-    """The candidate of the running failover/switchover reports it is primary now."""
-
-    kind: Literal["complete_operation"] = "complete_operation"
-    operation: Literal["failover", "switchover"]
-    new_primary: str
-    timeline: int
-    lsn: int
-    duration_ms: int
-
-
-class FailOperation(_Command):
-    """The running failover/switchover could not finish; the reason is recorded."""
-
-    kind: Literal["fail_operation"] = "fail_operation"
-    operation: Literal["failover", "switchover"]
-    reason: str
 
 
 FactEvent = Annotated[
@@ -210,11 +178,8 @@ Command = Annotated[
         SetMaintenance,
         SetTags,
         PatchConfig,
-        DesignatePrimary,
         StartFailover,
         RequestSwitchover,
-        CompleteOperation,
-        FailOperation,
         ReportFact,
         Arbitrate,
         RequestMemberAction,
@@ -341,7 +306,7 @@ def _decide(state: ClusterState, command: _Command, ts: datetime, term: int) -> 
         if not changes:
             return []
         return [DynamicConfigChanged(changes=changes, pending_restart=command.pending_restart, by=command.by)]
-    if isinstance(command, (DesignatePrimary, StartFailover, RequestSwitchover, CompleteOperation, FailOperation)):
+    if isinstance(command, (StartFailover, RequestSwitchover)):
         return _decide_operation(state, command)
     if isinstance(command, RequestMemberAction):
         return [_member_action(state, command)]
@@ -374,23 +339,15 @@ def _member_action(state: ClusterState, command: RequestMemberAction) -> MemberA
 
 
 def _eligible_target(state: ClusterState, name: str, *, forced: bool) -> None:
-    member = state.members.get(name)
-    if member is None:
-        raise Rejected(f"no member named {name!r}")
-    if member.is_learner:
-        raise Rejected(f"member {name!r} is a learner (not yet a voter)")
-    if member.tags.nofailover and not forced:
-        raise Rejected(f"member {name!r} is tagged nofailover")
+    """The one candidate rule (:func:`ram.ha.candidates.target_refusal`), as a rejection."""
+    refusal = target_refusal(state, name, forced=forced)
+    if refusal is not None:
+        raise Rejected(refusal)
 
 
 def _decide_operation(state: ClusterState, command: _Command) -> list[Event]:
     """Failover and switchover bookkeeping: at most one operation runs at a time."""
     current = state.current_operation
-    if isinstance(command, DesignatePrimary):
-        if state.primary is not None:
-            raise Rejected(f"the cluster already has a primary ({state.primary!r})")
-        _eligible_target(state, command.name, forced=True)
-        return [PrimaryPromoted(name=command.name, timeline=command.timeline, lsn=command.lsn)]
     if isinstance(command, StartFailover):
         if state.maintenance and not command.forced:
             raise Rejected("maintenance mode is on: no automatic failover")
@@ -420,27 +377,4 @@ def _decide_operation(state: ClusterState, command: _Command) -> list[Event]:
                 requested_by=command.requested_by,
             )
         ]
-    if isinstance(command, CompleteOperation):
-        if current is None or current.kind != command.operation or current.candidate != command.new_primary:
-            raise Rejected(f"no {command.operation} to {command.new_primary!r} is in progress")
-        if command.operation == "failover":
-            return [
-                FailoverCompleted(
-                    old_primary=current.old_primary, new_primary=command.new_primary, timeline=command.timeline,
-                    lsn=command.lsn, duration_ms=command.duration_ms,
-                )
-            ]
-        return [
-            SwitchoverCompleted(
-                old_primary=current.old_primary or command.new_primary, new_primary=command.new_primary,
-                timeline=command.timeline, lsn=command.lsn, duration_ms=command.duration_ms,
-            )
-        ]
-    assert isinstance(command, FailOperation)
-    if current is None or current.kind != command.operation:
-        raise Rejected(f"no {command.operation} is in progress")
-    if command.operation == "failover":
-        return [FailoverFailed(old_primary=current.old_primary, reason=command.reason)]
-    return [
-        SwitchoverFailed(primary=current.old_primary or "", candidate=current.candidate, reason=command.reason)
-    ]
+    raise Rejected(f"unknown operation command {type(command).__name__}")

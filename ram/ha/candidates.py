@@ -54,6 +54,7 @@ __all__ = [
     "is_diverged",
     "is_fresh",
     "switchover_precheck",
+    "target_refusal",
 ]
 
 Role = Literal["primary", "replica", "unknown"]
@@ -166,17 +167,36 @@ def _primary_reference(state: ClusterState, observations: Mapping[str, MemberObs
     return max(refs) if refs else None
 
 
-def _static(m: Member, state: ClusterState, *, require_healthy: bool) -> str | None:
-    """The rules that need no live report: the same for the arbiter and for the API's pre-check."""
+def _static_rule(m: Member, *, require_healthy: bool) -> tuple[str, str] | None:
+    """The first failing rule that needs no live report, as (rule, reason): the same for the
+    arbiter, the API's pre-check and command validation (:func:`target_refusal`)."""
     if m.is_learner:
-        return "learner: is a Raft learner"
+        return "learner", "learner: is a Raft learner"
     if m.tags.nofailover:
-        return "nofailover: tagged nofailover"
+        return "nofailover", "nofailover: tagged nofailover"
     if m.tags.failover_priority == 0:
-        return "nofailover: failover_priority is 0"
+        return "nofailover", "nofailover: failover_priority is 0"
     if require_healthy and m.healthy is not True:
-        return f"unhealthy: {m.health_reason or 'not reported healthy'}"
+        return "unhealthy", f"unhealthy: {m.health_reason or 'not reported healthy'}"
     return None
+
+
+def _static(m: Member, state: ClusterState, *, require_healthy: bool) -> str | None:
+    rule = _static_rule(m, require_healthy=require_healthy)
+    return None if rule is None else rule[1]
+
+
+def target_refusal(state: ClusterState, name: str, *, forced: bool = False) -> str | None:
+    """Why a command may not name member ``name`` as the next primary (failover or switchover
+    target), judged on committed state only; None when it may. ``forced`` (an operator's manual
+    failover) overrides the ``nofailover`` rule and nothing else: a learner is never promoted."""
+    m = state.members.get(name)
+    if m is None:
+        return f"no member named {name!r}"
+    rule = _static_rule(m, require_healthy=False)
+    if rule is None or (forced and rule[0] == "nofailover"):
+        return None
+    return f"{name} is not eligible: {rule[1]}"
 
 
 def _on_history(state: ClusterState, timeline: int | None, position: int | None) -> bool:

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 #: The newest revision in migrations/ (a test checks it against Alembic's own view).
 SCHEMA_HEAD = "0005"
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+#: Inside the package, so an installed wheel carries them (in a source checkout ``ram/_migrations``
+#: links to ``migrations/``, where Alembic's own ``alembic.ini`` finds them too).
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "_migrations"
 
 
 def execute_script(sql: str) -> None:

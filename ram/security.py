@@ -16,7 +16,8 @@ Token file (``api.tokens_file``; TOML, or JSON/YAML by suffix), mode 0600 or str
     sha256 = "9f86d081884c7d65..."  # hex SHA-256 of the token (or: token = "<the token itself>")
 
 Environment of ``ram node run`` (added to the file's tokens): ``RAM_ADMIN_TOKEN`` (name
-``env-admin``) and ``RAM_READ_TOKEN`` (name ``env-read``).
+``env-admin``) and ``RAM_READ_TOKEN`` (name ``env-read``). A changed token file is read again while
+the node runs (:meth:`TokenSet.refresh`), so tokens rotate without a restart.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets
 import stat
+import time
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +39,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+log = logging.getLogger("ram.api.auth")
 
 Role = Literal["read", "admin"]
 ROLES: tuple[Role, ...] = ("read", "admin")
@@ -47,6 +52,8 @@ ENV_TOKENS: dict[str, tuple[str, Role]] = {
 #: Shorter tokens are refused: a token is a password that nobody types, so there is no reason
 #: for a guessable one (``ram cluster up`` makes 43-character ones).
 MIN_TOKEN_LENGTH = 16
+#: How often a node looks whether its tokens file changed (a stat, on a request that presents a token).
+RELOAD_CHECK_S = 1.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -96,17 +103,56 @@ def new_token() -> str:
 
 
 class TokenSet:
-    """The tokens a node accepts; :meth:`identify` answers who a presented token belongs to."""
+    """The tokens a node accepts; :meth:`identify` answers who a presented token belongs to.
 
-    def __init__(self, tokens: Iterable[Token] = ()) -> None:
+    With ``path`` (the tokens file), a changed file is read again (checked at most every
+    ``RELOAD_CHECK_S``), so tokens are added, rotated or revoked without restarting the node; a file
+    that can not be used then (bad permissions, a typo) is logged and the tokens in force stay.
+    ``extra`` (from the environment) are kept across reloads."""
+
+    def __init__(self, tokens: Iterable[Token] = (), *, path: Path | None = None, extra: Iterable[Token] = ()) -> None:
         self.tokens: tuple[Token, ...] = tuple(tokens)
+        self.path = path
+        self._extra = tuple(extra)
+        self._signature = self._stat()
+        self._checked = time.monotonic()
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def _stat(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Read the tokens file again if it changed since it was last read."""
+        now = time.monotonic()
+        if self.path is None or (not force and now - self._checked < RELOAD_CHECK_S):
+            return
+        self._checked = now
+        signature = self._stat()
+        if signature == self._signature:
+            return
+        self._signature = signature
+        try:
+            tokens = [*load_tokens_file(self.path), *self._extra]
+            if len({t.name for t in tokens}) != len(tokens):
+                raise SecurityConfigError("the same token name comes from the tokens file and the environment")
+        except SecurityConfigError as exc:
+            log.warning("api tokens file not reloaded, the tokens in force stay: %s", exc)
+            return
+        self.tokens = tuple(tokens)
+        log.info("api tokens file reloaded path=%s tokens=%s", self.path, ",".join(t.name for t in self.tokens))
+
     def identify(self, presented: str) -> Identity | None:
         """The identity of ``presented``, or None. Every known digest is compared (in constant time),
         whether or not an earlier one matched."""
+        self.refresh()
         candidate = digest(presented)
         found: Token | None = None
         for token in self.tokens:
@@ -317,7 +363,8 @@ class ApiSecurity:
         tokens_file = getattr(api, "tokens_file", None)
         if tokens_file is not None:
             tokens += load_tokens_file(Path(tokens_file))
-        tokens += tokens_from_env(env)
+        from_env = tokens_from_env(env)
+        tokens += from_env
         names = [t.name for t in tokens]
         if len(set(names)) != len(names):
             raise SecurityConfigError("the same token name comes from the tokens file and the environment")
@@ -336,7 +383,7 @@ class ApiSecurity:
             raise SecurityConfigError("api.tls_client_ca needs api.tls_cert and api.tls_key (HTTPS)")
         return cls(
             enabled=enabled,
-            tokens=TokenSet(tokens),
+            tokens=TokenSet(tokens, path=None if tokens_file is None else Path(tokens_file), extra=from_env),
             auth_reads=bool(getattr(api, "auth_reads", True)),
             auth_health=bool(getattr(api, "auth_health", False)),
             allowed_hosts=tuple(h.lower() for h in getattr(api, "allowed_hosts", ()) or ()),

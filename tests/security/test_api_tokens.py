@@ -99,6 +99,24 @@ def test_token_file_mistakes_are_one_line_naming_the_key_never_the_token(tmp_pat
     assert needle in message and "\n" not in message and TOKEN not in message and str(path) in message
 
 
+def test_a_changed_tokens_file_is_read_again_without_a_restart(tmp_path: Path) -> None:
+    """Rotation: a new token works and a removed one stops working once the file changed; a broken
+    file (here: others may read it) leaves the tokens in force, and env tokens stay throughout."""
+    path = write_private(tmp_path / "tokens.toml", f'[tokens.ops]\nrole = "admin"\ntoken = "{TOKEN}"\n')
+    security = ApiSecurity.from_settings(SimpleNamespace(tokens_file=path), {"RAM_READ_TOKEN": "r" * 20})
+    tokens = security.tokens
+    assert tokens.identify(TOKEN) is not None and tokens.identify("r" * 20) is not None
+    rotated = new_token()
+    write_private(path, tokens_file_text({"ops2": ("admin", rotated)}), overwrite=True)
+    tokens.refresh(force=True)
+    assert tokens.identify(TOKEN) is None and tokens.identify(rotated) == Identity("ops2", "admin")
+    assert tokens.identify("r" * 20) == Identity("env-read", "read")
+    write_private(path, f'[tokens.ops]\nrole = "admin"\ntoken = "{TOKEN}"\n', overwrite=True)
+    path.chmod(0o644)
+    tokens.refresh(force=True)
+    assert tokens.identify(rotated) is not None and tokens.identify(TOKEN) is None
+
+
 def test_environment_tokens() -> None:
     security = ApiSecurity.from_settings(SimpleNamespace(), {"RAM_ADMIN_TOKEN": TOKEN, "RAM_READ_TOKEN": "r" * 20})
     assert security.enabled and len(security.tokens) == 2

@@ -325,7 +325,8 @@ async def failover(request: Request[Any, Any, Any], ctx: Ctx, data: JSONBody[Fai
     primary = state.members.get(state.primary or "")
     if primary is not None and primary.healthy:
         raise ApiError(409, f"the primary {primary.name} is healthy: use a switchover instead")
-    reason = data.reason or "manual failover requested"
+    # StartFailover has no requested_by field: who asked goes into the reason the events carry.
+    reason = f"{data.reason or 'manual failover requested'} (requested by {_who(request, '')})"
     result = await ctx.node.propose(
         StartFailover(old_primary=state.primary, candidate=data.candidate, reason=reason, forced=True)
     )

@@ -50,12 +50,18 @@ def raft_leader_name(node: RaftNode) -> str | None:
     return f"node{leader}"
 
 
-def api_url(address: str) -> str:
+def api_url(address: str, scheme: str = "http") -> str:
     """``host:port`` (IPv6 as ``[::1]:port``) -> ``http://host:port``: what a client can use directly."""
     host, _, port = address.rpartition(":")
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
+
+
+def api_scheme(node: RaftNode) -> str:
+    """The members' API scheme: a cluster's APIs speak HTTPS when this node's does (members are
+    configured alike; a member's address alone does not say)."""
+    return "https" if node.config.api.tls_cert is not None else "http"
 
 
 def leader_api_url(node: RaftNode, leader_id: int | None = None) -> str | None:
@@ -70,9 +76,9 @@ def leader_api_url(node: RaftNode, leader_id: int | None = None) -> str | None:
         return None
     for member in node.state.members.values():
         if member.node_id == leader:
-            return api_url(member.api_address)
+            return api_url(member.api_address, api_scheme(node))
     if leader == node.config.node_id:
-        return api_url(api_address(node.config))
+        return api_url(api_address(node.config), api_scheme(node))
     return None
 
 

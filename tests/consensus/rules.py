@@ -469,6 +469,11 @@ def check_stable_drops_on_overwrite(core: Core) -> None:
     assert c.stable_index <= 2, f"overwritten entries still counted durable up to {c.stable_index}"
     drain(c)
     assert c.stable_index == 4
+    snap = Snapshot(9, 3, conf_of([1, 2, 3]), b"app@9")
+    c.step(Message(MT.SNAPSHOT, 2, 1, 3, snapshot=snap))
+    assert c.stable_index < 9, "a snapshot counted durable before its Ready was written"
+    drain(c)
+    assert c.stable_index == 9
 
 
 def check_leader_old_term_not_committed_by_counting(core: Core) -> None:
@@ -527,6 +532,16 @@ def check_stale_ack_dropped(core: Core) -> None:
     stale = [a for a in acks if a[0] == 2]
     assert not stale, f"acked overwritten entries to the stale leader: {stale}"
     assert (3, 3) in acks
+    # The same when the overwrite starts at the follower's very last entry.
+    c = make(core, voters=(1, 2, 3, 4, 5), terms=[1, 1], term=2, vote=NONE)
+    drain(c)
+    c.step(append(9, 1, 2, 0, 0, [], commit=0))
+    outstanding = c.ready()
+    c.step(append(2, 1, 2, 2, 1, entries_with_terms([2], start=3), commit=0))  # ack 3 (= last)
+    c.step(append(3, 1, 3, 2, 1, entries_with_terms([3, 3], start=3), commit=0))
+    c.advance(outstanding)
+    acks = [(m.to, m.index) for m in msgs(c.ready(), MT.APPEND_RESP) if not m.reject]
+    assert not [a for a in acks if a[0] == 2], f"acked an overwritten last entry to the stale leader: {acks}"
 
 
 def check_stale_ack_dropped_by_snapshot(core: Core) -> None:
@@ -607,6 +622,21 @@ def check_conf_effect_on_append_and_rollback(core: Core) -> None:
     c.step(append(3, 1, 3, 1, 1, entries_with_terms([3], start=2), commit=1))
     assert terms_of(c) == [1, 3]
     assert c.conf.voters == {1, 2, 3}, f"kept {sorted(c.conf.voters)} after its entry was truncated"
+
+
+def check_removed_node_served_until_removal_commits(core: Core) -> None:
+    """Membership: a node being removed keeps its progress (and keeps receiving the log) until the
+    removal commits, so that it learns of its own removal instead of campaigning."""
+    net = Net([1, 2, 3], core=core, max_entries_per_msg=1)
+    net.elect(1)
+    net.tick_all(2)
+    leader = net.cores[1]
+    net.propose(1, b"x")
+    leader.propose_conf_change(ConfChange(CC.REMOVE_NODE, 3))
+    net.drop = lambda m: m.type is MT.APPEND and m.to == 2 and any(e.type is EntryType.CONF_CHANGE for e in m.entries)
+    net.deliver()
+    assert leader.commit_index < leader.last_index and leader.conf.voters == {1, 2}
+    assert 3 in leader.progress, "dropped the node being removed before its removal committed"
 
 
 def check_conf_one_at_a_time(core: Core) -> None:
@@ -776,6 +806,7 @@ ALL_CHECKS: tuple[Callable[[Core], None], ...] = (
     check_readyplan_only_replication_early,
     check_single_voter_leader_waits_for_term,
     check_conf_effect_on_append_and_rollback,
+    check_removed_node_served_until_removal_commits,
     check_conf_one_at_a_time,
     check_snapshot_conf_is_conf_at_its_index,
     check_conf_from_snapshot,

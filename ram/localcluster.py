@@ -254,6 +254,7 @@ def node_config_toml(info: ClusterInfo, member: MemberInfo, store_dsn: str, ha: 
         "[raft]",
         f'listen = "{member.host}:{member.raft_port}"',
         f'secret_file = "{raft_secret_file(info)}"',
+        *_tls_lines(info, member, "tls_ca"),
         "peers = [",
     ]
     for other in info.members:
@@ -278,12 +279,25 @@ def node_config_toml(info: ClusterInfo, member: MemberInfo, store_dsn: str, ha: 
         f'data_dir = "{member.pg_data_dir}"',
         f'replication_password = "{info.replication_password}"',
         f'superuser_password = "{info.superuser_password}"',
+        *_tls_lines(info, member, "tls_ca"),
     ]
     if ha:
         lines += ["", "[ha]"] + [f"{key} = {json.dumps(value)}" for key, value in ha.items()]
     text = "\n".join(lines) + "\n"
     tomllib.loads(text)  # what we write must parse
     return text
+
+
+def _tls_lines(info: ClusterInfo, member: MemberInfo, ca_key: str) -> list[str]:
+    """With ``--tls``, Raft (mutual TLS, besides the secret) and PostgreSQL (ssl, hostssl, verify-full
+    replication) use the member's certificate of the cluster CA, as the API does."""
+    if not info.tls:
+        return []
+    return [
+        f'tls_cert = "{info.tls_dir / member.name}.crt"',
+        f'tls_key = "{info.tls_dir / member.name}.key"',
+        f'{ca_key} = "{info.tls_dir / "ca.crt"}"',
+    ]
 
 
 def _api_security_lines(info: ClusterInfo, member: MemberInfo) -> list[str]:

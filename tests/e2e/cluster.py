@@ -48,9 +48,9 @@ def _free(host: str, port: int) -> bool:
 
 
 class E2ECluster:
-    def __init__(self, nodes: int = 3, ha: dict[str, Any] | None = None) -> None:
+    def __init__(self, nodes: int = 3, ha: dict[str, Any] | None = None, *, tls: bool = False) -> None:
         self.root = make_tempdir("ram-e2e-")
-        self.info = lc.plan(self.root / "cluster", nodes, free_base_port(nodes), name="e2e")
+        self.info = lc.plan(self.root / "cluster", nodes, free_base_port(nodes), name="e2e", tls=tls)
         self.ha = ha
         os.environ["PGPASSFILE"] = str(self.info.pgpass_file)
 

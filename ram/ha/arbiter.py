@@ -1,13 +1,14 @@
 """The arbiter: the Raft leader's decision function, and its lease grant policy.
 
 :func:`arbitrate` is pure: committed state + latest member reports + the leader's lease view + time
-in, a list of decisions out. Each decision carries a ``reason`` (logged and stored in its event) and
-:meth:`Decision.to_events` gives the events the runtime proposes. A decision that moves the lease
-away from a node names it in ``revokes``: the runtime calls ``ArbiterLeaseView.revoke(name,
-until_position=<proposal index>)`` BEFORE proposing (see :mod:`ram.ha.lease`). A ``ChangeSyncSet``
-with ``guard_position`` must be rejected by the apply loop unless ``state.last_position`` equals it.
+in, a list of decisions out. Each :class:`Decision` carries the events it proposes (none: it waits),
+a ``reason`` and the name of the ``rule`` that decided it (logged, and stored in the events'
+reasons). A decision that moves the lease away from a node names it in ``revokes``: the runtime
+calls ``ArbiterLeaseView.revoke(name, until_position=<proposal index>)`` BEFORE proposing (see
+:mod:`ram.ha.lease`). A synchronous-set step with ``guard_position`` is only valid while
+``state.last_position`` equals it (the ``Arbitrate`` command's ``based_on`` enforces that).
 
-Per tick: :data:`HEALTH_RULES` give zero or more ``MarkHealth``; then the first matching row of
+Per tick: :data:`HEALTH_RULES` give zero or more ``member_health_changed``; then the first matching row of
 :data:`RULES` gives the main decision (or none when the primary is healthy); then, when the primary
 is healthy and nothing is in progress, the sync-set step (:func:`ram.ha.syncset.plan_sync_change`).
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from ram.eventstore.events import (
     Event,
@@ -43,28 +43,17 @@ from ram.eventstore.events import (
     SwitchoverFailed,
     SynchronousStandbysChanged,
 )
-from ram.ha.candidates import CandidateChoice, CandidateVerdict, MemberObservation, choose_candidate, is_fresh
+from ram.ha.candidates import CandidateChoice, MemberObservation, choose_candidate, is_fresh
 from ram.ha.lease import ArbiterLeaseView, GrantVerdict
 from ram.ha.settings import HASettings
-from ram.ha.syncset import SyncConfig, parse_standby_names, plan_sync_change
+from ram.ha.syncset import parse_standby_names, plan_sync_change
 from ram.projections.state import ClusterState, OperationRecord
 
 __all__ = [
     "HEALTH_RULES",
     "RULES",
-    "AcceptSwitchover",
     "ArbiterInput",
-    "BootstrapPrimary",
-    "ChangeSyncSet",
-    "CompleteFailover",
-    "CompleteSwitchover",
     "Decision",
-    "FailFailover",
-    "FailSwitchover",
-    "MarkHealth",
-    "RecordPromotion",
-    "StartFailover",
-    "Wait",
     "arbitrate",
     "decide_grant",
     "grant_policy",
@@ -77,185 +66,48 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """``rule``: the name of the :data:`RULES` / :data:`HEALTH_RULES` row (or ``sync-set``) that
-    decided it; logged, and stored in every event's reason through :attr:`why`."""
+    """One decision of the arbiter: the events it proposes, built by the rule that decided it (no
+    mirror of the event catalogue here: what a decision records IS its events). No events: it
+    waits, and ``reason`` says for what.
+
+    ``revokes``: the node whose lease this decision moves away (the runtime revokes it before
+    proposing, see :mod:`ram.ha.lease`). ``guard_position``: a synchronous-set step that is only
+    valid while the state is still at that position. ``rule``: the name of the :data:`RULES` /
+    :data:`HEALTH_RULES` row (or ``sync-set``) that decided it; logged, and stored at the end of
+    every event reason by :meth:`to_events`."""
 
     reason: str
+    events: tuple[Event, ...] = ()
+    revokes: str | None = None
+    guard_position: int | None = None
     rule: str = field(default="", kw_only=True, compare=False)
 
     @property
     def why(self) -> str:
-        """The reason with the rule's name, as logged and stored in the events."""
+        """The reason with the rule's name, as logged and stored."""
         return f"{self.reason} [rule {self.rule}]" if self.rule else self.reason
 
     @property
-    def revokes(self) -> str | None:
-        return None
+    def waits(self) -> bool:
+        return not self.events
 
     def to_events(self) -> list[Event]:
-        return []
+        """The events to propose, each reason ending with the rule's name."""
+        if not self.rule:
+            return list(self.events)
+        return [_with_rule(ev, self.rule) for ev in self.events]
 
 
-@dataclass(frozen=True, slots=True)
-class Wait(Decision):
-    pass
+def _with_rule(ev: Event, rule: str) -> Event:
+    reason = getattr(ev, "reason", None)
+    if not isinstance(reason, str):
+        return ev  # events without a reason (promotions, completions): the rule is in the log line
+    suffix = f" [rule {rule}]"
+    return ev.model_copy(update={"reason": reason[: 1000 - len(suffix)] + suffix})
 
 
-@dataclass(frozen=True, slots=True)
-class BootstrapPrimary(Decision):
-    name: str
-
-    def to_events(self) -> list[Event]:
-        return [PrimaryPromoted(name=self.name, timeline=1, lsn=0)]
-
-
-@dataclass(frozen=True, slots=True)
-class StartFailover(Decision):
-    old_primary: str | None
-    candidate: str
-    candidates: tuple[CandidateVerdict, ...] = ()
-
-    @property
-    def revokes(self) -> str | None:
-        return self.old_primary
-
-    def to_events(self) -> list[Event]:
-        return [
-            FailoverStarted(
-                old_primary=self.old_primary,
-                reason=self.why[:1000],
-                candidates=tuple(v.to_info() for v in self.candidates),
-                chosen=self.candidate,
-            )
-        ]
-
-
-@dataclass(frozen=True, slots=True)
-class CompleteFailover(Decision):
-    old_primary: str | None
-    new_primary: str
-    timeline: int
-    lsn: int
-    duration_ms: int
-
-    def to_events(self) -> list[Event]:
-        return [
-            FailoverCompleted(
-                old_primary=self.old_primary,
-                new_primary=self.new_primary,
-                timeline=self.timeline,
-                lsn=self.lsn,
-                duration_ms=self.duration_ms,
-            )
-        ]
-
-
-@dataclass(frozen=True, slots=True)
-class FailFailover(Decision):
-    old_primary: str | None
-    candidate: str | None
-
-    @property
-    def revokes(self) -> str | None:
-        return self.candidate
-
-    def to_events(self) -> list[Event]:
-        return [FailoverFailed(old_primary=self.old_primary, reason=self.why[:1000])]
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptSwitchover(Decision):
-    primary: str
-    candidate: str
-
-    def to_events(self) -> list[Event]:
-        return [SwitchoverAccepted(primary=self.primary, candidate=self.candidate, reason=self.why[:1000])]
-
-
-@dataclass(frozen=True, slots=True)
-class CompleteSwitchover(Decision):
-    old_primary: str
-    new_primary: str
-    timeline: int
-    lsn: int
-    duration_ms: int
-
-    def to_events(self) -> list[Event]:
-        return [
-            SwitchoverCompleted(
-                old_primary=self.old_primary,
-                new_primary=self.new_primary,
-                timeline=self.timeline,
-                lsn=self.lsn,
-                duration_ms=self.duration_ms,
-            )
-        ]
-
-
-@dataclass(frozen=True, slots=True)
-class FailSwitchover(Decision):
-    primary: str
-    candidate: str | None
-    accepted: bool = False
-
-    @property
-    def revokes(self) -> str | None:
-        return self.candidate if self.accepted else None
-
-    def to_events(self) -> list[Event]:
-        return [SwitchoverFailed(primary=self.primary, candidate=self.candidate, reason=self.why[:1000])]
-
-
-@dataclass(frozen=True, slots=True)
-class RecordPromotion(Decision):
-    name: str
-    timeline: int
-    lsn: int
-
-    def to_events(self) -> list[Event]:
-        return [PrimaryPromoted(name=self.name, timeline=self.timeline, lsn=self.lsn)]
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeSyncSet(Decision):
-    config: SyncConfig
-    guard_position: int | None = None
-    degraded: bool = False
-
-    def to_events(self) -> list[Event]:
-        return [
-            SynchronousStandbysChanged(
-                mode=self.config.mode,
-                num_sync=self.config.num_sync,
-                standbys=self.config.standbys,
-                reason=self.why[:1000],
-            )
-        ]
-
-
-@dataclass(frozen=True, slots=True)
-class MarkHealth(Decision):
-    name: str
-    healthy: bool
-    pg_running: bool = False
-    role: Literal["primary", "replica", "unknown"] = "unknown"
-    timeline: int | None = None
-    lsn: int | None = None
-    lag_bytes: int | None = None
-
-    def to_events(self) -> list[Event]:
-        return [
-            MemberHealthChanged(
-                name=self.name,
-                healthy=self.healthy,
-                pg_running=self.pg_running,
-                role=self.role,
-                timeline=self.timeline,
-                lsn=self.lsn,
-                lag_bytes=self.lag_bytes,
-                reason=self.why[:1000],
-            )
-        ]
+def _wait(reason: str) -> Decision:
+    return Decision(reason)
 
 
 # -- input and context ----------------------------------------------------------------------------
@@ -419,6 +271,10 @@ def _pos(o: MemberObservation | None) -> int:
 # -- builders -------------------------------------------------------------------------------------
 
 
+def _bootstrap_as(reason: str, name: str) -> Decision:
+    return Decision(reason, (PrimaryPromoted(name=name, timeline=1, lsn=0),))
+
+
 def _bootstrap(c: Ctx, reason: str) -> Decision:
     pool = [
         m
@@ -428,11 +284,11 @@ def _bootstrap(c: Ctx, reason: str) -> Decision:
     with_data = [m for m in pool if (o := c.obs(m.name)) is not None and o.pg_running and o.role == "primary"]
     if with_data:
         best = max(with_data, key=lambda m: (_pos(c.obs(m.name)), -m.node_id))
-        return BootstrapPrimary(f"{reason}: {best.name} already runs a primary with the most WAL", best.name)
+        return _bootstrap_as(f"{reason}: {best.name} already runs a primary with the most WAL", best.name)
     if not pool:
-        return Wait(f"{reason}: no reachable voter without nofailover yet")
+        return _wait(f"{reason}: no reachable voter without nofailover yet")
     first = min(pool, key=lambda m: m.node_id)
-    return BootstrapPrimary(f"{reason}: {first.name} has the lowest node id among reachable voters", first.name)
+    return _bootstrap_as(f"{reason}: {first.name} has the lowest node id among reachable voters", first.name)
 
 
 def _fork(o: MemberObservation) -> int:
@@ -445,19 +301,20 @@ def _complete_failover(c: Ctx, reason: str) -> Decision:
     assert c.op is not None and c.op.candidate is not None
     o = c.promoted(c.op.candidate)
     assert o is not None and o.timeline is not None
-    return CompleteFailover(
-        f"{reason}: {c.op.candidate} runs as primary on timeline {o.timeline}",
-        c.op.old_primary,
-        c.op.candidate,
-        o.timeline,
-        _fork(o),
-        c.outage_ms(),
+    done = FailoverCompleted(
+        old_primary=c.op.old_primary,
+        new_primary=c.op.candidate,
+        timeline=o.timeline,
+        lsn=_fork(o),
+        duration_ms=c.outage_ms(),
     )
+    return Decision(f"{reason}: {c.op.candidate} runs as primary on timeline {o.timeline}", (done,))
 
 
 def _fail_failover(c: Ctx, reason: str) -> Decision:
     assert c.op is not None
-    return FailFailover(f"{reason}: {c.op.candidate}", c.op.old_primary, c.op.candidate)
+    why = f"{reason}: {c.op.candidate}"
+    return Decision(why, (FailoverFailed(old_primary=c.op.old_primary, reason=why[:1000]),), revokes=c.op.candidate)
 
 
 def _candidate_lease_expired(c: Ctx) -> bool:
@@ -479,7 +336,8 @@ def _switchover_problem(c: Ctx) -> str | None:
 
 def _refuse_switchover(c: Ctx, reason: str) -> Decision:
     assert c.op is not None and c.op.old_primary is not None
-    return FailSwitchover(f"{reason}: {_switchover_problem(c)}", c.op.old_primary, c.op.candidate)
+    why = f"{reason}: {_switchover_problem(c)}"
+    return Decision(why, (SwitchoverFailed(primary=c.op.old_primary, candidate=c.op.candidate, reason=why[:1000]),))
 
 
 def _accept_switchover(c: Ctx, reason: str) -> Decision:
@@ -487,7 +345,8 @@ def _accept_switchover(c: Ctx, reason: str) -> Decision:
     assert op is not None and op.old_primary is not None
     ch = c.choice((op.old_primary,), op.candidate, switchover=True)
     assert ch.chosen is not None  # checked by _switchover_problem
-    return AcceptSwitchover(f"{reason}: {ch.chosen} ({ch.reason})", op.old_primary, ch.chosen)
+    why = f"{reason}: {ch.chosen} ({ch.reason})"
+    return Decision(why, (SwitchoverAccepted(primary=op.old_primary, candidate=ch.chosen, reason=why[:1000]),))
 
 
 def _complete_switchover(c: Ctx, reason: str) -> Decision:
@@ -495,35 +354,38 @@ def _complete_switchover(c: Ctx, reason: str) -> Decision:
     assert op is not None and op.candidate is not None and op.old_primary is not None
     o = c.promoted(op.candidate)
     assert o is not None and o.timeline is not None
-    return CompleteSwitchover(
-        f"{reason}: {op.candidate} runs as primary on timeline {o.timeline}",
-        op.old_primary,
-        op.candidate,
-        o.timeline,
-        _fork(o),
-        c.elapsed_ms(),
+    done = SwitchoverCompleted(
+        old_primary=op.old_primary,
+        new_primary=op.candidate,
+        timeline=o.timeline,
+        lsn=_fork(o),
+        duration_ms=c.elapsed_ms(),
     )
+    return Decision(f"{reason}: {op.candidate} runs as primary on timeline {o.timeline}", (done,))
 
 
 def _fail_switchover(c: Ctx, reason: str) -> Decision:
     op = c.op
     assert op is not None and op.old_primary is not None
-    return FailSwitchover(f"{reason}: {op.candidate}", op.old_primary, op.candidate, accepted=True)
+    why = f"{reason}: {op.candidate}"
+    failed = SwitchoverFailed(primary=op.old_primary, candidate=op.candidate, reason=why[:1000])
+    return Decision(why, (failed,), revokes=op.candidate)
 
 
 def _record_promotion(c: Ctx, reason: str) -> Decision:
     o = c.promoted(c.state.primary)
     assert o is not None and o.timeline is not None and c.state.primary is not None
-    return RecordPromotion(f"{reason}: timeline {o.timeline}", c.state.primary, o.timeline, _fork(o))
+    promoted = PrimaryPromoted(name=c.state.primary, timeline=o.timeline, lsn=_fork(o))
+    return Decision(f"{reason}: timeline {o.timeline}", (promoted,))
 
 
 def _lease_wait(c: Ctx, reason: str) -> Decision:
     p = c.state.primary
     if p is None:
         holders = ", ".join(c.inp.lease.holders(c.now)) or "none"
-        return Wait(f"{reason}: no primary; leases possibly valid: {holders}")
+        return _wait(f"{reason}: no primary; leases possibly valid: {holders}")
     left = c.inp.lease.seconds_until_expired(p, c.now)
-    return Wait(f"{reason}: {_down(c)}; lease of {p} expires in {left:.1f} s")
+    return _wait(f"{reason}: {_down(c)}; lease of {p} expires in {left:.1f} s")
 
 
 def _down(c: Ctx) -> str:
@@ -542,17 +404,22 @@ def _start_failover(c: Ctx, reason: str) -> Decision:
     ch = c.failover_choice()
     assert ch.chosen is not None
     detail = _down(c) if c.state.primary is not None else "no primary"
-    return StartFailover(f"{reason}: {detail}; {ch.reason}", c.state.primary, ch.chosen, ch.verdicts)
+    why = f"{reason}: {detail}; {ch.reason}"
+    started = FailoverStarted(
+        old_primary=c.state.primary, reason=why[:1000], candidates=tuple(v.to_info() for v in ch.verdicts),
+        chosen=ch.chosen,
+    )
+    return Decision(why, (started,), revokes=c.state.primary)
 
 
 def _no_candidate(c: Ctx, reason: str) -> Decision:
-    return Wait(f"{reason}: {_down(c)}; {c.failover_choice().reason}")
+    return _wait(f"{reason}: {_down(c)}; {c.failover_choice().reason}")
 
 
 def _const_wait(c: Ctx, reason: str) -> Decision:
     op = c.op
     extra = f" ({op.kind} {op.old_primary} -> {op.candidate})" if op is not None else ""
-    return Wait(reason + extra)
+    return _wait(reason + extra)
 
 
 def _nothing(c: Ctx, reason: str) -> None:
@@ -728,16 +595,22 @@ def _health(c: Ctx) -> list[Decision]:
             detail = f"{rule.reason} (role {o.role}, timeline {o.timeline}, cluster timeline {c.state.timeline})"
         elif rule.name in ("replica-streaming", "replica-not-streaming"):
             detail = c.streaming(name)[1]
+        why = f"{name} {'healthy' if rule.healthy else 'unhealthy'}: {detail}"
         out.append(
-            MarkHealth(
-                f"{name} {'healthy' if rule.healthy else 'unhealthy'}: {detail}",
-                name,
-                rule.healthy,
-                pg_running,
-                role,
-                timeline,
-                o.wal_position if o is not None and fresh else m.lsn,
-                o.lag_bytes if o is not None and fresh else None,
+            Decision(
+                why,
+                (
+                    MemberHealthChanged(
+                        name=name,
+                        healthy=rule.healthy,
+                        pg_running=pg_running,
+                        role=role,
+                        timeline=timeline,
+                        lsn=o.wal_position if o is not None and fresh else m.lsn,
+                        lag_bytes=o.lag_bytes if o is not None and fresh else None,
+                        reason=why[:1000],
+                    ),
+                ),
                 rule=f"health:{rule.name}",
             )
         )
@@ -754,7 +627,10 @@ def _sync(c: Ctx, health_changed: bool) -> list[Decision]:
         return []
     if step.guard_position is not None and health_changed:
         return []  # the guard would reject it: health events are proposed first
-    return [ChangeSyncSet(step.reason, step.config, step.guard_position, step.degraded, rule="sync-set")]
+    changed = SynchronousStandbysChanged(
+        mode=step.config.mode, num_sync=step.config.num_sync, standbys=step.config.standbys, reason=step.reason[:1000]
+    )
+    return [Decision(step.reason, (changed,), guard_position=step.guard_position, rule="sync-set")]
 
 
 def arbitrate(inp: ArbiterInput) -> list[Decision]:
@@ -769,9 +645,8 @@ def arbitrate(inp: ArbiterInput) -> list[Decision]:
     ):
         op = None  # scheduled and not due yet: the runtime passes it as pending_switchover when due
     c = Ctx(inp, op)
-    out: list[Decision] = []
-    if inp.state.cluster_id is not None:
-        out.extend(_health(c))
+    health = _health(c) if inp.state.cluster_id is not None else []
+    out: list[Decision] = list(health)
     for rule in RULES:
         if rule.when(c):
             d = rule.build(c, rule.reason)
@@ -779,7 +654,7 @@ def arbitrate(inp: ArbiterInput) -> list[Decision]:
                 out.append(replace(d, rule=rule.name))
             break
     if inp.state.cluster_id is not None:
-        out.extend(_sync(c, any(isinstance(d, MarkHealth) for d in out)))
+        out.extend(_sync(c, bool(health)))
     return out
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "desired_role",
     "is_diverged",
     "next_action",
+    "rewind_verdict",
     "wants_lease",
 ]
 
@@ -540,6 +541,18 @@ def next_action(inp: KeeperInput) -> Action:
         if rule.when(c):
             return replace(rule.act(c, rule.reason), rule=rule.name)
     raise AssertionError("the last rule always matches")  # pragma: no cover
+
+
+RewindVerdict = Literal["rejoined", "source-unreachable", "failed"]
+
+
+def rewind_verdict(*, rejoined: bool, source_unreachable: bool) -> RewindVerdict:
+    """How a rejoin by pg_rewind ended, for :attr:`KeeperInput.rewind_failed`: only a rewind that
+    ran and failed counts as failed (it unlocks the re-clone fallback); one that could not reach
+    its source says nothing about this data directory and is simply tried again."""
+    if rejoined:
+        return "rejoined"
+    return "source-unreachable" if source_unreachable else "failed"
 
 
 def wants_lease(inp: KeeperInput) -> bool:

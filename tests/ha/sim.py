@@ -16,12 +16,18 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ram.eventstore.events import ClusterBootstrapped, Event, MemberSpec, StoredEvent, SwitchoverRequested
+from ram.eventstore.events import (
+    ClusterBootstrapped,
+    Event,
+    FailoverStarted,
+    MemberHealthChanged,
+    MemberSpec,
+    StoredEvent,
+    SwitchoverRequested,
+)
 from ram.ha.arbiter import (
     ArbiterInput,
-    ChangeSyncSet,
     Decision,
-    StartFailover,
     arbitrate,
     decide_grant,
     steady_holder,
@@ -344,23 +350,24 @@ class Sim:
             self.apply_decision(d, inp)
 
     def apply_decision(self, d: Decision, inp: ArbiterInput) -> None:
-        if isinstance(d, StartFailover):
-            self.check_failover_choice(d)
-        if isinstance(d, ChangeSyncSet) and d.guard_position is not None and d.guard_position != len(self.events):
+        for started in d.events:
+            if isinstance(started, FailoverStarted):
+                self.check_failover_choice(started)
+        if d.guard_position is not None and d.guard_position != len(self.events):
             self.count("guard_rejected")
             return
         if d.revokes is not None:
             self.view.revoke(d.revokes, until_position=len(self.events) + 1)
         for ev in d.to_events():
             self.append(ev)
-        if type(d).__name__ != "MarkHealth":
-            self.note(f"decide {type(d).__name__}: {d.reason}")
+        if not any(isinstance(ev, MemberHealthChanged) for ev in d.events):
+            self.note(f"decide {d.rule}: {d.reason}")
 
-    def check_failover_choice(self, d: StartFailover) -> None:
-        chosen = next(v for v in d.candidates if v.name == d.candidate)
-        best = max((v.wal_position or 0) for v in d.candidates if v.eligible)
-        if not chosen.eligible or (chosen.wal_position or 0) < best:
-            self.fail(f"failover chose {d.candidate} at {chosen.wal_position}, best eligible {best}")
+    def check_failover_choice(self, ev: FailoverStarted) -> None:
+        chosen = next(v for v in ev.candidates if v.name == ev.chosen)
+        best = max((v.lsn or 0) for v in ev.candidates if v.eligible)
+        if not chosen.eligible or (chosen.lsn or 0) < best:
+            self.fail(f"failover chose {ev.chosen} at {chosen.lsn}, best eligible {best}")
 
     def keepers(self) -> None:
         for n in self.nodes.values():

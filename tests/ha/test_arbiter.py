@@ -7,23 +7,22 @@ from typing import Any
 
 import pytest
 
-from ram.eventstore.events import FailoverStarted, MemberHealthChanged, SwitchoverAccepted
+from ram.eventstore.events import (
+    FailoverCompleted,
+    FailoverFailed,
+    FailoverStarted,
+    MemberHealthChanged,
+    PrimaryPromoted,
+    SwitchoverAccepted,
+    SwitchoverCompleted,
+    SwitchoverFailed,
+    SynchronousStandbysChanged,
+)
 from ram.ha.arbiter import (
     HEALTH_RULES,
     RULES,
-    AcceptSwitchover,
     ArbiterInput,
-    BootstrapPrimary,
-    ChangeSyncSet,
-    CompleteFailover,
-    CompleteSwitchover,
     Decision,
-    FailFailover,
-    FailSwitchover,
-    MarkHealth,
-    RecordPromotion,
-    StartFailover,
-    Wait,
     arbitrate,
     decide_grant,
     grant_policy,
@@ -53,9 +52,36 @@ def run(
 
 
 def main(ds: list[Decision]) -> Decision | None:
-    rest = [d for d in ds if not isinstance(d, (MarkHealth, ChangeSyncSet))]
+    rest = [d for d in ds if not d.rule.startswith("health:") and d.rule != "sync-set"]
     assert len(rest) <= 1, rest
     return rest[0] if rest else None
+
+
+#: A decision that proposes nothing (it waits; its reason says for what).
+WAIT = "wait"
+
+
+def kind(d: Decision | None) -> type | str | None:
+    """What a decision records: the type of its (first) event, or WAIT."""
+    return None if d is None else WAIT if d.waits else type(d.events[0])
+
+
+def event(d: Decision | None) -> object:
+    assert d is not None and len(d.events) == 1, d
+    return d.to_events()[0]
+
+
+def health(ds: list[Decision], name: str | None = None) -> list[tuple[Decision, MemberHealthChanged]]:
+    out = []
+    for d in ds:
+        ev = d.events[0] if d.events else None
+        if isinstance(ev, MemberHealthChanged) and (name is None or ev.name == name):
+            out.append((d, ev))
+    return out
+
+
+def sync_changes(ds: list[Decision]) -> list[tuple[Decision, SynchronousStandbysChanged]]:
+    return [(d, ev) for d in ds for ev in d.events if isinstance(ev, SynchronousStandbysChanged)]
 
 
 PRIMARY_DOWN = {"pg1": {"pg_running": False}}
@@ -64,14 +90,14 @@ SWITCH_REQ = cluster(operations=(operation("switchover", "pg1", "pg3"),))
 SWITCH_ANY = cluster(operations=(operation("switchover", "pg1", None),))
 SWITCH_OK = cluster(operations=(operation("switchover", "pg1", "pg2", reason="x", accepted=True),))
 
-ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], type | None, str]] = [
-    ("not-bootstrapped", ClusterState(), {}, {}, Wait, "cluster not bootstrapped yet"),
+ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], type | str | None, str]] = [
+    ("not-bootstrapped", ClusterState(), {}, {}, WAIT, "cluster not bootstrapped yet"),
     (
         "bootstrap-lowest-id",
         cluster(primary=None),
         {},
         {},
-        BootstrapPrimary,
+        PrimaryPromoted,
         "choose the initial primary: pg1 has the lowest node id among reachable voters",
     ),
     (
@@ -79,7 +105,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         cluster(primary=None),
         {"pg3": {"role": "primary"}},
         {},
-        BootstrapPrimary,
+        PrimaryPromoted,
         "choose the initial primary: pg3 already runs a primary with the most WAL",
     ),
     (
@@ -87,7 +113,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         cluster(primary=None),
         {n: {"reachable": False} for n in ("pg1", "pg2", "pg3")},
         {},
-        Wait,
+        WAIT,
         "choose the initial primary: no reachable voter",
     ),
     (
@@ -95,7 +121,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         FAILOVER,
         {"pg2": {"role": "primary", "timeline": 2, "timeline_start_lsn": 900}, **PRIMARY_DOWN},
         {"operation_since": NOW - 1},
-        CompleteFailover,
+        FailoverCompleted,
         "failover completed: pg2 runs as primary on timeline 2",
     ),
     (
@@ -103,7 +129,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         FAILOVER,
         {"pg2": {"reachable": False}, **PRIMARY_DOWN},
         {},
-        FailFailover,
+        FailoverFailed,
         "failover failed: candidate unreachable and its lease expired: pg2",
     ),
     (
@@ -111,7 +137,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         FAILOVER,
         PRIMARY_DOWN,
         {"operation_since": NOW - 31},
-        FailFailover,
+        FailoverFailed,
         "failover failed: no promotion within primary_start_timeout_s: pg2",
     ),
     (
@@ -119,7 +145,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         FAILOVER,
         PRIMARY_DOWN,
         {"operation_since": NOW - 1},
-        Wait,
+        WAIT,
         "failover in progress: waiting for the promotion (failover pg1 -> pg2)",
     ),
     (
@@ -127,7 +153,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         SWITCH_REQ,
         {"pg3": {"pg_running": False}},
         {},
-        FailSwitchover,
+        SwitchoverFailed,
         "switchover refused: pg3 is not eligible: not running: PostgreSQL is down",
     ),
     (
@@ -135,16 +161,16 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         SWITCH_REQ,
         PRIMARY_DOWN,
         {},
-        FailSwitchover,
+        SwitchoverFailed,
         "switchover refused: the primary pg1 is not healthy",
     ),
-    ("switchover-accepted", SWITCH_REQ, {}, {}, AcceptSwitchover, "switchover accepted: pg3"),
+    ("switchover-accepted", SWITCH_REQ, {}, {}, SwitchoverAccepted, "switchover accepted: pg3"),
     (
         "switchover-accepted-best",
         SWITCH_ANY,
         {"pg3": {"received_lsn": 2000}},
         {},
-        AcceptSwitchover,
+        SwitchoverAccepted,
         "switchover accepted: pg3",
     ),
     (
@@ -152,7 +178,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         SWITCH_OK,
         {"pg2": {"role": "primary", "timeline": 2, "timeline_start_lsn": 900}, "pg1": {"role": "replica"}},
         {},
-        CompleteSwitchover,
+        SwitchoverCompleted,
         "switchover completed: pg2 runs as primary on timeline 2",
     ),
     (
@@ -160,26 +186,26 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         SWITCH_OK,
         {"pg1": {"role": "replica"}},
         {"operation_since": NOW - 40},
-        FailSwitchover,
+        SwitchoverFailed,
         "switchover failed: no promotion within primary_start_timeout_s: pg2",
     ),
-    ("switchover-in-progress", SWITCH_OK, {}, {}, Wait, "switchover in progress: demote, catch up, promote"),
+    ("switchover-in-progress", SWITCH_OK, {}, {}, WAIT, "switchover in progress: demote, catch up, promote"),
     (
         "promotion-recorded",
         cluster(),
         {"pg1": {"timeline": 2, "timeline_start_lsn": 900}},
         {},
-        RecordPromotion,
+        PrimaryPromoted,
         "the primary promoted itself onto a new timeline: timeline 2",
     ),
     ("primary-healthy", cluster(), {}, {}, None, ""),
-    ("maintenance", cluster(maintenance=True), PRIMARY_DOWN, {}, Wait, "maintenance mode: no automatic failover"),
+    ("maintenance", cluster(maintenance=True), PRIMARY_DOWN, {}, WAIT, "maintenance mode: no automatic failover"),
     (
         "lease-valid",
         cluster(),
         PRIMARY_DOWN,
         {"expired": False, "primary_down_since": NOW - 0.5},
-        Wait,
+        WAIT,
         "waiting for the primary's lease: PostgreSQL of primary pg1 is down for 0.5 s; lease of pg1 expires in 2.1 s",
     ),
     (
@@ -187,7 +213,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         cluster(members={"pg2": {"nofailover": True}, "pg3": {"is_learner": True}}),
         {"pg1": {"reachable": False}},
         {},
-        Wait,
+        WAIT,
         "no failover possible: primary pg1 unreachable; no eligible candidate: pg1: excluded",
     ),
     (
@@ -195,16 +221,16 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         cluster(),
         {"pg1": {"reachable": False}, "pg3": {"received_lsn": 1001}},
         {},
-        StartFailover,
+        FailoverStarted,
         "failover: primary pg1 unreachable; pg3 has the most WAL (1001) among 2 eligible",
     ),
-    ("failover-no-primary", replace(cluster(), primary=None), {}, {}, StartFailover, "failover: no primary; pg1 has"),
+    ("failover-no-primary", replace(cluster(), primary=None), {}, {}, FailoverStarted, "failover: no primary; pg1 has"),
 ]
 
 
 @pytest.mark.parametrize(("state", "per", "kw", "cls", "reason"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
 def test_arbiter_rule(
-    state: ClusterState, per: dict[str, dict[str, Any]], kw: dict[str, Any], cls: type | None, reason: str
+    state: ClusterState, per: dict[str, dict[str, Any]], kw: dict[str, Any], cls: type | str | None, reason: str
 ) -> None:
     expired = kw.pop("expired", True)
     ob = observations(primary=state.primary, **per) if state.cluster_id else {}
@@ -212,7 +238,7 @@ def test_arbiter_rule(
     if cls is None:
         assert d is None
         return
-    assert type(d) is cls, d
+    assert kind(d) == cls, d
     assert d is not None and d.reason.startswith(reason), d.reason
 
 
@@ -224,21 +250,24 @@ def test_every_main_rule_is_exercised() -> None:
 def test_failover_decision_contents_and_events() -> None:
     ds = run(cluster(), observations(pg1={"reachable": False}, pg3={"received_lsn": 1001}))
     d = main(ds)
-    assert isinstance(d, StartFailover)
-    assert d.candidate == "pg3" and d.old_primary == "pg1" and d.revokes == "pg1"
-    (ev,) = d.to_events()
-    assert isinstance(ev, FailoverStarted) and ev.chosen == "pg3"
+    ev = event(d)
+    assert isinstance(ev, FailoverStarted) and d is not None
+    assert ev.chosen == "pg3" and ev.old_primary == "pg1" and d.revokes == "pg1"
     assert [(c.name, c.eligible) for c in ev.candidates] == [("pg1", False), ("pg2", True), ("pg3", True)]
 
 
 def test_switchover_accept_event_and_revokes() -> None:
     d = main(run(SWITCH_REQ, observations()))
-    assert isinstance(d, AcceptSwitchover) and d.revokes is None
-    (ev,) = d.to_events()
+    assert d is not None and d.revokes is None
+    ev = event(d)
     assert isinstance(ev, SwitchoverAccepted) and ev.candidate == "pg3" and ev.reason.startswith("switchover accepted")
-    f = FailSwitchover("x", "pg1", "pg2", accepted=True)
-    assert f.revokes == "pg2"
-    assert FailFailover("x", "pg1", "pg2").revokes == "pg2"
+    # An accepted switchover that fails takes the candidate's lease away; a refused request has none.
+    f = main(run(SWITCH_OK, observations(pg1={"role": "replica"}), operation_since=NOW - 40))
+    assert kind(f) is SwitchoverFailed and f is not None and f.revokes == "pg2"
+    refused = main(run(SWITCH_REQ, observations(pg3={"pg_running": False})))
+    assert kind(refused) is SwitchoverFailed and refused is not None and refused.revokes is None
+    ff = main(run(FAILOVER, observations(**PRIMARY_DOWN), operation_since=NOW - 31))
+    assert kind(ff) is FailoverFailed and ff is not None and ff.revokes == "pg2"
 
 
 def test_scheduled_switchover_waits_until_due() -> None:
@@ -247,7 +276,7 @@ def test_scheduled_switchover_waits_until_due() -> None:
     op = operation("switchover", "pg1", "pg3", scheduled_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
     st = cluster(operations=(op,))
     assert main(run(st, observations())) is None
-    assert isinstance(main(run(st, observations(), pending_switchover=op)), AcceptSwitchover)
+    assert kind(main(run(st, observations(), pending_switchover=op))) is SwitchoverAccepted
 
 
 # --- health ---------------------------------------------------------------------------------------
@@ -294,46 +323,44 @@ def test_health_rule_in_context(
     obs = observations(**{name: o})
     if kw.get("streaming") == {}:
         obs = observations(pg1={"reachable": False}, **{name: o})
-    ds = [d for d in run(cluster(members={name: m}), obs, **kw) if isinstance(d, MarkHealth) and d.name == name]
+    ds = health(run(cluster(members={name: m}), obs, **kw), name)
     if healthy is None:
         assert ds == []
         return
-    (d,) = ds
-    assert d.healthy is healthy and d.reason.startswith(reason), d.reason
+    ((d, ev),) = ds
+    assert ev.healthy is healthy and d.reason.startswith(reason), d.reason
 
 
 @pytest.mark.parametrize(
     ("name", "o", "m", "healthy", "reason"), [r[1:] for r in HEALTH_ROWS], ids=[r[0] for r in HEALTH_ROWS]
 )
 def test_health_rule(name: str, o: dict[str, Any], m: dict[str, Any], healthy: bool | None, reason: str) -> None:
-    ds = [d for d in run(cluster(members={name: m}), observations(**{name: o})) if isinstance(d, MarkHealth)]
+    ds = health(run(cluster(members={name: m}), observations(**{name: o})))
     if healthy is None:
         assert ds == []
         return
-    (d,) = ds
-    assert d.name == name and d.healthy is healthy and d.reason.startswith(reason), d.reason
-    (ev,) = d.to_events()
-    assert isinstance(ev, MemberHealthChanged) and ev.healthy is healthy
+    ((d, ev),) = ds
+    assert ev.name == name and ev.healthy is healthy and d.reason.startswith(reason), d.reason
 
 
 def test_promotion_is_recorded_only_with_its_fork_point() -> None:
     """The fork point goes into the committed timeline history, against which every replica's
     divergence is judged: a report without it (or with the previous timeline's) records nothing."""
     ob = observations(pg2={"role": "primary", "timeline": 2}, **PRIMARY_DOWN)
-    assert main(run(FAILOVER, ob, operation_since=NOW - 1)).__class__ is not CompleteFailover
+    assert kind(main(run(FAILOVER, ob, operation_since=NOW - 1))) is not FailoverCompleted
     ob = observations(pg2={"role": "primary", "timeline": 2, "timeline_start_lsn": 900}, **PRIMARY_DOWN)
-    d = main(run(FAILOVER, ob, operation_since=NOW - 1))
-    assert isinstance(d, CompleteFailover) and d.lsn == 900
+    ev = event(main(run(FAILOVER, ob, operation_since=NOW - 1)))
+    assert isinstance(ev, FailoverCompleted) and ev.lsn == 900
 
 
 def test_failover_duration_is_the_write_outage() -> None:
     """Recorded from the old primary's last report as primary (what clients lived through), not from
     the decision (2.4 s vs 1 s); without that report, from the decision."""
     ob = observations(pg2={"role": "primary", "timeline": 2, "timeline_start_lsn": 900}, **PRIMARY_DOWN)
-    d = main(run(FAILOVER, ob, operation_since=NOW - 1, primary_last_ok_at=NOW - 2.4))
-    assert isinstance(d, CompleteFailover) and d.duration_ms == 2400
-    d = main(run(FAILOVER, ob, operation_since=NOW - 1))
-    assert isinstance(d, CompleteFailover) and d.duration_ms == 1000
+    ev = event(main(run(FAILOVER, ob, operation_since=NOW - 1, primary_last_ok_at=NOW - 2.4)))
+    assert isinstance(ev, FailoverCompleted) and ev.duration_ms == 2400
+    ev = event(main(run(FAILOVER, ob, operation_since=NOW - 1)))
+    assert isinstance(ev, FailoverCompleted) and ev.duration_ms == 1000
 
 
 def test_every_health_rule_is_exercised() -> None:
@@ -346,16 +373,16 @@ def test_every_health_rule_is_exercised() -> None:
 def test_sync_change_emitted_only_when_primary_healthy_and_idle() -> None:
     on = HASettings(synchronous_mode="on")
     ds = run(cluster(), observations(pg1={"sync_standby_names": ""}), settings=on)
-    (d,) = [d for d in ds if isinstance(d, ChangeSyncSet)]
-    assert d.config.mode == "on" and d.config.num_sync == 0
+    ((d, ev),) = sync_changes(ds)
+    assert ev.mode == "on" and ev.num_sync == 0
     st = cluster(sync_mode="on")
     ds = run(st, observations(pg1={"sync_standby_names": 'FIRST 1 ("pg2")'}), settings=on)
-    (d,) = [d for d in ds if isinstance(d, ChangeSyncSet)]
-    assert d.config.standbys == ("pg2",) and d.guard_position == 10 and d.reason.startswith("step 2/2")
+    ((d, ev),) = sync_changes(ds)
+    assert ev.standbys == ("pg2",) and d.guard_position == 10 and d.reason.startswith("step 2/2")
     # a health change in the same tick suppresses the guarded step
     ds = run(st, observations(pg1={"sync_standby_names": 'FIRST 1 ("pg2")'}, pg3={"reachable": False}), settings=on)
-    assert not [d for d in ds if isinstance(d, ChangeSyncSet)]
-    assert not [d for d in run(FAILOVER, observations(), settings=on) if isinstance(d, ChangeSyncSet)]
+    assert not sync_changes(ds)
+    assert not sync_changes(run(FAILOVER, observations(), settings=on))
 
 
 def test_degraded_event_reason() -> None:
@@ -367,8 +394,9 @@ def test_degraded_event_reason() -> None:
         members={"pg2": {"healthy": False}, "pg3": {"healthy": False}},
     )
     ob = observations(pg2={"pg_running": False}, pg3={"pg_running": False})
-    (d,) = [d for d in run(st, ob, settings=on) if isinstance(d, ChangeSyncSet)]
-    assert d.degraded and "degraded to async" in d.reason
+    ((d, ev),) = sync_changes(run(st, ob, settings=on))
+    assert ev.num_sync == 0 and ev.standbys == () and "degraded to async" in d.reason
+    assert "degraded to async" in event(d).reason  # type: ignore[attr-defined]
 
 
 # --- lease grant policy -----------------------------------------------------------------------------
@@ -464,7 +492,7 @@ def test_decisions_carry_their_rule_into_the_events() -> None:
         assert d.reason.startswith(next(r.reason for r in RULES if r.name == d.rule)), (row_id, d.rule)
         reasons = [str(ev.reason) for ev in d.to_events() if hasattr(ev, "reason")]
         assert all(r.endswith(f"[rule {d.rule}]") for r in reasons), reasons
-    (h,) = [d for d in run(cluster(), observations(pg2={"pg_running": False})) if isinstance(d, MarkHealth)]
-    (ev,) = h.to_events()
+    ((h, _),) = health(run(cluster(), observations(pg2={"pg_running": False})))
+    ev = event(h)
     assert h.rule == "health:pg-down" and isinstance(ev, MemberHealthChanged)
     assert ev.reason.endswith("[rule health:pg-down]")

@@ -28,6 +28,7 @@ from ram.ha.keeper import (
     StartPostgres,
     is_diverged,
     next_action,
+    rewind_verdict,
     wants_lease,
 )
 from ram.ha.settings import HASettings
@@ -336,3 +337,10 @@ def test_actions_carry_their_rule() -> None:
     for state in (cluster(), FAILOVER, SWITCH, cluster(maintenance=True)):
         for me in ("pg1", "pg2"):
             assert next_action(inp(me, state, PRIMARY_PG, lease_valid=True)).rule in names
+
+
+def test_rewind_verdict() -> None:
+    """Only a rewind that ran and failed unlocks the re-clone fallback."""
+    assert rewind_verdict(rejoined=True, source_unreachable=True) == "rejoined"
+    assert rewind_verdict(rejoined=False, source_unreachable=True) == "source-unreachable"
+    assert rewind_verdict(rejoined=False, source_unreachable=False) == "failed"

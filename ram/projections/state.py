@@ -252,6 +252,11 @@ def _set_primary(state: ClusterState, name: str, timeline: int, lsn: int, se: St
     return _update_member(state, name, fenced=False, fence_reason="", following=None)
 
 
+def _opened(kind: OperationKind, se: StoredEvent) -> OperationRecord:
+    """An operation in progress that starts at ``se``."""
+    return OperationRecord(kind=kind, outcome="in_progress", started_position=se.position, started_at=se.ts)
+
+
 def _start_operation(state: ClusterState, rec: OperationRecord) -> ClusterState:
     ops = tuple(
         replace(op, outcome="superseded", completed_position=rec.started_position, completed_at=rec.started_at)
@@ -396,40 +401,19 @@ def _apply(state: ClusterState, se: StoredEvent) -> ClusterState:
             return _close_operation(state, "failover", "failed", se, old_primary=ev.old_primary, error=ev.reason)
         case SwitchoverAccepted():
             current = state.current_operation
+            changes = {"old_primary": ev.primary, "candidate": ev.candidate, "reason": ev.reason, "accepted": True}
             if current is None or current.kind != "switchover":
                 # The fold is total: an acceptance with no request in progress opens an accepted one.
-                return _start_operation(
-                    state,
-                    OperationRecord(
-                        kind="switchover",
-                        outcome="in_progress",
-                        started_position=pos,
-                        started_at=se.ts,
-                        old_primary=ev.primary,
-                        candidate=ev.candidate,
-                        reason=ev.reason,
-                        accepted=True,
-                    ),
-                )
+                return _start_operation(state, replace(_opened("switchover", se), **changes))
             # The arbiter accepted the request in progress: the same operation, now with its
             # candidate (and a new started_position, which restarts the operation's timers).
-            accepted = replace(
-                current,
-                started_position=pos,
-                old_primary=ev.primary,
-                candidate=ev.candidate,
-                reason=ev.reason,
-                accepted=True,
-            )
+            accepted = replace(current, started_position=pos, **changes)
             return replace(state, operations=tuple(accepted if op is current else op for op in state.operations))
         case SwitchoverRequested():
             return _start_operation(
                 state,
-                OperationRecord(
-                    kind="switchover",
-                    outcome="in_progress",
-                    started_position=pos,
-                    started_at=se.ts,
+                replace(
+                    _opened("switchover", se),
                     old_primary=ev.primary,
                     candidate=ev.candidate,
                     reason=ev.reason,

@@ -30,8 +30,8 @@ Outcome = Literal["accepted", "succeeded", "failed", "rejected", "superseded", "
 START_EVENT: dict[Kind, str] = {"switchover": "switchover_requested", "failover": "failover_started"}
 DONE_EVENT: dict[Kind, str] = {"switchover": "switchover_completed", "failover": "failover_completed"}
 FAILED_EVENT: dict[Kind, str] = {"switchover": "switchover_failed", "failover": "failover_failed"}
-#: A ``switchover_requested`` whose reason starts so is the arbiter accepting the request in
-#: progress (mirrors ``ram.eventstore.events.SWITCHOVER_ACCEPTED_PREFIX``; the CLI only speaks HTTP).
+#: Before revision 0005 the arbiter's acceptance was a ``switchover_requested`` whose reason started
+#: so; nodes now record ``switchover_accepted``, and ramctrl still understands an older node.
 ACCEPTED_PREFIX = "accepted by the arbiter: "
 POLL_INTERVAL_S = 0.25
 PAGE = 200
@@ -172,9 +172,13 @@ def _settles(result: OperationResult, kind: Kind, index: int, event: Mapping[str
         return False
     if position < index:
         return False
+    if kind == "switchover" and etype == "switchover_accepted":
+        result.candidate = body.get("candidate") or result.candidate
+        show.note(f"{kind} accepted by the arbiter: {result.old_primary or '?'} -> {result.candidate or '?'}")
+        return False
     if etype == START_EVENT[kind]:
         reason = str(body.get("reason") or "")
-        if kind == "switchover" and reason.startswith(ACCEPTED_PREFIX):
+        if kind == "switchover" and reason.startswith(ACCEPTED_PREFIX):  # nodes older than revision 0005
             result.candidate = body.get("candidate") or result.candidate
             show.note(f"{kind} accepted by the arbiter: {result.old_primary or '?'} -> {result.candidate or '?'}")
             return False

@@ -81,6 +81,19 @@ def test_a_switchover_the_arbiter_accepts_then_completes() -> None:
     assert script.seen_after[0] == INDEX - 1  # from the request's own entry on
 
 
+def test_switchover_accepted_event_names_the_chosen_candidate() -> None:
+    """Nodes record the arbiter's acceptance as its own event (revision 0005)."""
+    script = ScriptedApi("switchover", [
+        [_event(INDEX, "switchover_requested", primary="pg1", candidate=None)],
+        [_event(INDEX + 2, "switchover_accepted", primary="pg1", candidate="pg2", reason="pg2 has the most WAL")],
+        [_event(INDEX + 4, "switchover_completed", old_primary="pg1", new_primary="pg2", timeline=3, lsn=1,
+                duration_ms=600)],
+    ])
+    api = script.client()
+    result = wait_outcome(api, "switchover", _answer(api, "switchover"), 30, progress=False)
+    assert result.outcome == "succeeded" and result.candidate == "pg2" and result.new_primary == "pg2"
+
+
 def test_a_failed_failover_and_a_rejected_request() -> None:
     script = ScriptedApi("failover", [
         [_event(INDEX, "failover_started", old_primary="pg1", chosen="pg2", reason="manual")],

@@ -132,6 +132,8 @@ def wait_outcome(
     deadline = started + timeout
     after = max(0, index - 1)  # the request's own entry first: it may say the request was rejected
     types = [START_EVENT[kind], DONE_EVENT[kind], FAILED_EVENT[kind], "command_rejected"]
+    if kind == "switchover":
+        types.append("switchover_accepted")
     try:
         while True:
             page = api.request("GET", "/events", params={"after": after, "limit": PAGE, "type": types})

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from ram.config import NodeConfig
+from ram.config import NodeConfig, replication_password, superuser_password
 from ram.consensus.runtime.node import RaftNode
 from ram.eventstore.events import ReplicaFollowing
 from ram.ha import keeper as k
@@ -30,7 +30,6 @@ from ram.ha.streaming import LocalReplication, local_replication, replay_timelin
 from ram.ha.timers import since
 from ram.lsn import parse_lsn
 from ram.postgres import dynamic_conf, sql
-from ram.postgres.bootstrap import scram_verifier
 from ram.postgres.instance import ManagedInstance
 from ram.postgres.replication import streams_from
 from ram.postgres.status import InstanceStatus
@@ -42,6 +41,8 @@ log = logging.getLogger("ram.ha")
 #: A replica that streams from the committed primary while the state says otherwise re-reports it
 #: at most this often (a lost ``replica_following`` must not stay lost).
 _FOLLOWING_REPORT_EVERY_S = 2.0
+#: How often a node checks whether its configured passwords changed (password rotation).
+_PASSWORD_CHECK_EVERY_S = 5.0
 
 
 class Observer:
@@ -72,7 +73,7 @@ class Observer:
         self._dynamic_written: dict[str, str] | None = None
         self._dynamic_reload = False
         self._slots_for: tuple[list[str], tuple[int | None, int | None]] | None = None
-        self._password_set = False
+        self._passwords_checked_at = -_PASSWORD_CHECK_EVERY_S
         self._wal_segment_size: int | None = None
 
     async def observe(self) -> None:
@@ -81,6 +82,7 @@ class Observer:
             await self._observe_unlocked()
         await self._primary_upkeep()
         await self._dynamic_upkeep()
+        await self._password_upkeep()
 
     async def _observe_unlocked(self) -> None:
         local = self.local
@@ -152,8 +154,35 @@ class Observer:
         except Exception as exc:
             log.debug("dynamic parameters: reload or pending-restart read failed error=%s", exc)
 
+    async def _password_upkeep(self) -> None:
+        """Passwords configured now (password files re-read) reach PostgreSQL and the passfile
+        without a restart: every node rewrites its passfile when it changed; the running primary
+        alters the replication and superuser roles when they differ (a SCRAM verifier, under
+        synchronous_commit = local; replicas get it through WAL). At most every few seconds: the
+        check costs one PBKDF2 per role."""
+        now = time.monotonic()
+        if self.local.initializing or now - self._passwords_checked_at < _PASSWORD_CHECK_EVERY_S:
+            return
+        if not self.instance.initialized:
+            return
+        self._passwords_checked_at = now
+        status = self.local.status
+        primary = bool(
+            status is not None and status.running and status.accepting and status.in_recovery is False
+            and self.node.state.primary == self.me
+        )
+        try:
+            replication = replication_password(self.config)
+            if replication is None:
+                return
+            await self.instance.sync_passwords(
+                replication, superuser_password=superuser_password(self.config), primary=primary
+            )
+        except Exception as exc:  # a broken password file: logged, the current passwords stay
+            log.warning("password rotation check failed error=%s", exc)
+
     async def _primary_upkeep(self) -> None:
-        """Slots and the superuser password on the primary."""
+        """Slots on the primary (passwords: :meth:`_password_upkeep`)."""
         status = self.local.status
         if self._upkeep.locked() or status is None or not (status.running and status.accepting):
             return
@@ -161,23 +190,6 @@ class Observer:
             return
         async with self._upkeep:
             await self._ensure_slots((status.timeline, status.pid))
-            await self._ensure_superuser_password()
-
-    async def _ensure_superuser_password(self) -> None:
-        """Set the configured superuser password once per primary term (a SCRAM verifier, so the
-        clear-text password never reaches the server or its log); replicas get it by replication."""
-        password = self.config.postgres.superuser_password
-        if not password or self._password_set:
-            return
-        verifier = scram_verifier(password)
-        # synchronous_commit=local: a new primary may still wait for a synchronous standby that is
-        # gone (until the keeper reconfigures it); this bookkeeping must not wait with it.
-        await sql.execute(
-            self.instance.spec,
-            "BEGIN; SET LOCAL synchronous_commit = local; "
-            f"ALTER ROLE postgres PASSWORD {sql.quote_literal(verifier)}; COMMIT",
-        )
-        self._password_set = True
 
     async def _ensure_slots(self, instance_key: tuple[int | None, int | None]) -> None:
         """The primary keeps a physical slot for every other member, so WAL a replica still needs is

@@ -26,27 +26,29 @@ def installed() -> Path:
     environment's site-packages through a .pth file (no download at test time), RAM itself only
     from the wheel."""
     work = make_tempdir("ram-wheel-")
+    # Nothing may point the new environment back at the checkout (a PYTHONPATH would).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     try:
         dist = work / "dist"
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
         build = subprocess.run(
             [*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(dist), str(ROOT)],
-            capture_output=True, text=True, check=False, cwd=work,
+            capture_output=True, text=True, check=False, cwd=work, env=env,
         )
         assert build.returncode == 0, build.stdout + build.stderr
         (wheel,) = dist.glob("ram-*.whl")
         venv = work / "venv"
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, env=env)
         py = venv / "bin" / "python"
         install = subprocess.run([*pip, "--python", str(py), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                                 capture_output=True, text=True, check=False, cwd=work)
+                                 capture_output=True, text=True, check=False, cwd=work, env=env)
         assert install.returncode == 0, install.stdout + install.stderr
         purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
+                                 capture_output=True, text=True, check=True, env=env).stdout.strip()
         deps = [p for p in site.getsitepackages() if p != purelib]
         Path(purelib, "ram-test-deps.pth").write_text("\n".join(deps) + "\n")
         where = subprocess.run([str(py), "-c", "import ram, ram.eventstore.schema as s; print(ram.__file__); "
-                                "print(s.MIGRATIONS_DIR)"], capture_output=True, text=True, check=True, cwd=work)
+                                "print(s.MIGRATIONS_DIR)"], capture_output=True, text=True, check=True, cwd=work, env=env)
         ram_file, migrations = where.stdout.split()
         assert ram_file.startswith(str(venv)) and migrations.startswith(str(venv)), where.stdout
         assert Path(migrations, "versions").is_dir() and not Path(migrations).is_symlink()

@@ -47,8 +47,8 @@ def installed() -> Path:
                                  capture_output=True, text=True, check=True, env=env).stdout.strip()
         deps = [p for p in site.getsitepackages() if p != purelib]
         Path(purelib, "ram-test-deps.pth").write_text("\n".join(deps) + "\n")
-        where = subprocess.run([str(py), "-c", "import ram, ram.eventstore.schema as s; print(ram.__file__); "
-                                "print(s.MIGRATIONS_DIR)"], capture_output=True, text=True, check=True, cwd=work, env=env)
+        probe = "import ram, ram.eventstore.schema as s; print(ram.__file__); print(s.MIGRATIONS_DIR)"
+        where = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, check=True, cwd=work, env=env)
         ram_file, migrations = where.stdout.split()
         assert ram_file.startswith(str(venv)) and migrations.startswith(str(venv)), where.stdout
         assert Path(migrations, "versions").is_dir() and not Path(migrations).is_symlink()

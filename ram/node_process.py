@@ -65,6 +65,7 @@ async def run_node(config: NodeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     api: ApiServer | None = None
     ha: HAController | None = None
     try:
@@ -97,3 +98,13 @@ async def run_node(config: NodeConfig) -> None:
         if server is not None:
             with contextlib.suppress(Exception):
                 await server.stop()
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: log every asyncio task with where it waits (what a stuck node is doing)."""
+    import io
+
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(limit=12, file=out)
+        log.warning("task dump name=%s stack=%s", task.get_name(), " | ".join(out.getvalue().split("\n")))

@@ -74,6 +74,7 @@ class Observer:
         self._dynamic_reload = False
         self._slots_for: tuple[list[str], tuple[int | None, int | None]] | None = None
         self._passwords_checked_at = -_PASSWORD_CHECK_EVERY_S
+        self._passwords_primary: bool | None = None
         self._wal_segment_size: int | None = None
 
     async def observe(self) -> None:
@@ -161,16 +162,19 @@ class Observer:
         synchronous_commit = local; replicas get it through WAL). At most every few seconds: the
         check costs one PBKDF2 per role."""
         now = time.monotonic()
-        if self.local.initializing or now - self._passwords_checked_at < _PASSWORD_CHECK_EVERY_S:
+        if self.local.initializing or not self.instance.initialized:
             return
-        if not self.instance.initialized:
-            return
-        self._passwords_checked_at = now
         status = self.local.status
         primary = bool(
             status is not None and status.running and status.accepting and status.in_recovery is False
             and self.node.state.primary == self.me
         )
+        # A node that just became the running primary sets the passwords at once (clients log in
+        # with them right after a bootstrap or a failover); otherwise every few seconds.
+        if primary == self._passwords_primary and now - self._passwords_checked_at < _PASSWORD_CHECK_EVERY_S:
+            return
+        self._passwords_checked_at = now
+        self._passwords_primary = primary
         try:
             replication = replication_password(self.config)
             if replication is None:
@@ -180,6 +184,7 @@ class Observer:
             )
         except Exception as exc:  # a broken password file: logged, the current passwords stay
             log.warning("password rotation check failed error=%s", exc)
+            self._passwords_primary = None  # try again on the next pass
 
     async def _primary_upkeep(self) -> None:
         """Slots on the primary (passwords: :meth:`_password_upkeep`)."""

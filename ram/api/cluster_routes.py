@@ -152,10 +152,9 @@ def _live(ctx: Ctx) -> tuple[dict[str, MemberLive] | None, LocalLive | None]:
     return ctx.ha.members_live(), ctx.ha.local()
 
 
-def _pending_restart(ctx: Ctx) -> list[str]:
+def _pending_restart(ctx: Ctx, live: dict[str, MemberLive] | None) -> list[str]:
     """Parameters some member's PostgreSQL reports pending a restart (measured, on the leader);
     elsewhere the keys recorded when they were changed."""
-    live = ctx.ha.members_live() if ctx.ha is not None else {}
     if live:
         return sorted({p for m in live.values() for p in m.pending_restart})
     return list(ctx.node.state.pending_restart)
@@ -176,10 +175,11 @@ async def get_cluster(ctx: Ctx, stale: Stale = None) -> ClusterOut:
     freshness = await fresh_read(ctx, stale)
     node = ctx.node
     state = node.state
+    live, local = _live(ctx)  # once per request: the live view walks every member's report
     return ClusterOut(
         cluster_id=state.cluster_id,
         cluster_name=state.cluster_name,
-        members=[member_out(node, state, m, *_live(ctx)) for _, m in sorted(state.members.items())],
+        members=[member_out(node, state, m, live, local) for _, m in sorted(state.members.items())],
         raft_leader=raft_leader_name(node),
         raft_leader_api=leader_api_url(node),
         raft_term=node.term,
@@ -188,7 +188,7 @@ async def get_cluster(ctx: Ctx, stale: Stale = None) -> ClusterOut:
         synchronous=SyncOut(mode=state.sync_mode, num_sync=state.num_sync, standbys=list(state.sync_standbys)),
         maintenance=state.maintenance,
         maintenance_reason=state.maintenance_reason,
-        pending_restart=_pending_restart(ctx),
+        pending_restart=_pending_restart(ctx, live),
         commit_index=node.commit_index,
         **_read_fields(ctx, freshness),
     )

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from ram.config import parse_address, parse_config
 from ram.consensus.runtime.node import RaftNode
@@ -48,9 +49,22 @@ async def event_rows(pool: asyncpg.Pool) -> list[tuple[object, ...]]:
     return [tuple(r) for r in rows]
 
 
-async def test_store_outage_stops_acks_then_recovers(pg_server: PostgresServer, tmp_path: Path) -> None:
+async def _close_database(server: PostgresServer, db: str, *, closed: bool) -> None:
+    admin = await asyncpg.connect(server.dsn())
+    try:
+        await admin.execute(f'ALTER DATABASE "{db}" WITH ALLOW_CONNECTIONS {"false" if closed else "true"}')
+        if closed:
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", db)
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("outage", ["server_stopped", "database_closed"])
+async def test_store_outage_stops_acks_then_recovers(pg_server: PostgresServer, tmp_path: Path, outage: str) -> None:
     """Node 3's store goes down: the node keeps running without acknowledging, the other two keep
-    committing, and node 3 catches up once its store is back."""
+    committing, and node 3 catches up once its store is back. Two ways to lose it: the server stops
+    (connections refused), or the database is closed to new sessions and the open ones are
+    terminated (the server itself refuses with SQLSTATE 55000 - this one used to kill the node)."""
     base = make_tempdir("ram-outage-")
     own = PostgresServer(datadir=base / "data", port=free_port(), listen_addresses="127.0.0.1")
     dsns = await create_store_databases(pg_server, 2)
@@ -76,7 +90,10 @@ async def test_store_outage_stops_acks_then_recovers(pg_server: PostgresServer, 
             await nodes[2].start()
             leader = await leader_of(nodes[:2])
         await leader.propose(PatchConfig(changes={"before": 1}))
-        await own.stop("immediate", 10)
+        if outage == "server_stopped":
+            await own.stop("immediate", 10)
+        else:
+            await _close_database(own, "ram", closed=True)
         for i in range(20):
             await leader.propose(PatchConfig(changes={"during": i}), timeout=10)
         assert not nodes[2].failed.is_set(), "store outage must not kill the node"
@@ -84,7 +101,10 @@ async def test_store_outage_stops_acks_then_recovers(pg_server: PostgresServer, 
         # Node 3 could not make anything durable, so it acknowledged none of the new entries.
         assert leader.core.progress[3].match < leader.commit_index
         assert nodes[2].stats.store_failures > 0
-        await own.start()
+        if outage == "server_stopped":
+            await own.start()
+        else:
+            await _close_database(own, "ram", closed=False)
         await wait_for(lambda: nodes[2].applied_index >= leader.applied_index, timeout=20, what="catch-up")
         assert nodes[2].state.dynamic_config.get("during") == 19
         assert await event_rows(pools[2]) == await event_rows(pools[0])

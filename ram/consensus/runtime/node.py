@@ -47,7 +47,7 @@ from ram.consensus.runtime.codec import (
     encode_payload,
 )
 from ram.consensus.runtime.forwarding import forwarded_refusal
-from ram.consensus.runtime.storage import STORE_ERRORS, RaftStorage, StoreUnavailable
+from ram.consensus.runtime.storage import STORE_ERRORS, RaftStorage, StoreUnavailable, store_connection
 from ram.consensus.runtime.transport import PeerAddress, PeerAuth, Transport, tls_contexts
 from ram.consensus.types import (
     ConfChange,
@@ -748,7 +748,7 @@ class RaftNode:
         async def save() -> None:
             await self._storage.save(hard_state=None, entries=(), snapshot=snapshot)
             try:
-                async with self._pool.acquire() as conn:
+                async with store_connection(self._pool) as conn:
                     await self._restore_snapshot_events(conn, snapshot)
                     applied = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
                     state = await load_state(conn)
@@ -953,7 +953,7 @@ class RaftNode:
         core = self.core
         assert core is not None
         try:
-            async with self._pool.acquire() as conn:
+            async with store_connection(self._pool) as conn:
                 rows = await conn.fetch(
                     "SELECT position, sub, type, schema_version, payload::text, term, proposer, "
                     "(extract(epoch FROM ts) * 1000000)::bigint "

@@ -13,7 +13,8 @@ anything that promises durability (votes, append acknowledgements) and retries, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 
@@ -54,6 +55,22 @@ STORE_ERRORS = (
 )
 
 
+@contextlib.asynccontextmanager
+async def store_connection(pool: asyncpg.Pool, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled store connection. ANY failure to get one is :class:`StoreUnavailable`: nothing was
+    written yet, so retrying is always safe - whatever the server said while refusing the session
+    (a database closed to new connections answers 55000, a starting server 57P03, a changed
+    password 28P01: all of them pass, none of them is a reason to stop the node)."""
+    try:
+        conn = await pool.acquire(timeout=timeout)
+    except (*STORE_ERRORS, asyncpg.PostgresError) as exc:
+        raise StoreUnavailable(f"store unavailable: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
+
+
 async def open_store_pool(dsn: str, *, size: int = 4) -> asyncpg.Pool:
     """The node's connection pool to its store; ``synchronous_commit`` is forced on for every session
     (a store whose default is ``off`` would silently break the durability Raft relies on)."""
@@ -77,7 +94,7 @@ class RaftStorage:
     async def check_identity(self, cluster_id: str, node_id: int, node_name: str) -> None:
         """Claim an empty store for this node, or refuse a store that belongs to someone else."""
         try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
+            async with store_connection(self._pool, self._timeout) as conn:
                 row = await conn.fetchrow("SELECT cluster_id, node_id, node_name FROM pgraft.node_identity")
                 if row is None:
                     await conn.execute(
@@ -98,7 +115,7 @@ class RaftStorage:
     async def load(self) -> PersistedState:
         """Hard state, latest snapshot and the log after it, as they were last made durable."""
         try:
-            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction(readonly=True):
+            async with store_connection(self._pool, self._timeout) as conn, conn.transaction(readonly=True):
                 hs_row = await conn.fetchrow("SELECT term, vote, commit_index FROM pgraft.hard_state")
                 snap_row = await conn.fetchrow("SELECT idx, term, voters, learners, data FROM pgraft.snapshot")
                 after = snap_row["idx"] if snap_row else 0
@@ -146,7 +163,7 @@ class RaftStorage:
             *batch_columns(applied),
         )
         try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
+            async with store_connection(self._pool, self._timeout) as conn:
                 if snapshot is None:
                     # The hot path: one statement, one round trip, one fsync.
                     await conn.execute(_SAVE_READY, *log_args, *apply_args, timeout=self._timeout)
@@ -162,7 +179,7 @@ class RaftStorage:
     async def compact(self, snapshot: Snapshot) -> None:
         """Record a locally taken snapshot and drop the log it covers (events stay forever)."""
         try:
-            async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+            async with store_connection(self._pool, self._timeout) as conn, conn.transaction():
                 await self._write_snapshot(conn, snapshot)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc

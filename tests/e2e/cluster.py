@@ -169,7 +169,27 @@ class E2ECluster:
                 if predicate(last):
                     return last
             await asyncio.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}; last state: {summary(last)}")
+        raise AssertionError(
+            f"timed out after {timeout} s waiting for {what}; last state: {summary(last)}\n{await self.diagnosis()}"
+        )
+
+    async def diagnosis(self, events: int = 40, log_lines: int = 15) -> str:
+        """What a failed wait needs to be understood from CI output alone: the newest events as the
+        cluster recorded them and the end of every node's warnings and errors."""
+        out: list[str] = []
+        with contextlib.suppress(Exception):
+            reply = await self.api("GET", f"/events?last={events}")
+            for e in reply.json().get("events", []):
+                payload = e.get("payload") or {}
+                why = payload.get("reason") or payload.get("detail") or ""
+                out.append(f"  event {e.get('position')} {e.get('type')} {json_brief(payload)} {why}".rstrip())
+        for member in self.info.members:
+            with contextlib.suppress(OSError):
+                text = await asyncio.to_thread(Path(member.log_file).read_text, errors="replace")
+                lines = text.splitlines()
+                bad = [ln for ln in lines if "level=warning" in ln or "level=error" in ln or "level=critical" in ln]
+                out += [f"  {member.name}.log: {ln[:400]}" for ln in bad[-log_lines:]]
+        return "diagnosis:\n" + "\n".join(out)
 
     async def wait_healthy(self, timeout: float = 90) -> dict[str, Any]:
         def ok(c: dict[str, Any]) -> bool:
@@ -218,6 +238,11 @@ class E2ECluster:
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()
+
+
+def json_brief(payload: dict[str, Any], limit: int = 200) -> str:
+    text = ",".join(f"{k}={v}" for k, v in payload.items() if k not in ("reason", "detail"))
+    return text[:limit]
 
 
 def summary(c: dict[str, Any]) -> str:

@@ -52,6 +52,9 @@ STORE_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    # The client side of a connection the server cut mid-statement can be left inconsistent ("cannot
+    # switch to state N; another operation is in progress"): the connection is lost, not the data.
+    asyncpg.InternalClientError,
 )
 
 
@@ -65,9 +68,15 @@ async def store_connection(pool: asyncpg.Pool, timeout: float | None = None) -> 
         conn = await pool.acquire(timeout=timeout)
     except (*STORE_ERRORS, asyncpg.PostgresError) as exc:
         raise StoreUnavailable(f"store unavailable: {exc}") from exc
+    broken = False
     try:
         yield conn
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError, OSError):
+        broken = True
+        raise
     finally:
+        if broken:
+            conn.terminate()  # never hand a half-used protocol back to the pool
         await pool.release(conn)
 
 

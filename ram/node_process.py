@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import importlib
 import logging
 import signal
@@ -66,6 +67,9 @@ async def run_node(config: NodeConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    # SIGUSR2: every thread's Python stack, written by the interpreter at once - also when the event
+    # loop itself is blocked (which SIGUSR1's task dump, running in the loop, can not show).
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     api: ApiServer | None = None
     ha: HAController | None = None
     try:

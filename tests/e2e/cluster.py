@@ -68,11 +68,7 @@ class E2ECluster:
             # for ~30 s after its initdb). The nodes' asyncio tasks are dumped into their logs (SIGUSR1)
             # and every node is restarted once, data kept; the tests then check what they check.
             print(f"cluster start stalled, restarting its nodes once: {exc}", file=sys.stderr)
-            for member in self.info.members:
-                if lc.pid_alive(member.pid) and member.pid is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(member.pid, signal.SIGUSR1)
-            await asyncio.sleep(1.0)
+            await asyncio.to_thread(record_stall, self.info, str(exc))
             for member in self.info.members:
                 await asyncio.to_thread(lc.stop_node, member, timeout=20)
             for member in self.info.members:
@@ -238,6 +234,29 @@ class E2ECluster:
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()
+
+
+#: Stalled cluster starts seen in this test session (printed in pytest's terminal summary, so that a
+#: CI log shows what the stalled nodes were doing even when the restart let the tests pass).
+STALLS: list[str] = []
+
+
+def record_stall(info: lc.ClusterInfo, why: str, tail: int = 80) -> None:
+    """Ask every node for its thread stacks (SIGUSR2, faulthandler) and asyncio tasks (SIGUSR1),
+    then keep the end of each node's log in :data:`STALLS`."""
+    for member in info.members:
+        if lc.pid_alive(member.pid) and member.pid is not None:
+            for sig in (signal.SIGUSR2, signal.SIGUSR1):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(member.pid, sig)
+    time.sleep(1.5)
+    parts = [f"stalled start of {info.dir}: {why[:2000]}"]
+    for member in info.members:
+        with contextlib.suppress(OSError):
+            lines = Path(member.log_file).read_text(errors="replace").splitlines()
+            parts += [f"--- {member.name} ({member.log_file}), last {tail} lines:"]
+            parts += [ln[:600] for ln in lines[-tail:]]
+    STALLS.append("\n".join(parts))
 
 
 def json_brief(payload: dict[str, Any], limit: int = 200) -> str:

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from ram.ha.settings import HASettings
+from ram.tomltext import toml_value
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 DEFAULT_API_PORT = 8008
@@ -621,17 +622,10 @@ def config_template(values: dict[str, Any]) -> str:
     out: list[str] = ["# RAM node configuration (ram node init). Reference: README, 'Configuration reference'.", ""]
 
     def literal(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, (int, float)):
-            return repr(value)
-        if isinstance(value, str):
-            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(value, list):
-            return "[" + ", ".join(literal(v) for v in value) + "]"
-        if isinstance(value, dict):
-            return "{ " + ", ".join(f"{k} = {literal(v)}" for k, v in value.items()) + " }"
-        return '""'
+        try:
+            return toml_value(value)
+        except TypeError:  # a default with no TOML form (e.g. a secret): show the key unset
+            return '""'
 
     def section(model: type[BaseModel], given: dict[str, Any], header: str | None) -> None:
         if header:

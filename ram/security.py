@@ -40,6 +40,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ram.tomltext import toml_key, toml_line
+
 log = logging.getLogger("ram.api.auth")
 
 Role = Literal["read", "admin"]
@@ -308,7 +310,7 @@ def tokens_file_text(tokens: Mapping[str, tuple[Role, str]]) -> str:
     for name, (role, token) in tokens.items():
         if not _NAME.match(name) or role not in ROLES:
             raise ValueError(f"bad token entry {name!r}")
-        lines += ["", f"[tokens.{json.dumps(name)}]", f'role = "{role}"', f'sha256 = "{hash_token(token)}"']
+        lines += ["", f"[tokens.{toml_key(name)}]", toml_line("role", role), toml_line("sha256", hash_token(token))]
     return "\n".join(lines) + "\n"
 
 

@@ -25,29 +25,12 @@ from ram.ha.pgspec import endpoint_of
 from ram.ha.settings import HASettings
 from ram.postgres import sql
 from ram.postgres.instance import ManagedInstance
-from ram.postgres.rewind import RewindResult
+from ram.postgres.reachability import reachable
 from ram.postgres.spec import PrimaryEndpoint
 
-__all__ = ["Executor", "reachable"]
+__all__ = ["Executor"]
 
 log = logging.getLogger("ram.ha")
-
-
-async def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Does a TCP connection to ``host:port`` open (the source of a clone or a rewind)?"""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    return True
-
-
-def could_not_reach_source(rewind: RewindResult) -> bool:
-    """Did pg_rewind fail because it could not connect to its source? ``RewindResult`` does not say
-    so as a field (yet): this one adapter reads libpq's message, and the verdict itself is the pure
-    :func:`ram.ha.keeper.rewind_verdict`."""
-    return "connection to server" in rewind.message
 
 
 Handler = Callable[[Any], Awaitable[None]]
@@ -189,7 +172,7 @@ class Executor:
         result = await self.instance.rejoin(endpoint, allow_clone=False)
         verdict = k.rewind_verdict(
             rejoined=result.method != "none" or result.started,
-            source_unreachable=could_not_reach_source(result.rewind),
+            source_unreachable=result.rewind.source_unreachable,
         )
         if verdict != "rejoined":
             self.local.rewind_failed = verdict == "failed"

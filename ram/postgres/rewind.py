@@ -31,6 +31,7 @@ from ram.postgres.clone import CloneProgress, clone_from
 from ram.postgres.commands import PostgresCommandError, run_command
 from ram.postgres.durability import sync_data_directory
 from ram.postgres.errors import InstanceStateError
+from ram.postgres.reachability import reachable
 from ram.postgres.spec import PrimaryEndpoint
 
 if TYPE_CHECKING:
@@ -53,6 +54,9 @@ class RewindResult:
     crash_recovered: bool = False
     #: False when pg_rewind failed after it started modifying the data directory: clone it.
     usable: bool = True
+    #: pg_rewind failed and the source's port did not open when probed right after: the source was
+    #: down or cut off, which says nothing about this data directory (retry; do not re-clone).
+    source_unreachable: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,8 @@ async def rewind_from(instance: ManagedInstance, primary: PrimaryEndpoint, *, us
     if result.returncode != 0:
         started_copying = "rewinding from last common checkpoint" in output
         return RewindResult(False, False, _last_lines(output) or f"exit code {result.returncode}",
-                            crash_recovered=crashed, usable=not started_copying)
+                            crash_recovered=crashed, usable=not started_copying,
+                            source_unreachable=not await reachable(primary.host, primary.port))
     rewound = "no rewind required" not in output
     # pg_rewind copied the source's configuration files over ours: put the node's own back.
     await asyncio.to_thread(conffiles.write_config, spec)

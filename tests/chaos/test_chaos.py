@@ -1,4 +1,4 @@
-"""The chaos run in CI (2 minutes of faults, ~3 minutes in all) and the long one (``-m slow``).
+"""The chaos run in CI (3 minutes of faults, ~4 minutes in all) and the long one (``-m slow``).
 
 CI asserts the safety properties: no acknowledged write lost (synchronous mode), no split brain,
 identical pgraft.events on every node, the API agreeing with PostgreSQL, and convergence after
@@ -36,7 +36,7 @@ def _summary(report: dict[str, object]) -> str:
 
 
 async def test_chaos_ci_run_sync_mode() -> None:
-    cfg = ChaosConfig(minutes=float(os.environ.get("RAM_CHAOS_MINUTES", "2")), seed=_seed(), sync="on", nodes=3,
+    cfg = ChaosConfig(minutes=float(os.environ.get("RAM_CHAOS_MINUTES", "3")), seed=_seed(), sync="on", nodes=3,
                       hold_s=(2.0, 8.0))
     report = await run(cfg)
     print(_summary(report), file=sys.stderr)

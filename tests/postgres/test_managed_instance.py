@@ -363,6 +363,12 @@ async def test_switchover_demote_and_clone_fallback(make_node: MakeNode) -> None
     refused = await a.rejoin(endpoint(other), allow_clone=False)
     assert refused.method == "none" and not refused.started and not refused.rewind.ok
     assert "different systems" in refused.rewind.message and refused.rewind.usable
+    assert not refused.rewind.source_unreachable  # the source answered: this is not a network problem
+    # A source that is down: the typed verdict says so, the data directory stays as it was.
+    gone = PrimaryEndpoint(name="gone", host="127.0.0.1", port=free_port())
+    unreachable = await a.rejoin(gone, allow_clone=False)
+    assert unreachable.method == "none" and not unreachable.rewind.ok
+    assert unreachable.rewind.source_unreachable and unreachable.rewind.usable
     assert not await a.is_running()
     with pytest.raises(InstanceStateError, match="not empty"):
         await a.clone_from(endpoint(other))  # stopped, but its data is not thrown away implicitly

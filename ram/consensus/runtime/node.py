@@ -33,6 +33,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from ram.backoff import Backoff
 from ram.config import ConfigError, NodeConfig, api_address, check_secrets, parse_address, pg_address, raft_secret
 from ram.consensus.core import ConfChangeInProgress, NotLeader, ProposalDropped, RaftCore
 from ram.consensus.readyplan import split_sends
@@ -82,6 +83,10 @@ from ram.projections.sql import load_state
 from ram.projections.state import ClusterState, fold
 
 log = logging.getLogger("ram.node")
+
+#: Store writes are retried after 0.05 s, doubling up to 1 s (the store is local: it is back soon or
+#: the operator is at work).
+_STORE_RETRY = Backoff(0.05, 1.0)
 
 #: Forwarded proposals and lease requests one peer may have in flight at this node; more are
 #: answered "busy" at once instead of spawning a task each (a peer must not make us spawn without bound).
@@ -714,7 +719,7 @@ class RaftNode:
     async def _retry_store(self, what: str, operation: Callable[[], Awaitable[None]]) -> None:
         """Retry a store write until it succeeds. While it fails nothing that depends on it leaves
         the node: no vote, no acknowledgement, no applied result — and the node does not crash."""
-        delay = 0.05
+        attempt = 0
         while True:
             try:
                 await operation()
@@ -723,8 +728,8 @@ class RaftNode:
                 self.stats.store_failures += 1
                 log.warning("store write failed; not voting or acknowledging until it is back what=%s error=%s",
                             what, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await asyncio.sleep(_STORE_RETRY.delay(attempt))
+                attempt += 1
 
     async def _persist(self, rd: Ready, applying: _Applying) -> None:
         """One transaction, one round trip: the Ready's entries and hard state AND the events,

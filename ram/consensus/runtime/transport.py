@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from ram.backoff import Backoff
 from ram.consensus.runtime.framing import (
     HANDSHAKE_MAX_BYTES,
     HEADER,
@@ -332,8 +333,6 @@ class Transport:
             raise ValueError("queue_max_frames and queue_max_bytes must be positive")
         if connect_timeout <= 0 or handshake_timeout <= 0:
             raise ValueError("connect_timeout and handshake_timeout must be positive")
-        if not 0 < backoff_initial <= backoff_max:
-            raise ValueError("need 0 < backoff_initial <= backoff_max")
         if batch_max_bytes < 1:
             raise ValueError("batch_max_bytes must be positive")
         if extra_inbound < 1:
@@ -348,7 +347,7 @@ class Transport:
         self._rng = rng if rng is not None else random.Random()
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
-        self._backoff_initial = backoff_initial
+        self._backoff_policy = Backoff(backoff_initial, backoff_max, jitter=True, rng=self._rng)
         self._backoff_max = backoff_max
         self._batch_max_bytes = batch_max_bytes
         self._auth = auth if auth is not None else PeerAuth()
@@ -563,9 +562,7 @@ class Transport:
         )
 
     def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with "equal jitter": a delay in [d/2, d], d = initial * 2**attempt, capped."""
-        ceiling = min(self._backoff_max, self._backoff_initial * (2.0 ** min(attempt, 32)))
-        return ceiling * (0.5 + 0.5 * self._rng.random())
+        return self._backoff_policy.delay(attempt)
 
     def _warn_peer(self, peer: _Peer, message: str, *args: object, quiet_for: float = 0.0) -> None:
         """Warn, but the same complaint about the same peer at most every _WARN_INTERVAL (debug otherwise).

@@ -15,6 +15,7 @@ up without a restart.
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import tomllib
 from pathlib import Path
@@ -339,6 +340,58 @@ class PostgresSettings(_Strict):
         return self.tls_cert is not None
 
 
+def _command(value: Any) -> Any:
+    """A callback command: a list of words, or one string split as a shell would (no shell runs it)."""
+    if isinstance(value, str):
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"can not split {value!r} into words: {exc}") from None
+        return words or None
+    return value
+
+
+_CALLBACK_HELP = (
+    "Command run {when}: its words, then ACTION ROLE CLUSTER_NAME are appended "
+    '(e.g. ["/usr/local/bin/vip.sh"] runs vip.sh {hook} primary main).'
+)
+
+
+class CallbacksSettings(_Strict):
+    """Operator scripts run on this member's PostgreSQL life-cycle events (Patroni's callbacks):
+    asynchronous, in order, with a timeout; their outcome is logged and recorded as a
+    ``callback_ran`` event and never changes what RAM does."""
+
+    on_start: Annotated[
+        list[Annotated[str, Field(min_length=1)]] | None,
+        Field(min_length=1, description=_CALLBACK_HELP.format(when="when PostgreSQL starts", hook="on_start")),
+    ] = None
+    on_stop: Annotated[
+        list[Annotated[str, Field(min_length=1)]] | None,
+        Field(min_length=1, description=_CALLBACK_HELP.format(when="when PostgreSQL stops", hook="on_stop")),
+    ] = None
+    on_restart: Annotated[
+        list[Annotated[str, Field(min_length=1)]] | None,
+        Field(min_length=1, description=_CALLBACK_HELP.format(when="after an operator's restart", hook="on_restart")),
+    ] = None
+    on_role_change: Annotated[
+        list[Annotated[str, Field(min_length=1)]] | None,
+        Field(min_length=1, description=_CALLBACK_HELP.format(when="when the role changes (promotion, demotion)",
+                                                               hook="on_role_change")),
+    ] = None
+    on_reload: Annotated[
+        list[Annotated[str, Field(min_length=1)]] | None,
+        Field(min_length=1, description=_CALLBACK_HELP.format(when="after a configuration reload", hook="on_reload")),
+    ] = None
+    timeout_s: Annotated[
+        float, Field(gt=0, le=3600, description="A callback still running after this is killed (its process group).")
+    ] = 30.0
+
+    _split = field_validator("on_start", "on_stop", "on_restart", "on_role_change", "on_reload", mode="before")(
+        _command
+    )
+
+
 class NodeConfig(_Strict):
     """The whole configuration of one ``ram node run`` process."""
 
@@ -362,6 +415,7 @@ class NodeConfig(_Strict):
     api: ApiSettings = ApiSettings()
     postgres: PostgresSettings = PostgresSettings()
     ha: HASettings = HASettings()
+    callbacks: CallbacksSettings = CallbacksSettings()
     log_format: Annotated[str, Field(pattern="^(json|kv)$", description="Log lines as json or key=value.")] = "kv"
     log_level: Annotated[str, Field(pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")] = "INFO"
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ram.eventstore.events import (
+    CallbackRan,
     CandidateInfo,
     ClusterBootstrapped,
     CommandRejected,
@@ -135,7 +136,7 @@ class RequestSwitchover(_Command):
 FactEvent = Annotated[
     Union[  # noqa: UP007
         MemberHealthChanged, ReplicaFollowing, ReplicaRejoined, NodeFenced, SynchronousStandbysChanged,
-        MemberActionCompleted,
+        MemberActionCompleted, CallbackRan,
     ],
     Field(discriminator="type"),
 ]

@@ -47,6 +47,7 @@ from ram.lsn import parse_lsn as parse_lsn
 
 __all__ = [
     "EVENT_TYPES",
+    "CallbackRan",
     "CandidateInfo",
     "ClusterBootstrapped",
     "CommandRejected",
@@ -446,6 +447,21 @@ class MemberActionCompleted(_EventBase):
     message: Text = ""
 
 
+class CallbackRan(_EventBase):
+    """A member ran one of its operator scripts (``[callbacks]``: on_start, on_stop, on_restart,
+    on_role_change, on_reload) and this is how it ended. Informational: no state changes with it."""
+
+    type: Literal["callback_ran"] = "callback_ran"
+    name: Name
+    hook: Literal["on_start", "on_stop", "on_restart", "on_role_change", "on_reload"]
+    role: Literal["primary", "replica", "unknown"]
+    outcome: Literal["ok", "failed", "timeout", "error"]
+    exit_code: int | None = None
+    duration_ms: Annotated[int, Field(ge=0, le=MAX_INT32)] = 0
+    #: The end of what the script printed (stdout and stderr), or why it could not run.
+    output: Text = ""
+
+
 Event: TypeAlias = Annotated[
     Union[  # noqa: UP007
         ClusterBootstrapped,
@@ -472,6 +488,7 @@ Event: TypeAlias = Annotated[
         CommandRejected,
         MemberActionRequested,
         MemberActionCompleted,
+        CallbackRan,
     ],
     Field(discriminator="type"),
 ]

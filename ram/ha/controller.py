@@ -31,6 +31,7 @@ from ram.eventstore.commands import FactEvent
 from ram.eventstore.events import MemberActionCompleted, NodeFenced, ReplicaFollowing, ReplicaRejoined
 from ram.ha import keeper as k
 from ram.ha.arbiter_runner import ArbiterRunner
+from ram.ha.callbacks import HOOKS, CallbackRunner, Hook
 from ram.ha.candidates import is_fresh
 from ram.ha.dynconfig import DYNAMIC_HA_KEYS, effective_settings
 from ram.ha.executor import Executor
@@ -72,16 +73,24 @@ class HAController:
             retry_every_s=self.settings.report_interval_s,
             retry_s=_FACT_RETRY_S,
         )
+        cb = config.callbacks
+        scripts: dict[Hook, list[str]] = {
+            hook: argv for hook in HOOKS if (argv := getattr(cb, hook)) is not None
+        }
+        self.callbacks = CallbackRunner(
+            self.me, config.cluster_name, scripts, timeout_s=cb.timeout_s, record=self.facts.report
+        )
         self.lease = LeaseRunner(
             node, self.me, self.instance, self.pg, self.facts, self._current_settings,
             self._keeper_input, self._wake_keeper.set,
         )
         self.observer = Observer(
             node, config, self.instance, self.pg, self.facts, self._current_settings,
-            self.lease.holds, self._wake_keeper.set,
+            self.lease.holds, self._wake_keeper.set, self.callbacks,
         )
         self.executor = Executor(
-            node, self.me, self.instance, self.pg, self.observer, self.lease, self.facts, self._current_settings
+            node, self.me, self.instance, self.pg, self.observer, self.lease, self.facts, self._current_settings,
+            self.callbacks,
         )
         self.arbiter = ArbiterRunner(node, self.me, config.node_id, self._current_settings)
         node.on_report = self.arbiter.on_report
@@ -126,12 +135,19 @@ class HAController:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.facts.close()
         self.node.on_report = None
         self.node.lease_decider = None
         self.node.on_applied = None
+        was_running = self.pg.status is not None and self.pg.status.running
         with contextlib.suppress(Exception):
             await self.instance.stop("fast")
+        if was_running:
+            # PostgreSQL stops with RAM: on_stop runs (and is waited for, within its timeout) before
+            # the facts reporter that records it goes away.
+            self.callbacks.fire("on_stop", self.callbacks.role)
+        await self.callbacks.drain(self.config.callbacks.timeout_s + 5)
+        await self.callbacks.close()
+        await self.facts.close()
         await self.lease.guard.close()
         log.info("ha controller stopped member=%s", self.me)
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from ram.consensus.runtime.node import RaftNode
 from ram.eventstore.events import MemberActionCompleted, MemberHealthChanged, ReplicaRejoined
 from ram.ha import keeper as k
+from ram.ha.callbacks import CallbackRunner
 from ram.ha.facts import FactReporter
 from ram.ha.lease_runner import LeaseRunner
 from ram.ha.local import LocalFacts
@@ -47,8 +48,10 @@ class Executor:
         lease: LeaseRunner,
         facts: FactReporter,
         settings: Callable[[], HASettings],
+        callbacks: CallbackRunner | None = None,
     ) -> None:
         self.node = node
+        self.callbacks = callbacks
         self.me = me
         self.instance = instance
         self.local = local
@@ -205,11 +208,18 @@ class Executor:
             kind, ok, message = action.action, False, action.reason
         elif isinstance(action, k.RestartPostgres):
             kind = "restart"
+            if self.callbacks is not None:
+                self.callbacks.restarting = True
             try:
                 await self.instance.restart("fast")
                 ok, message = True, f"PostgreSQL restarted in {time.monotonic() - started:.1f} s"
             except Exception as exc:
                 ok, message = False, f"restart failed: {exc}"
+            finally:
+                if self.callbacks is not None:
+                    self.callbacks.restarting = False
+            if ok and self.callbacks is not None:
+                self.callbacks.fire("on_restart", self.callbacks.role)
         else:
             kind = "reinit"
             ok, message = await self._reinit(action.primary)

@@ -20,6 +20,7 @@ from ram.config import NodeConfig, replication_password, superuser_password
 from ram.consensus.runtime.node import RaftNode
 from ram.eventstore.events import ReplicaFollowing
 from ram.ha import keeper as k
+from ram.ha.callbacks import CallbackRunner, Role, Seen
 from ram.ha.dynconfig import pg_parameters
 from ram.ha.facts import FactReporter
 from ram.ha.local import LocalFacts, StoppedHistory
@@ -56,6 +57,7 @@ class Observer:
         settings: Callable[[], HASettings],
         lease_valid: Callable[[float], bool],
         wake_keeper: Callable[[], None],
+        callbacks: CallbackRunner | None = None,
     ) -> None:
         self.node = node
         self.config = config
@@ -66,6 +68,7 @@ class Observer:
         self._settings = settings
         self._lease_valid = lease_valid
         self._wake_keeper = wake_keeper
+        self.callbacks = callbacks
         #: Serialises observations: the observe loop and the keeper both observe, and two
         #: interleaved observations could report an older one last.
         self.lock = asyncio.Lock()
@@ -103,6 +106,9 @@ class Observer:
             local.replication = None
         self._track_streaming(status, now)
         local.status = status
+        if self.callbacks is not None:
+            role: Role = "unknown" if status.in_recovery is None else "replica" if status.in_recovery else "primary"
+            self.callbacks.observed(Seen(running=running, role=role if running else "unknown"))
         if not running and self.instance.initialized:
             await self.read_stopped_history()
         else:
@@ -151,6 +157,8 @@ class Observer:
             if self._dynamic_reload:
                 await dynamic_conf.reload(self.instance.spec)
                 self._dynamic_reload = False
+                if self.callbacks is not None:
+                    self.callbacks.fire("on_reload", self.callbacks.role)
             self.local.pending_restart_names = await dynamic_conf.pending_restart(self.instance.spec)
         except Exception as exc:
             log.debug("dynamic parameters: reload or pending-restart read failed error=%s", exc)

@@ -42,6 +42,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import JsonValue
 
 from ram.eventstore.events import (
+    CallbackRan,
     CandidateInfo,
     ClusterBootstrapped,
     CommandRejected,
@@ -467,7 +468,7 @@ def _apply(state: ClusterState, se: StoredEvent) -> ClusterState:
             return replace(state, dynamic_config=config, pending_restart=tuple(sorted(set(ev.pending_restart))))
         case NodeFenced():
             return _update_member(state, ev.name, fenced=True, fence_reason=ev.reason)
-        case CommandRejected():
+        case CommandRejected() | CallbackRan():
             return state
         case MemberActionRequested():
             return _update_member(state, ev.name, pending_action=ev.action, pending_action_position=pos)

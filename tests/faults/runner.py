@@ -66,6 +66,7 @@ async def run(cfg: ChaosConfig) -> dict[str, Any]:
     report: dict[str, Any] = {"seed": cfg.seed, "minutes": cfg.minutes, "sync": cfg.sync, "nodes": cfg.nodes}
     failures: list[str] = []
     convergence: list[float] = []
+    converged_after: dict[str, list[float]] = collections.defaultdict(list)  # fault kind -> seconds
     mismatches: list[str] = []
     workload: Workload | None = None
     t_start = time.monotonic()
@@ -88,6 +89,7 @@ async def run(cfg: ChaosConfig) -> dict[str, Any]:
                 break
             if fx.done:
                 convergence.append(took)
+                converged_after[fx.done[-1].kind].append(took)
             await asyncio.sleep(rng.uniform(*cfg.quiet_s))
             if time.monotonic() >= deadline:
                 break
@@ -135,6 +137,7 @@ async def run(cfg: ChaosConfig) -> dict[str, Any]:
             "median": checkers.median(convergence),
             "final": round(final_took, 3) if final_took is not None else None,
             "bound": cfg.converge_bound_s,
+            "max_by_fault": {k: round(max(v), 3) for k, v in sorted(converged_after.items())},
         }
         report["api_mismatches"] = mismatches[:20]
         if mismatches:

@@ -164,6 +164,10 @@ events: st.SearchStrategy[e.Event] = st.one_of(
     st.builds(e.CommandRejected, command=st.sampled_from(["add_member", "set_tags"]), reason=texts),
     st.builds(e.MemberActionRequested, name=names, action=actions, requested_by=texts),
     st.builds(e.MemberActionCompleted, name=names, action=actions, ok=st.booleans(), message=texts),
+    st.builds(e.CallbackRan, name=names, hook=st.sampled_from(["on_start", "on_stop", "on_role_change"]),
+              role=st.sampled_from(["primary", "replica", "unknown"]),
+              outcome=st.sampled_from(["ok", "failed", "timeout", "error"]),
+              exit_code=st.none() | st.integers(0, 255), duration_ms=st.integers(0, 10**6), output=texts),
 )
 
 

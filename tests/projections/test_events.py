@@ -27,7 +27,7 @@ def test_encode_decode_round_trip(ev: e.Event) -> None:
 
 
 def test_every_type_is_registered_once() -> None:
-    assert len(e.EVENT_TYPES) == 24
+    assert len(e.EVENT_TYPES) == 25
     for name, cls in e.EVENT_TYPES.items():
         assert cls.model_fields["type"].default == name
         assert cls.SCHEMA_VERSION == 1

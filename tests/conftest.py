@@ -12,8 +12,8 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
+from pytest_postgresql.janitor import DatabaseJanitor
 
 from ram.postgres.server import PostgresServer
 
@@ -34,7 +34,11 @@ def make_tempdir(prefix: str) -> Path:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
-    """One real PostgreSQL server for the whole test session; every test gets its own database."""
+    """One real PostgreSQL server for the whole test session; every test gets its own database.
+
+    Started by RAM's own :class:`~ram.postgres.server.PostgresServer` rather than pytest-postgresql's
+    process fixture: as root (CI) PostgreSQL must run as an unprivileged OS user with directories it
+    owns, which that fixture does not do; ours is also the code under test for the embedded store."""
     base = make_tempdir("ram-test-pg-")
     server = PostgresServer(datadir=base / "data", port=free_port(), listen_addresses="127.0.0.1")
     try:
@@ -49,19 +53,20 @@ def pg_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 async def store_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
-    """A fresh, empty database on the session server; dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server.dsn())
+    """A fresh, empty database on the session server; dropped afterwards (connections still open
+    to it are terminated first). pytest-postgresql's DatabaseJanitor does the creating and dropping;
+    the server itself is ours (see :func:`pg_server`)."""
+    janitor = DatabaseJanitor(
+        user=pg_server.superuser,
+        host=str(pg_server.sockdir),
+        port=pg_server.port,
+        dbname=f"t_{uuid.uuid4().hex[:12]}",
+    )
+    await asyncio.to_thread(janitor.init)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield pg_server.dsn(janitor.dbname)
     finally:
-        await admin.close()
-    yield pg_server.dsn(name)
-    admin = await asyncpg.connect(pg_server.dsn())
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+        await asyncio.to_thread(janitor.drop)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -73,3 +78,48 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section(f"stalled cluster starts: {len(STALLS)}")
         for text in STALLS:
             terminalreporter.write_line(text)
+
+
+# ---------------------------------------------------------------------------------------- test tiers
+
+#: Whole real clusters (``ram node run`` processes, each with its PostgreSQL): tier ``e2e``.
+_E2E_PATHS = (
+    "tests/e2e/",
+    "tests/chaos/",
+    "tests/fuzz/test_cluster_inputs.py",
+    "tests/cli/test_cluster_cmd.py",
+    "tests/cli/test_cluster_sync.py",
+    "tests/cli/test_cluster_up_tour.py",
+    "tests/security/test_no_secret_leaks.py",
+    "tests/test_wheel.py",
+)
+#: Modules that start PostgreSQL servers of their own (not through the ``pg_server`` fixture).
+_PG_PATHS = ("tests/postgres/", "tests/runtime/", "tests/test_pg_fixture.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in (
+        "unit: pure logic, no PostgreSQL, no cluster (./scripts/test.sh -m unit: seconds)",
+        "pg: real PostgreSQL servers, no whole cluster",
+        "e2e: whole local clusters of real ram node run processes",
+    ):
+        config.addinivalue_line("markers", line)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test gets exactly one tier marker, from where it lives and what it uses: a test that
+    asks (directly or through another fixture) for ``pg_server`` is ``pg``; a whole-cluster module
+    is ``e2e``; everything else is ``unit``. Derived, so a new test can not be left untiered.
+    ``slow`` tests (the hour-long runs) get none: ``-m unit`` must never start one."""
+    root = Path(str(config.rootpath))
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            continue  # the long runs are a tier of their own (-m slow), never part of -m unit/pg/e2e
+        rel = Path(str(item.path)).relative_to(root).as_posix()
+        if rel.startswith(_E2E_PATHS):
+            tier = "e2e"
+        elif rel.startswith(_PG_PATHS) or "pg_server" in getattr(item, "fixturenames", ()):
+            tier = "pg"
+        else:
+            tier = "unit"
+        item.add_marker(getattr(pytest.mark, tier))

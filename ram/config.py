@@ -14,6 +14,7 @@ up without a restart.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import stat
@@ -294,6 +295,13 @@ class PostgresSettings(_Strict):
     parameters: Annotated[
         dict[str, str], Field(description="Extra postgresql.conf parameters for the managed instance.")
     ] = {}  # pydantic copies mutable defaults per instance
+    client_cidrs: Annotated[
+        list[str],
+        Field(
+            description="Networks whose clients may log in to PostgreSQL with a password (scram-sha-256; "
+            "hostssl with TLS), e.g. [\"10.0.1.0/24\"] for the application servers. Empty: members only.",
+        ),
+    ] = []
     superuser_password: Annotated[
         SecretStr | None,
         Field(description="Password of the postgres superuser for TCP logins from members (unset: socket only)."),
@@ -310,6 +318,17 @@ class PostgresSettings(_Strict):
         ),
     ] = None
     tls_key: Annotated[Path | None, Field(description="The private key of postgres.tls_cert (PEM, mode 0600).")] = None
+
+    @field_validator("client_cidrs")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        out = []
+        for text in value:
+            try:
+                out.append(str(ipaddress.ip_network(text, strict=False)))
+            except ValueError:
+                raise ValueError(f"{text!r} is not a network (CIDR such as 10.0.1.0/24 or 2001:db8::/64)") from None
+        return out
     tls_ca: Annotated[
         Path | None, Field(description="CA certificate(s) (PEM) that sign the members' PostgreSQL certificates.")
     ] = None

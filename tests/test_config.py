@@ -110,3 +110,23 @@ def test_node_init_for_a_managed_node_references_every_secret_by_file(tmp_path: 
     for path in (tmp_path / "repl.pw", tmp_path / "su.pw", tmp_path / "tokens.admin.token"):
         assert path.read_text().strip() not in text
     assert "RAM_TOKEN_FILE=" in result.output
+
+
+def test_client_networks_reach_pg_hba(tmp_path: Path) -> None:
+    """postgres.client_cidrs: applications' networks log in by password (never as replication);
+    a value that is not a network is one line naming the key."""
+    from ram.ha.pgspec import instance_spec
+    from ram.postgres.conffiles import render_hba
+    from ram.projections.state import ClusterState
+
+    base = {"cluster_id": "c", "node_id": 1, "name": "n1", "data_dir": str(tmp_path),
+            "raft": {"listen": "10.0.0.1:7400"},
+            "postgres": {"manage": True, "replication_password": "r-Secret-1", "client_cidrs": ["10.0.1.7/24"]}}
+    cfg = parse_config(base)
+    assert cfg.postgres.client_cidrs == ["10.0.1.0/24"]
+    hba = render_hba(instance_spec(cfg, ClusterState()))
+    client_lines = [ln for ln in hba.splitlines() if "10.0.1.0/24" in ln]
+    assert client_lines and all(ln.split()[:3] == ["host", "all", "all"] for ln in client_lines), hba
+    bad = {**base, "postgres": {**base["postgres"], "client_cidrs": ["everyone"]}}  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match=r"postgres\.client_cidrs.*'everyone' is not a network"):
+        parse_config(bad)

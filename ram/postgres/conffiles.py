@@ -131,7 +131,8 @@ def ram_os_user() -> str:
 
 
 def render_hba(spec: ManagedInstanceSpec) -> str:
-    """Local superuser by peer (mapped), SCRAM from each member's /32 (or /128), nothing else.
+    """Local superuser by peer (mapped), SCRAM from each member's /32 (or /128) and from the
+    configured client networks (``postgres.client_cidrs``; never for replication), nothing else.
 
     With TLS: ``hostssl`` only, and the replication user (streaming, clone, rewind) must also show a
     certificate of the cluster's CA — RAM's clients always have one; operators logging in as other
@@ -142,6 +143,8 @@ def render_hba(spec: ManagedInstanceSpec) -> str:
         lines.append(f"{kind} replication   {spec.replication_user:<16} {cidr:<20} scram-sha-256{member_cert}\n")
         if spec.tls is not None:
             lines.append(f"{kind} all           {spec.replication_user:<16} {cidr:<20} scram-sha-256{member_cert}\n")
+        lines.append(f"{kind} all           {'all':<16} {cidr:<20} scram-sha-256\n")
+    for cidr in spec.client_cidrs:  # applications: any role but replication, by password
         lines.append(f"{kind} all           {'all':<16} {cidr:<20} scram-sha-256\n")
     return "".join(lines)
 

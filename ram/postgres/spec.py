@@ -120,6 +120,8 @@ class ManagedInstanceSpec:
     #: Every member's PostgreSQL (host, port): one passfile line each, so the replication password is
     #: offered to members only. Empty (a spec built by hand, tests): one ``*:*`` line.
     member_endpoints: Sequence[tuple[str, int]] = ()
+    #: Networks whose clients may log in with a password (besides the members).
+    client_cidrs: Sequence[str] = ()
     #: Member certificate for PostgreSQL TLS (None: no TLS).
     tls: TlsFiles | None = None
     #: How RAM's clients check the upstream's certificate: ``verify-full`` (it must name the host

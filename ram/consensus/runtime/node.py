@@ -658,7 +658,11 @@ class RaftNode:
                 self.on_report(peer, payload.body)
         else:
             future = self._forwards.get(payload.request_id)
-            if self._forward_targets.get(payload.request_id) != peer:
+            asked = self._forward_targets.get(payload.request_id)
+            if asked is None:  # the request timed out here already: a late answer, not a forgery
+                log.debug("late answer dropped peer=%d request_id=%d", peer, payload.request_id)
+                return
+            if asked != peer:
                 log.warning("dropping an answer from a node that was not asked peer=%d request_id=%d",
                             peer, payload.request_id)
                 return

@@ -185,6 +185,8 @@ class LocalPostgres:
 
     has_data: bool
     running: bool
+    #: The postmaster runs but the server does not accept connections yet (recovery not consistent).
+    starting: bool = False
     in_recovery: bool | None = None
     timeline: int | None = None
     wal_position: int | None = None
@@ -319,13 +321,19 @@ def _action_position(c: Ctx) -> int:
 STUCK_REPLICA_S = 10.0
 
 
+#: A standby whose recovery has not moved to another WAL file for this long while it does not
+#: accept connections is stuck the same way (e.g. its local WAL runs past the primary's fork and
+#: every streamed record fails to continue it). Longer than STUCK_REPLICA_S: replaying one WAL file
+#: on a slow disk can take several seconds.
+STUCK_STARTING_S = 20.0
+
+
 def _stuck(c: Ctx) -> bool:
-    return (
-        c.want.kind == "replica"
-        and c.pg.running
-        and c.pg.in_recovery is True
-        and (c.inp.not_streaming_for or 0.0) > STUCK_REPLICA_S
-    )
+    if c.want.kind != "replica":
+        return False
+    if c.pg.starting:
+        return (c.inp.not_streaming_for or 0.0) > STUCK_STARTING_S
+    return c.pg.running and c.pg.in_recovery is True and (c.inp.not_streaming_for or 0.0) > STUCK_REPLICA_S
 
 
 def _r(cls: Callable[[str], Action]) -> Callable[[Ctx, str], Action]:
@@ -468,7 +476,10 @@ KEEPER_RULES: list[KeeperRule] = [
     ),
     KeeperRule(
         "primary-sync",
-        lambda c: c.want.kind == "primary" and c.pg.writable and (c.pg.sync_standby_names or "") != _sync_names(c),
+        lambda c: c.want.kind == "primary"
+        and c.pg.writable
+        and c.pg.sync_standby_names is not None  # unknown (not read yet, or the read failed): leave it
+        and c.pg.sync_standby_names != _sync_names(c),
         lambda c, r: ConfigureSync(f"{r}: {_sync_names(c)!r} ({c.want.reason})", standby_names=_sync_names(c)),
         "set synchronous_standby_names",
     ),

@@ -79,6 +79,8 @@ class Observer:
         self._passwords_checked_at = -_PASSWORD_CHECK_EVERY_S
         self._passwords_primary: bool | None = None
         self._wal_segment_size: int | None = None
+        self._startup_activity: str | None = None
+        self._startup_activity_since: float | None = None
 
     async def observe(self) -> None:
         """Read the local PostgreSQL's status and report it, then the upkeep that follows from it."""
@@ -114,13 +116,17 @@ class Observer:
         else:
             local.stopped_history = None
         local.pg_down_since = since(local.pg_down_since, not running, now)
-        self._wake_keeper()
-        local.sync_names = None
+        sync_names = None
         if running and status.in_recovery is False:
-            local.sync_names = await self._sync_standby_names()
+            sync_names = await self._sync_standby_names()
             # Before the report: the arbiter records a promotion with this fork point, and a fork
             # point from the previous timeline (or none) misjudges every replica's divergence.
             await self._read_timeline_start(status.timeline)
+        # Assigned in one step, and only then is the keeper woken: a keeper that ran while the
+        # setting was being read saw "unknown" as "empty" and re-configured (and reloaded) the primary
+        # on every observation - a SIGHUP storm found by the chaos run.
+        local.sync_names = sync_names
+        self._wake_keeper()
         self.send_report(status)
         if running and status.in_recovery:
             self._reconcile_following(status, now)
@@ -313,19 +319,28 @@ class Observer:
         )
 
     def _track_streaming(self, status: InstanceStatus, now: float) -> None:
-        """How long this standby has been running without streaming while the committed primary is
-        healthy and nothing moves it (the keeper's fallback for a standby stuck on a fork)."""
+        """How long this standby has made no progress towards streaming while the committed primary
+        is healthy and nothing moves it (the keeper's fallback for a standby stuck on a fork):
+
+        * accepting connections: the time since it last streamed from the primary;
+        * running but not accepting (recovery not consistent yet): the time since its startup
+          process last moved on to another WAL file - a standby whose recovery reads a fork of the
+          primary's history retries the same position for good, crash recovery moves on."""
         state = self.node.state
         primary = state.members.get(state.primary or "")
-        expected = (
-            status.running
-            and status.accepting
-            and status.in_recovery is True
-            and primary is not None
+        primary_ok = (
+            primary is not None
             and primary.name != self.me
             and primary.healthy is True
             and state.current_operation is None
         )
+        if status.running and not status.accepting:
+            if status.startup_activity != self._startup_activity or self._startup_activity_since is None:
+                self._startup_activity, self._startup_activity_since = status.startup_activity, now
+            self.local.not_streaming_since = self._startup_activity_since if primary_ok else None
+            return
+        self._startup_activity = self._startup_activity_since = None
+        expected = primary_ok and status.running and status.accepting and status.in_recovery is True
         streaming = self.local.replication is not None and self.local.replication.streaming
         if streaming:
             self.local.stuck_rewound = False
@@ -376,6 +391,7 @@ class Observer:
         pg = k.LocalPostgres(
             has_data=self.instance.initialized,
             running=running,
+            starting=status.running and not status.accepting,
             in_recovery=status.in_recovery if running else None,
             timeline=status.timeline,
             wal_position=status.wal_position,

@@ -11,7 +11,9 @@ last restartpoint in pg_control.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +101,9 @@ class InstanceStatus:
     replication: list[ReplicationConnection] = field(default_factory=list)
     wal_receiver: WalReceiverStatus | None = None
     slots: list[SlotStatus] = field(default_factory=list)
+    #: Running but not accepting: the startup process's title (``startup recovering 0000...``), whose
+    #: WAL file name moves on while recovery makes progress and stands still while it is stuck.
+    startup_activity: str | None = None
 
     @property
     def wal_position(self) -> int | None:
@@ -142,6 +147,32 @@ FROM pg_replication_slots ORDER BY slot_name
 """
 
 
+def startup_activity(postmaster: int) -> str | None:
+    """The title of the postmaster's startup process (``startup recovering 00000001000000000000000A``),
+    from /proc; None when there is none (or no /proc). Recovery that progresses moves through WAL
+    files, so the title changes; a standby whose recovery can not go on keeps one title for good."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read().decode(errors="replace")
+            if int(stat.rsplit(")", 1)[1].split()[1]) != postmaster:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                title = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        _, _, rest = title.partition("startup")
+        if title.startswith("postgres:") and rest:
+            return "startup" + rest
+    return None
+
+
 async def read_status(spec: ManagedInstanceSpec, pid: int | None) -> InstanceStatus:
     """Query the instance whose postmaster is ``pid`` (None: not running, nothing to ask)."""
     if pid is None:
@@ -153,7 +184,8 @@ async def read_status(spec: ManagedInstanceSpec, pid: int | None) -> InstanceSta
             replication = await conn.fetch(_REPLICATION)
             slots = await conn.fetch(_SLOTS)
     except SqlError as exc:
-        return InstanceStatus(running=True, pid=pid, accepting=False, error=exc.message)
+        activity = await asyncio.to_thread(startup_activity, pid)
+        return InstanceStatus(running=True, pid=pid, accepting=False, error=exc.message, startup_activity=activity)
     except asyncpg.PostgresError as exc:  # pragma: no cover - local_connection translates these
         return InstanceStatus(running=True, pid=pid, accepting=False, error=str(exc))
     assert main is not None

@@ -40,6 +40,7 @@ S = HASettings()
 PRIMARY_PG = LocalPostgres(has_data=True, running=True, in_recovery=False, timeline=1, wal_position=100)
 REPLICA_PG = LocalPostgres(has_data=True, running=True, in_recovery=True, timeline=1, wal_position=100, upstream="pg1")
 DOWN_PG = LocalPostgres(has_data=True, running=False)
+STARTING_PG = LocalPostgres(has_data=True, running=False, starting=True)
 EMPTY_PG = LocalPostgres(has_data=False, running=False)
 
 FAILOVER = cluster(operations=(operation("failover", "pg1", "pg2"),))
@@ -185,7 +186,7 @@ ROWS: list[tuple[str, KeeperInput, type, str]] = [
             "pg1",
             0.0,
             cluster(sync_mode="on", num_sync=1, sync_standbys=("pg2",)),
-            PRIMARY_PG,
+            replace(PRIMARY_PG, sync_standby_names=""),
             True,
             HASettings(synchronous_mode="on"),
         ),
@@ -218,6 +219,32 @@ ROWS: list[tuple[str, KeeperInput, type, str]] = [
         "still not streaming after a rewind: re-clone",
     ),
     ("replica-not-stuck-yet", inp("pg2", cluster(), REPLICA_PG, not_streaming_for=3.0), Nothing, "streaming from"),
+    (
+        # Up but never consistent (its recovery stands at one WAL file): found by the chaos run.
+        "replica-stuck-starting-rewind",
+        inp("pg2", cluster(), STARTING_PG, not_streaming_for=21.0),
+        Rewind,
+        "running but not streaming from the healthy primary: rewind (treated as diverged): 21 s",
+    ),
+    (
+        "replica-stuck-starting-reclone",
+        inp("pg2", cluster(), STARTING_PG, not_streaming_for=21.0, stuck_rewound=True),
+        Clone,
+        "still not streaming after a rewind: re-clone",
+    ),
+    (
+        # Crash recovery that moves on between WAL files is not stuck (the observer restarts the clock).
+        "replica-starting-not-stuck-yet",
+        inp("pg2", cluster(), STARTING_PG, not_streaming_for=12.0),
+        StartPostgres,
+        "start as a standby",
+    ),
+    (
+        "primary-sync-unknown",
+        inp("pg1", cluster(sync_mode="on", num_sync=1, sync_standbys=("pg2",)), PRIMARY_PG, lease_valid=True),
+        Nothing,
+        "primary running",
+    ),
     (
         "replica-reclone",
         inp("pg2", cluster(), DOWN_PG, diverged=True, rewind_failed=True),
@@ -276,7 +303,8 @@ def test_action_targets() -> None:
     a = next_action(inp("pg2", cluster(), DOWN_PG, diverged=True))
     assert isinstance(a, Rewind) and a.primary == "pg1"
     sync = cluster(sync_mode="on", num_sync=1, sync_standbys=("pg2",))
-    a = next_action(KeeperInput("pg1", 0.0, sync, PRIMARY_PG, True, HASettings(synchronous_mode="on")))
+    primary = replace(PRIMARY_PG, sync_standby_names="")
+    a = next_action(KeeperInput("pg1", 0.0, sync, primary, True, HASettings(synchronous_mode="on")))
     assert isinstance(a, ConfigureSync) and a.standby_names == 'FIRST 1 ("pg2")'
 
 

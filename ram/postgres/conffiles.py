@@ -192,7 +192,9 @@ def primary_conninfo(spec: ManagedInstanceSpec, primary: PrimaryEndpoint, *, dbn
 
 def render_replication_conf(spec: ManagedInstanceSpec, primary: PrimaryEndpoint | None, slot: str | None) -> str:
     if primary is None:
-        return HEADER + "# primary: no upstream\n"
+        # recovery_target_timeline stays written: it can only change at a restart, and a promoted
+        # standby that dropped it would log "cannot be changed without restarting" at every reload.
+        return HEADER + "# primary: no upstream\nrecovery_target_timeline = 'latest'\n"
     lines = [HEADER, f"primary_conninfo = {conf_quote(primary_conninfo(spec, primary))}\n"]
     if slot:
         lines.append(f"primary_slot_name = {conf_quote(slot)}\n")

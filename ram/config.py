@@ -302,6 +302,13 @@ class PostgresSettings(_Strict):
             "hostssl with TLS), e.g. [\"10.0.1.0/24\"] for the application servers. Empty: members only.",
         ),
     ] = []
+    extra_listen: Annotated[
+        list[Annotated[str, Field(pattern=r"^(\*|[0-9A-Fa-f.:]+)$")]],
+        Field(
+            description="Addresses PostgreSQL listens on besides postgres.listen's host. [\"*\"] for a virtual IP "
+            "that moves between members (PostgreSQL binds only addresses present when it starts).",
+        ),
+    ] = []
     superuser_password: Annotated[
         SecretStr | None,
         Field(description="Password of the postgres superuser for TCP logins from members (unset: socket only)."),

@@ -6,6 +6,9 @@
 #   on_stop = ["/etc/ram/vip.sh", "10.0.0.100/24", "eth0"]
 #   on_role_change = ["/etc/ram/vip.sh", "10.0.0.100/24", "eth0"]
 #
+#   [postgres]
+#   extra_listen = ["*"]          # PostgreSQL must answer on the VIP whenever the VIP comes
+#
 # RAM appends ACTION ROLE CLUSTER_NAME, so this runs as: vip.sh VIP/PREFIX DEVICE ACTION ROLE CLUSTER.
 # The address is held while this member's PostgreSQL runs as the primary and dropped otherwise
 # (also when PostgreSQL stops). It needs CAP_NET_ADMIN: run ram as root, or give the script that

@@ -62,6 +62,7 @@ def instance_spec(config: NodeConfig, state: ClusterState) -> ManagedInstanceSpe
         tls_verify="verify-ca" if config.postgres.tls_verify == "ca" else "verify-full",
         parameters=dict(config.postgres.parameters),
         client_cidrs=tuple(config.postgres.client_cidrs),
+        extra_listen=tuple(config.postgres.extra_listen),
         clone_on_rewind_failure=True,
     )
 

@@ -96,7 +96,7 @@ def base_settings(spec: ManagedInstanceSpec) -> dict[str, str]:
         )
     settings.update(
         {
-            "listen_addresses": spec.host,
+            "listen_addresses": spec.listen_addresses,
             "port": str(spec.port),
             "unix_socket_directories": str(spec.sockdir),
             "unix_socket_permissions": "0700",

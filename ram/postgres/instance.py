@@ -77,7 +77,7 @@ class ManagedInstance:
         self._server = PostgresServer(
             datadir=spec.data_dir,
             port=spec.port,
-            listen_addresses=spec.host,
+            listen_addresses=spec.listen_addresses,
             socket_dir=spec.sockdir,
             owner=spec.owner,
             settings={},

@@ -122,6 +122,8 @@ class ManagedInstanceSpec:
     member_endpoints: Sequence[tuple[str, int]] = ()
     #: Networks whose clients may log in with a password (besides the members).
     client_cidrs: Sequence[str] = ()
+    #: Addresses PostgreSQL listens on besides ``host`` ("*": every address, for a virtual IP).
+    extra_listen: Sequence[str] = ()
     #: Member certificate for PostgreSQL TLS (None: no TLS).
     tls: TlsFiles | None = None
     #: How RAM's clients check the upstream's certificate: ``verify-full`` (it must name the host
@@ -198,6 +200,13 @@ class ManagedInstanceSpec:
     def slot_name(self) -> str:
         """The slot this node uses on its upstream."""
         return slot_name_for(self.name)
+
+    @property
+    def listen_addresses(self) -> str:
+        """PostgreSQL's listen_addresses: the member's own address, then any extra ones."""
+        if "*" in self.extra_listen:
+            return "*"
+        return ",".join(dict.fromkeys([self.host, *self.extra_listen]))
 
     def member_cidrs(self) -> list[str]:
         """Each member as a single-host CIDR (``/32`` or ``/128``), deduplicated, in order."""

@@ -160,9 +160,13 @@ class Lab:
             text = h.config.read_text()
             assert "# client_cidrs = []" in text, text
             text = text.replace("# client_cidrs = []", f'client_cidrs = ["10.201.{self.subnet}.0/24"]')
+            assert "# extra_listen = []" in text, text
+            text = text.replace("# extra_listen = []", 'extra_listen = ["*"]')  # PostgreSQL answers on the VIP
             # ... and the virtual IP follows the primary (docs/deploy.md, "Callbacks").
             vip = f'["{VIP_SCRIPT}", "{self.vip}/24", "eth0"]'
-            text += f"\n[callbacks]\non_start = {vip}\non_stop = {vip}\non_role_change = {vip}\ntimeout_s = 10\n"
+            for hook in ("on_start", "on_stop", "on_role_change"):
+                assert f"\n# {hook} =\n" in text, text
+                text = text.replace(f"\n# {hook} =\n", f"\n{hook} = {vip}\n")
             h.config.write_text(text)
 
     def token(self) -> str:
@@ -243,7 +247,11 @@ class Lab:
     async def wait_for(self, client: httpx.AsyncClient, ok: Any, timeout: float, what: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
+        dead: list[str] = []
         while time.monotonic() < deadline:
+            dead = [h.name for h in self.hosts if h.proc is not None and h.proc.poll() is not None]
+            if dead:
+                break  # a node exited: its log says why
             with contextlib.suppress(AssertionError, httpx.HTTPError, KeyError):
                 last = await self.cluster(client)
                 if ok(last):
@@ -251,7 +259,7 @@ class Lab:
             await asyncio.sleep(0.25)
         tails = "\n".join(f"--- {h.name}: " + "\n".join(h.log.read_text(errors="replace").splitlines()[-15:])
                           for h in self.hosts if h.log.exists())
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last}\n{tails}")
+        raise AssertionError(f"no {what} within {timeout} s (exited: {dead}); last: {last}\n{tails}")
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
@@ -337,7 +345,8 @@ async def test_three_hosts_failover_partition_switchover_rejoin(lab: Lab) -> Non
         c = await lab.wait_for(client, healthy, 180, "a healthy new cluster")
         first = c["primary"]
         # Every member's addresses are its namespace's own: nothing on a shared loopback.
-        assert {m["pg_host"] for m in c["members"]} == {h.address for h in lab.hosts}, c["members"]
+        assert {m["pg_address"] for m in c["members"]} == {f"{h.address}:{PG_PORT}" for h in lab.hosts}, c["members"]
+        assert {m["raft_address"] for m in c["members"]} == {f"{h.address}:{RAFT_PORT}" for h in lab.hosts}
         await _write(lab, first, 1)
         for h in lab.hosts:
             await _wait_values(lab, h.name, {1})

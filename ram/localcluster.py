@@ -449,8 +449,9 @@ async def prepare(info: ClusterInfo, ha: dict[str, Any] | None = None) -> None:
     await asyncio.to_thread(_write_layout, info, dsns, ha)
 
 
-def start_node(info: ClusterInfo, member: MemberInfo) -> int:
-    """Start ``ram node run`` for one member in the background; returns its pid."""
+def start_node(info: ClusterInfo, member: MemberInfo, env: dict[str, str] | None = None) -> int:
+    """Start ``ram node run`` for one member in the background; returns its pid. ``env``: the
+    child's whole environment (default: ours) - e.g. a PYTHONPATH running another RAM version."""
     log = open(member.log_file, "ab")  # noqa: SIM115 - handed to the child process
     try:
         proc = subprocess.Popen(
@@ -460,6 +461,7 @@ def start_node(info: ClusterInfo, member: MemberInfo) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=member.node_dir,
+            env=env,
         )
     finally:
         log.close()

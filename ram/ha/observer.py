@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -44,6 +45,19 @@ log = logging.getLogger("ram.ha")
 _FOLLOWING_REPORT_EVERY_S = 2.0
 #: How often a node checks whether its configured passwords changed (password rotation).
 _PASSWORD_CHECK_EVERY_S = 5.0
+
+
+_WAL_FILE = re.compile(r"[0-9A-F]{24}")
+
+
+def recovery_position(activity: str | None) -> str | None:
+    """The WAL segment a startup process works on, from its title, without the timeline (which
+    changes while a standby tries its timelines' files for the same segment) and without its verb
+    ("recovering" / "waiting for"): what must change for recovery to count as moving on."""
+    if activity is None:
+        return None
+    found = _WAL_FILE.findall(activity)
+    return found[-1][8:] if found else activity
 
 
 class Observer:
@@ -324,8 +338,9 @@ class Observer:
 
         * accepting connections: the time since it last streamed from the primary;
         * running but not accepting (recovery not consistent yet): the time since its startup
-          process last moved on to another WAL file - a standby whose recovery reads a fork of the
-          primary's history retries the same position for good, crash recovery moves on."""
+          process last moved on to another WAL segment - a standby whose recovery reads a fork of the
+          primary's history retries the same segment for good (its title alternating between
+          "recovering" and "waiting for" it, on one timeline or another), crash recovery moves on."""
         state = self.node.state
         primary = state.members.get(state.primary or "")
         primary_ok = (
@@ -335,8 +350,9 @@ class Observer:
             and state.current_operation is None
         )
         if status.running and not status.accepting:
-            if status.startup_activity != self._startup_activity or self._startup_activity_since is None:
-                self._startup_activity, self._startup_activity_since = status.startup_activity, now
+            position = recovery_position(status.startup_activity)
+            if position != self._startup_activity or self._startup_activity_since is None:
+                self._startup_activity, self._startup_activity_since = position, now
             self.local.not_streaming_since = self._startup_activity_since if primary_ok else None
             return
         self._startup_activity = self._startup_activity_since = None

@@ -59,6 +59,10 @@ async def follow(instance: ManagedInstance, primary: PrimaryEndpoint, *, use_slo
             status.wal_receiver is None or status.wal_receiver.slot_name == slot
         ):
             return False
+        if not wait and await asyncio.to_thread(conffiles.standby_config_current, spec, primary, slot):
+            # Already pointed there: the walreceiver retries on its own (wal_retrieve_retry_interval).
+            # Rewriting and reloading on every keeper pass only stormed the server with SIGHUPs.
+            return False
         await asyncio.to_thread(conffiles.write_standby_config, spec, primary, slot)
         await run_command(
             [str(instance.bindir / "pg_ctl"), "reload", "-D", str(spec.data_dir)],

@@ -71,3 +71,15 @@ def test_tracker_idle_primary_and_lagging_by_one_report() -> None:
     t.observe_primary("pg1", 500, [StandbyRow("pg2", "streaming", 500, 500)], now=1.0)
     t.observe_primary("pg1", 800, [StandbyRow("pg2", "streaming", 600, 600)], now=1.25)  # >= previous 500
     assert t.verdict("pg2", 1.3, 1.5)[0] is True
+
+
+def test_recovery_position_ignores_verb_and_timeline() -> None:
+    """A standby retrying one segment alternates 'recovering' / 'waiting for' and timelines: no progress."""
+    from ram.ha.observer import recovery_position
+
+    a = recovery_position("startup recovering 000000060000000000000006")
+    b = recovery_position("startup waiting for 000000050000000000000006")
+    c = recovery_position("startup recovering 000000060000000000000007")
+    assert a == b != c
+    assert recovery_position(None) is None
+    assert recovery_position("startup") == "startup"

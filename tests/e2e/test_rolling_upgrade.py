@@ -25,6 +25,7 @@ import asyncpg
 import pytest
 
 from ram import localcluster as lc
+from ram.eventstore import schema
 from ram.eventstore.schema import SCHEMA_HEAD
 from tests.conftest import make_tempdir
 from tests.e2e.cluster import E2ECluster, Writer
@@ -75,6 +76,10 @@ async def old_cluster() -> AsyncIterator[tuple[E2ECluster, dict[str, str], dict[
         base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         old_env = {**base, "PYTHONPATH": str(old_tree)}
         await lc.prepare(cluster.info, None)
+        # The stores as the older release made them (prepare migrated them with today's code).
+        for member in cluster.info.members:
+            dsn = lc.store_server(cluster.info).dsn(f"ram_{member.name}")
+            await asyncio.to_thread(schema.downgrade, dsn, OLD_SCHEMA)
         for member in cluster.info.members:
             lc.start_node(cluster.info, member, env=old_env)
         await cluster.wait_healthy(150)
@@ -88,6 +93,13 @@ async def _restart_on(cluster: E2ECluster, name: str, env: dict[str, str]) -> No
     member = cluster.member(name)
     await asyncio.to_thread(lc.stop_node, member, sig=signal.SIGTERM, timeout=30)
     lc.start_node(cluster.info, member, env=env)
+    # The restarted node migrates its store as it starts; only then can it be healthy again (the
+    # leader may still call it healthy from before the restart for a moment).
+    deadline = asyncio.get_running_loop().time() + 90
+    while await _schema(cluster, name) != SCHEMA_HEAD:
+        assert asyncio.get_running_loop().time() < deadline, f"{name}'s store was not upgraded"
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1.0)
     await cluster.wait_healthy(120)
 
 

@@ -187,8 +187,11 @@ class ManagedInstance:
         await asyncio.to_thread(self._clear_stale_pidfile)
         offset = self.log_size()
         started = time.monotonic()
+        # A standby is watched, not awaited: its recovery may never become consistent (see
+        # PostgresServer.start); a primary is started until it accepts connections.
+        standby = (self.spec.data_dir / conffiles.STANDBY_SIGNAL).exists()
         try:
-            await self._server.start()
+            await self._server.start(until_ready=not standby)
         except PostgresCommandError as exc:
             raise self._with_log(exc, offset) from exc
         took = time.monotonic() - started

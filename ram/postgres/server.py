@@ -40,6 +40,11 @@ STORE_SETTINGS: dict[str, str] = {
 }
 
 
+#: Without waiting for readiness, a postmaster that is still "starting" after this long survived its
+#: start (configuration, locks, the data directory were fine); recovery is the caller's to watch.
+_START_GRACE_S = 1.0
+
+
 @dataclass
 class PostgresServer:
     """A PostgreSQL server whose data directory and life we own.
@@ -128,20 +133,61 @@ class PostgresServer:
         )
         return result.returncode == 0
 
-    async def start(self) -> None:
-        """Start the server and wait until it accepts connections (idempotent)."""
+    async def start(self, *, until_ready: bool = True) -> None:
+        """Start the server (idempotent) and wait until it accepts connections - or, without
+        ``until_ready``, only until its postmaster runs and survived its first moments.
+
+        Why the second: a standby accepts connections only once its recovery is consistent, which
+        may take long or never happen (its WAL runs past the primary's history); ``pg_ctl start -w``
+        would hold its caller - RAM's keeper - for the whole start timeout, while it is the keeper
+        that must notice the standby is stuck and rewind or re-clone it."""
         self._prepare_dir(self.sockdir, 0o700)
         if await self.is_running():
             return
         logfile = self.log_file or self.datadir / "server.log"
+        if until_ready:
+            await run_command(
+                [
+                    str(self.bindir / "pg_ctl"), "start", "-w", "-t", str(int(self.timeout)),
+                    "-D", str(self.datadir), "-l", str(logfile),
+                ],
+                owner=self.owner,
+                timeout=self.timeout + 5,
+            )
+            return
         await run_command(
-            [
-                str(self.bindir / "pg_ctl"), "start", "-w", "-t", str(int(self.timeout)),
-                "-D", str(self.datadir), "-l", str(logfile),
-            ],
+            [str(self.bindir / "pg_ctl"), "start", "-W", "-D", str(self.datadir), "-l", str(logfile)],
             owner=self.owner,
             timeout=self.timeout + 5,
         )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        seen_at: float | None = None
+        while loop.time() < deadline:
+            status = await asyncio.to_thread(self._pidfile_status)
+            if status in ("ready", "standby"):
+                return
+            if status == "starting":
+                seen_at = loop.time() if seen_at is None else seen_at
+                if loop.time() - seen_at >= _START_GRACE_S:
+                    return  # running, still recovering: the caller watches it from here
+            elif seen_at is not None:  # it was starting and is gone: it failed
+                break
+            await asyncio.sleep(0.05)
+        raise PostgresCommandError(
+            [str(self.bindir / "pg_ctl"), "start"],
+            f"the postmaster {'exited while starting' if seen_at is not None else 'did not come up'}; see {logfile}",
+            None,
+        )
+
+    def _pidfile_status(self) -> str | None:
+        """The postmaster's own status line in ``postmaster.pid`` (starting, ready, standby, stopping),
+        None when no live postmaster owns the file."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            lines = (self.datadir / "postmaster.pid").read_text().splitlines()
+            os.kill(int(lines[0]), 0)
+            return lines[7].strip() if len(lines) > 7 else "starting"
+        return None
 
     async def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
         """Stop the server: ``fast`` first, ``immediate`` when that takes longer than ``timeout``."""

@@ -462,6 +462,16 @@ RULES: list[Rule] = [
     ),
     Rule("failover-in-progress", _failover_op, _const_wait, "failover in progress: waiting for the promotion"),
     Rule(
+        # A new arbiter has not heard from every member yet: "no report" is not a reason to refuse a
+        # switchover the API just accepted (found by CI: the leadership move right after one
+        # switchover made the next one fail with "unreachable: no report").
+        "switchover-wait-new-arbiter",
+        lambda c: _switch_op(c) and not switchover_accepted(c.op) and not c.settled()
+        and _switchover_problem(c) is not None,
+        _const_wait,
+        "switchover waits: this arbiter is new and has not heard from every member yet",
+    ),
+    Rule(
         "switchover-refused",
         lambda c: _switch_op(c) and not switchover_accepted(c.op) and _switchover_problem(c) is not None,
         _refuse_switchover,

@@ -164,6 +164,23 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         SwitchoverFailed,
         "switchover refused: the primary pg1 is not healthy",
     ),
+    (
+        # A new arbiter that has no report from the target yet waits instead of refusing.
+        "switchover-wait-new-arbiter",
+        SWITCH_REQ,
+        {"pg3": {"reachable": False}},
+        {"arbiter_since": NOW - 0.5},
+        WAIT,
+        "switchover waits: this arbiter is new",
+    ),
+    (
+        "switchover-refused-unreachable-settled",
+        SWITCH_REQ,
+        {"pg3": {"reachable": False}},
+        {"arbiter_since": NOW - 5},
+        SwitchoverFailed,
+        "switchover refused: pg3 is not eligible: unreachable",
+    ),
     ("switchover-accepted", SWITCH_REQ, {}, {}, SwitchoverAccepted, "switchover accepted: pg3"),
     (
         "switchover-accepted-best",

@@ -24,7 +24,8 @@ def render(doc: dict[str, Any], machine: str) -> str:
     )
     summary = {k: v for k, v in doc.items() if k not in LEFT_OUT}
     faults = sum(doc["faults"].values())
-    return f"""**A {doc['minutes']:g}-minute run** (`{doc['replay']}`, {machine}; it ran {doc['duration_s'] / 60:.1f} min): {faults} faults of
+    ran = f"it ran {doc['duration_s'] / 60:.1f} min"
+    return f"""**A {doc['minutes']:g}-minute run** (`{doc['replay']}`, {machine}; {ran}): {faults} faults of
 {len(doc['faults'])} kinds, {doc['failovers']} failovers and {doc['switchovers']} switchovers, {w['acknowledged']:,}
 acknowledged writes, {doc['lost_acked_writes']} lost, {doc['split_brain']} split brain, convergence max {c['max']} s
 (median {c['median']} s), worst write unavailability {u['worst']} s (median {u['median']} s), worst gap

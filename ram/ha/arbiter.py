@@ -397,6 +397,8 @@ def _down(c: Ctx) -> str:
         return f"primary {p} unreachable{ago}"
     if not o.pg_running:
         return f"PostgreSQL of primary {p} is down{ago}"
+    if o.role == "primary" and p is not None and c.inp.lease.expired(p, c.now):
+        return f"lease of primary {p} expired (no renewal for {c.inp.settings.arbiter_wait_s:.2f} s)"
     return f"primary {p} reports role {o.role}{ago}"
 
 
@@ -502,7 +504,9 @@ RULES: list[Rule] = [
         _record_promotion,
         "the primary promoted itself onto a new timeline",
     ),
-    Rule("primary-healthy", lambda c: c.primary_ok(), _nothing, "primary healthy"),
+    # A primary whose lease expired has fenced itself (ram.ha.lease), whatever its last report said:
+    # the failover need not also wait for the reports to go stale (report_timeout_s).
+    Rule("primary-healthy", lambda c: c.primary_ok() and not c.primary_lease_expired(), _nothing, "primary healthy"),
     Rule("maintenance", lambda c: c.state.maintenance, _const_wait, "maintenance mode: no automatic failover"),
     Rule("lease-valid", lambda c: not c.primary_lease_expired(), _lease_wait, "waiting for the primary's lease"),
     Rule("no-candidate", lambda c: c.failover_choice().chosen is None, _no_candidate, "no failover possible"),

@@ -130,7 +130,7 @@ class ArbiterRunner:
         every ``_ARBITER_MIN_GAP_S``), so a decision waits for no timer."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self._settings().report_interval_s)
+                await asyncio.wait_for(self.wake.wait(), self._next_tick(time.monotonic()))
             self.wake.clear()
             try:
                 await self.arbitrate()
@@ -139,6 +139,18 @@ class ArbiterRunner:
             except Exception:
                 log.exception("ha step failed step=arbitrate")
             await asyncio.sleep(_ARBITER_MIN_GAP_S)
+
+    def _next_tick(self, now: float) -> float:
+        """Seconds until the next arbitration without a wake-up: the report interval, or sooner when
+        the primary's lease runs out before it (a failover then starts on the lease's expiry, not
+        at the next report)."""
+        wait = self._settings().report_interval_s
+        primary = self.node.state.primary
+        if self.leader_term and primary is not None:
+            left = self.view.seconds_until_expired(primary, now)
+            if 0 < left < wait:
+                wait = left + 0.001
+        return wait
 
     def _move_leadership(self, now: float) -> None:
         node = self.node

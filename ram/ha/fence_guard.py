@@ -15,8 +15,8 @@ So every node runs this small separate process beside `ram`, connected by a pipe
 
 Fencing is an immediate shutdown (SIGQUIT to the postmaster, which takes every backend down with
 it), then SIGKILL of the postmaster and its children if they are still there after
-``KILL_AFTER_S``. The guard imports nothing from RAM, so it starts in milliseconds and has
-nothing to break; it exits after `ram` went away.
+``KILL_AFTER_S`` (:mod:`ram.postgres.proctree`, standard library only). The guard imports nothing
+else from RAM, so it starts in milliseconds and has nothing to break; it exits after `ram` went away.
 
 Run as ``python -m ram.ha.fence_guard DATA_DIR``.
 """
@@ -31,6 +31,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ram.postgres.proctree import quit_tree, reap
 
 KILL_AFTER_S = 1.0
 WATCH_AFTER_EXIT_S = 10.0
@@ -84,28 +86,6 @@ def postmaster_pid(data_dir: Path) -> int | None:
     return pid
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("PPid:"):
-                    if int(line.split()[1]) == pid:
-                        out.append(int(entry.name))
-                    break
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def fence(data_dir: Path) -> str:
     """Immediate shutdown of ``data_dir``'s postmaster; SIGKILL what is left after KILL_AFTER_S.
 
@@ -116,16 +96,7 @@ def fence(data_dir: Path) -> str:
         return "no running postmaster"
     if (data_dir / "standby.signal").exists():
         return f"postmaster {pid} runs as a standby: {NOT_FENCED}"
-    children = _children(pid)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGQUIT)
-    deadline = time.monotonic() + KILL_AFTER_S
-    while time.monotonic() < deadline and (_alive(pid) or any(_alive(c) for c in children)):
-        time.sleep(0.01)
-    left = [p for p in [pid, *children] if _alive(p)]
-    for p in left:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p, signal.SIGKILL)
+    left = reap(quit_tree(pid), KILL_AFTER_S)
     return f"postmaster {pid} sent SIGQUIT" + (f"; SIGKILL to {left}" if left else "")
 
 

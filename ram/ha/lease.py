@@ -57,6 +57,34 @@ at ``leader_since``. (The grant's answer itself may reach P after ``u``; the pro
 earlier, only ``s``.) Grants from leaders of NEWER terms than L' cannot be known to L'; but L' is
 then deposed: its proposals do not commit and its own grants fail their ReadIndex round.
 
+Choosing the numbers
+====================
+
+The defaults (``lease_s`` 1.0, ``renew_interval_s`` 0.1, ``clock_drift`` 0.01, ``safety_margin_s``
+0.1, ``fence_duration_s`` 0.2) give: the primary fences itself 0.79 s (own clock) after sending its
+last acknowledged renewal; the arbiter may promote 1.11 s after its last grant. What they assume:
+
+* *Clock rate.* Monotonic clocks of real machines drift by parts per million; NTP slews by at most
+  500 ppm. ``clock_drift`` 0.01 (10,000 ppm) is far above both, and costs only 10 ms per second of
+  lease. Wall-clock jumps do not matter: only monotonic time is used.
+* *Fence time.* Fencing sends SIGQUIT to the postmaster and each of its children directly
+  (:func:`ram.postgres.proctree.quit_tree`, no subprocess): from the fence timer to the last
+  backend's exit it takes milliseconds. ``fence_duration_s`` 0.2 is kept far above that, so it also
+  absorbs a fence timer that fires late.
+* *Scheduling delay.* A fence timer that fires up to ``safety_margin_s / (1 + rho)`` + the unused
+  part of ``fence_duration_s`` (together ~0.3 s) late is still safe. The fence guard process
+  (:mod:`ram.ha.fence_guard`) fires at the same instant if `ram` itself is frozen.
+* *Renewal round trip.* A renewal (request, quorum heartbeat round, answer) must succeed at least
+  once per 0.79 s, or the primary fences itself: with renewals every 0.1 s, seven attempts in a row
+  must fail. That is what a saturated machine must not cause (tested with both cores saturated for
+  10 minutes: ``bench/failover.py --scenario steady --stress``).
+
+Which knobs trade speed for tolerance: ``lease_s`` (every second of it is a second of a node-loss
+failover, and a second more of renewal gap tolerated), ``safety_margin_s`` and ``fence_duration_s``
+(added to the failover time, tolerate a late fence timer), ``renew_interval_s`` (shorter: more
+attempts within a lease, more messages). ``report_timeout_s`` does not gate a failover: an expired
+lease does (the arbiter's rule ``primary-healthy`` requires an unexpired lease).
+
 Who may hold the lease
 ======================
 

@@ -1,9 +1,11 @@
 """HA tuning knobs (:class:`HASettings`), validated as a whole.
 
-Times are seconds on a monotonic clock. The defaults aim at a failover in a few seconds on a LAN:
-the primary renews its lease every 0.25 s; if renewals stop, it fences itself after
-``lease_s - fence_early_s`` (1.48 s) and the arbiter may promote another node ``arbiter_wait_s``
-(2.22 s) after the last grant it gave.
+Times are seconds on a monotonic clock. The defaults aim at a node loss costing under 1.5 s of
+writes on a LAN: the primary renews its lease every 0.1 s; if renewals stop, it fences itself
+``lease_s - fence_early_s`` (0.79 s) after its last acknowledged renewal was sent, and the arbiter
+may promote another node ``arbiter_wait_s`` (1.11 s) after the last grant it gave. What these
+defaults assume and which knobs buy tolerance with speed: :mod:`ram.ha.lease` ("Choosing the
+numbers").
 """
 
 from __future__ import annotations
@@ -23,19 +25,19 @@ class HASettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     lease_s: Seconds = Field(
-        2.0, description="Primary lease: a renewal sent at t is valid until t + lease_s on the primary's clock."
+        1.0, description="Primary lease: a renewal sent at t is valid until t + lease_s on the primary's clock."
     )
-    renew_interval_s: Seconds = Field(0.25, description="How often the primary sends a lease renewal.")
+    renew_interval_s: Seconds = Field(0.1, description="How often the primary sends a lease renewal.")
     clock_drift: Annotated[float, Field(ge=0, le=0.1, allow_inf_nan=False)] = Field(
         0.01,
         description="Bound on the rate error of every monotonic clock against real time (0.01: a clock runs "
         "between 0.99 and 1.01 seconds per real second).",
     )
     safety_margin_s: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = Field(
-        0.2, description="Extra wait before the arbiter treats a lease as expired (scheduling / GC delays)."
+        0.1, description="Extra wait before the arbiter treats a lease as expired (scheduling / GC delays)."
     )
     fence_duration_s: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = Field(
-        0.5,
+        0.2,
         description="Upper bound (primary's clock) between starting to fence and PostgreSQL no longer accepting "
         "writes; the primary starts fencing that much before its lease ends.",
     )

@@ -15,15 +15,12 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-from ram.postgres import conffiles, replication
+from ram.postgres import conffiles, proctree, replication
 from ram.postgres.bootstrap import ensure_role_password, initdb_primary, prepare_dirs
 from ram.postgres.clone import CloneProgress, clone_from
 from ram.postgres.commands import PostgresCommandError, find_bindir, run_command
@@ -38,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: A start taking longer than this is logged with the server's own lines.
 _SLOW_START_S = 10.0
+#: A fenced server gets this long to exit after its SIGQUITs before what is left is SIGKILLed.
+_FENCE_KILL_AFTER_S = 1.0
 
 StopMode = Literal["smart", "fast", "immediate"]
 
@@ -96,7 +95,7 @@ class ManagedInstance:
     def postmaster_pid(self) -> int | None:
         """The postmaster PID from postmaster.pid when that process is alive (no subprocess)."""
         pid = self._server.postmaster_pid()
-        return pid if pid is not None and _alive(pid) else None
+        return pid if pid is not None and proctree.alive(pid) else None
 
     async def is_running(self) -> bool:
         """Is a postmaster alive for this data directory?
@@ -120,7 +119,7 @@ class ManagedInstance:
                 pid = int(lockfile.read_text().splitlines()[0])
             except (OSError, ValueError, IndexError):
                 continue
-            if not _alive(pid):
+            if not proctree.alive(pid):
                 with contextlib.suppress(FileNotFoundError):
                     lockfile.unlink()
 
@@ -244,7 +243,7 @@ class ManagedInstance:
         pid = self.postmaster_pid()
         if pid is not None:
             await asyncio.to_thread(_kill_tree, pid, timeout)
-            if _alive(pid):
+            if proctree.alive(pid):
                 raise InstanceStateError(f"PostgreSQL (pid {pid}) survived SIGKILL: " + " / ".join(messages))
             await asyncio.to_thread(self._clear_stale_pidfile)
         return StopResult(True, "kill", tuple(messages))
@@ -456,14 +455,28 @@ class ManagedInstance:
         default_transaction_read_only = off`` or ``BEGIN READ WRITE``; a backend that started
         before the reload reaches it only at its next transaction; and the setting lands in
         postgresql.auto.conf, which clones copy. It narrows the window, it does not close it.
+        The immediate shutdown is sent as signals (:func:`ram.postgres.proctree.quit_tree`), not
+        through ``pg_ctl``: a subprocess costs time the lease must reserve (``fence_duration_s``).
         Why immediate and not fast: fast shutdown also refuses new work at once, but returns only
         after the shutdown checkpoint, whose length depends on dirty buffers — the lease needs a
         bound. Immediate needs crash recovery on the next start; that node is about to be rejoined
         through pg_rewind anyway, which handles it (:mod:`ram.postgres.rewind`).
         """
-        if not await self.is_running():
+        pid = self.postmaster_pid()
+        if pid is None:
             return StopResult(False, None)
-        return await self._stop_hard(self.spec.timeouts.fence, [])
+        # The SIGQUITs go out here, in the event loop, before any await: no thread pool or
+        # subprocess stands between the decision to fence and the backends' exit.
+        tree = proctree.quit_tree(pid)
+        killed = await asyncio.to_thread(proctree.reap, tree, min(_FENCE_KILL_AFTER_S, self.spec.timeouts.fence))
+        if killed:
+            await asyncio.to_thread(_wait_gone, tree, self.spec.timeouts.fence)
+        if proctree.alive(pid):
+            raise InstanceStateError(f"PostgreSQL (pid {pid}) survived SIGKILL while fencing")
+        await asyncio.to_thread(self._clear_stale_pidfile)
+        if killed:
+            return StopResult(True, "kill", (f"SIGKILL to {killed} after SIGQUIT",))
+        return StopResult(True, "immediate")
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -490,42 +503,18 @@ class ManagedInstance:
         return PostgresCommandError(exc.argv, f"{exc.message} / server log: " + " / ".join(log), exc.returncode)
 
 
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (Linux /proc): a postmaster's backends are in their own sessions."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and fields[1] == str(pid):
-            out.append(int(entry.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _kill_tree(pid: int, timeout: float) -> None:
     """SIGKILL the postmaster's children, then the postmaster; wait until they are gone.
 
     Children first: a backend whose postmaster is gone may still finish a commit and answer its
     client, and that is exactly what fencing must prevent.
     """
-    for child in _children(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (_alive(pid) or any(_alive(c) for c in _children(pid))):
-        time.sleep(0.05)
+    tree = [pid, *proctree.children(pid)]
+    proctree.reap(tree, 0.0)
+    _wait_gone(tree, timeout)
 
+
+def _wait_gone(tree: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(proctree.alive(p) for p in tree):
+        time.sleep(0.02)

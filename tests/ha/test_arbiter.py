@@ -46,8 +46,19 @@ def view(expired: bool = True, holder: str | None = "pg1") -> ArbiterLeaseView:
 
 
 def run(
-    state: ClusterState, ob: dict[str, MemberObservation], *, expired: bool = True, settings: HASettings = S, **kw: Any
+    state: ClusterState,
+    ob: dict[str, MemberObservation],
+    *,
+    expired: bool | None = None,
+    settings: HASettings = S,
+    **kw: Any,
 ) -> list[Decision]:
+    """``expired`` None: the primary's lease is expired exactly when its own report says it is not
+    a running primary (what a live primary renewing its lease looks like), so rows about other
+    rules need not say it."""
+    if expired is None:
+        o = ob.get(state.primary or "")
+        expired = not (o is not None and o.reachable and o.pg_running and o.role == "primary")
     return arbitrate(ArbiterInput(now=NOW, state=state, observations=ob, lease=view(expired), settings=settings, **kw))
 
 
@@ -215,7 +226,16 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         PrimaryPromoted,
         "the primary promoted itself onto a new timeline: timeline 2",
     ),
-    ("primary-healthy", cluster(), {}, {}, None, ""),
+    ("primary-healthy", cluster(), {}, {"expired": False}, None, ""),
+    (
+        # Fresh reports do not hold a failover back once the lease is gone: the primary fenced itself.
+        "failover-lease-expired",
+        cluster(),
+        {},
+        {"expired": True},
+        FailoverStarted,
+        "failover: lease of primary pg1 expired (no renewal for",
+    ),
     ("maintenance", cluster(maintenance=True), PRIMARY_DOWN, {}, WAIT, "maintenance mode: no automatic failover"),
     (
         "lease-valid",
@@ -223,7 +243,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         PRIMARY_DOWN,
         {"expired": False, "primary_down_since": NOW - 0.5},
         WAIT,
-        "waiting for the primary's lease: PostgreSQL of primary pg1 is down for 0.5 s; lease of pg1 expires in 2.1 s",
+        "waiting for the primary's lease: PostgreSQL of primary pg1 is down for 0.5 s; lease of pg1 expires in 1.0 s",
     ),
     (
         "no-candidate",
@@ -249,7 +269,8 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
 def test_arbiter_rule(
     state: ClusterState, per: dict[str, dict[str, Any]], kw: dict[str, Any], cls: type | str | None, reason: str
 ) -> None:
-    expired = kw.pop("expired", True)
+    kw = dict(kw)  # the table's rows are shared with other tests
+    expired = kw.pop("expired", None)
     ob = observations(primary=state.primary, **per) if state.cluster_id else {}
     d = main(run(state, ob, expired=expired, **kw))
     if cls is None:
@@ -502,10 +523,10 @@ def test_decisions_carry_their_rule_into_the_events() -> None:
         if cls is None:
             continue
         kw = dict(kw)
-        expired = kw.pop("expired", True)
+        expired = kw.pop("expired", None)
         ob = observations(primary=state.primary, **per) if state.cluster_id else {}
         d = main(run(state, ob, expired=expired, **kw))
-        assert d is not None and d.rule in names, (row_id, d.rule)
+        assert d is not None and d.rule in names, (row_id, d)
         assert d.reason.startswith(next(r.reason for r in RULES if r.name == d.rule)), (row_id, d.rule)
         reasons = [str(ev.reason) for ev in d.to_events() if hasattr(ev, "reason")]
         assert all(r.endswith(f"[rule {d.rule}]") for r in reasons), reasons

@@ -19,8 +19,11 @@ S = HASettings()
 
 
 def test_settings_defaults_and_derived() -> None:
-    assert S.fence_early_s == pytest.approx(2.0 * 0.01 + 0.5)
-    assert S.arbiter_wait_s == pytest.approx(2.0 * 1.01 + 0.2)
+    assert (S.lease_s, S.renew_interval_s, S.clock_drift, S.safety_margin_s, S.fence_duration_s) == (
+        1.0, 0.1, 0.01, 0.1, 0.2,
+    )
+    assert S.fence_early_s == pytest.approx(1.0 * 0.01 + 0.2)
+    assert S.arbiter_wait_s == pytest.approx(1.0 * 1.01 + 0.1)
 
 
 @pytest.mark.parametrize(
@@ -48,21 +51,22 @@ def test_settings_frozen() -> None:
 
 def test_holder_lease_basics() -> None:
     h = HolderLease(S)
+    lease = S.lease_s
     assert h.must_fence(0.0) and h.time_left(0.0) == 0.0 and h.fence_at() is None
     tok = h.on_renew_sent(10.0)
     assert h.must_fence(10.0)  # not granted yet
     h.on_renew_ok(tok)
-    assert h.valid_until == 12.0
-    assert h.fence_at() == pytest.approx(12.0 - S.fence_early_s)
-    assert not h.must_fence(11.0)
-    assert h.time_left(11.0) == pytest.approx(12.0 - S.fence_early_s - 11.0)
-    assert h.must_fence(12.0 - S.fence_early_s)
+    assert h.valid_until == 10.0 + lease
+    assert h.fence_at() == pytest.approx(10.0 + lease - S.fence_early_s)
+    assert not h.must_fence(10.5)
+    assert h.time_left(10.5) == pytest.approx(10.0 + lease - S.fence_early_s - 10.5)
+    assert h.must_fence(10.0 + lease - S.fence_early_s)
     # A late answer to an older request never shortens the lease.
     t1 = h.on_renew_sent(10.5)
     t2 = h.on_renew_sent(10.75)
     h.on_renew_ok(t2)
     h.on_renew_ok(t1)
-    assert h.valid_until == 12.75
+    assert h.valid_until == 10.75 + lease
     # Release: answers to requests sent before are ignored.
     t3 = h.on_renew_sent(11.0)
     h.release()

@@ -88,5 +88,7 @@ def test_sim_detects_a_new_leader_without_presumed_grant(monkeypatch: pytest.Mon
         self._leader_since = now - 100.0
 
     monkeypatch.setattr(ArbiterLeaseView, "on_became_leader", forgetful)
-    found = _first_violation(range(12))
+    # It takes a leader change inside a renewal gap: with the 1 s default lease, seeds 47, 50, 54,
+    # 55 and 58 of the first 60 produce one (any of them is enough).
+    found = _first_violation(range(44, 60))
     assert found is not None and "two nodes accept writes" in found

@@ -226,6 +226,30 @@ async def test_stop_falls_back_to_immediate_when_fast_hangs(make_node: MakeNode)
     assert (await node.status()).in_recovery is False
 
 
+async def test_fence_ends_an_open_transaction_at_once(make_node: MakeNode) -> None:
+    """The fence is signals, not a subprocess: it returns quickly, the open transaction can not
+    commit, nothing of it survives the restart, and a second fence finds nothing to do."""
+    node = make_node("fenced")
+    await node.initdb_primary()
+    await execute(node.spec, "CREATE TABLE t (v text PRIMARY KEY)")
+    conn = await asyncpg.connect(host=str(node.spec.sockdir), port=node.spec.port, user="postgres", database="postgres")
+    try:
+        await conn.execute("BEGIN; INSERT INTO t VALUES ('in-flight')")
+        started = time.monotonic()
+        fenced = await node.fence()
+        took = time.monotonic() - started
+        assert fenced.was_running and fenced.mode == "immediate", fenced
+        assert took < 1.0, f"fence took {took:.3f} s"
+        assert not await node.is_running()
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError, OSError)):
+            await conn.execute("COMMIT")
+    finally:
+        conn.terminate()
+    assert (await node.fence()).was_running is False
+    await node.start()  # crash recovery
+    assert await rows(node) == []
+
+
 async def test_failover_fence_promote_follow_and_rewind(make_node: MakeNode) -> None:
     a, b, c = make_node("node-a"), make_node("node-b"), make_node("node-c")
     await a.initdb_primary()

@@ -18,13 +18,13 @@ command line that replays the seed. Progress goes to stderr. Exit status 1 when 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.stoppable import run_stoppable
 from tests.faults.faults import KINDS
 from tests.faults.runner import ChaosConfig, run
 
@@ -45,7 +45,7 @@ def main() -> int:
     lo, hi = (float(x) for x in args.hold.split(","))
     cfg = ChaosConfig(minutes=args.minutes, seed=args.seed, sync=args.sync, nodes=args.nodes, kinds=kinds,
                       hold_s=(lo, hi))
-    report = asyncio.run(run(cfg))
+    report = run_stoppable(run(cfg))
     print(json.dumps(report, default=str))
     return 0 if report["ok"] else 1
 

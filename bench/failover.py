@@ -41,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.stoppable import run_stoppable
 from tests.e2e.cluster import E2ECluster, Writer
 from tests.faults.cluster import ChaosCluster
 from tests.faults.faults import FaultInjector, NetCut, partition_drops
@@ -211,4 +212,4 @@ if __name__ == "__main__":
     parsed = parser.parse_args()
     if parsed.stress and shutil.which("stress-ng") is None:
         parser.error("--stress needs stress-ng (apt-get install -y stress-ng)")
-    print(json.dumps(asyncio.run(main(parsed))))
+    print(json.dumps(run_stoppable(main(parsed))))

@@ -52,12 +52,12 @@ class Seen:
     role: Role = "unknown"
 
 
-def hooks_for(previous: Seen | None, now: Seen, *, last_role: Role, restarting: bool) -> list[tuple[Hook, Role]]:
+def hooks_for(previous: Seen | None, now: Seen, *, last_role: Role) -> list[tuple[Hook, Role]]:
     """The hooks that fire between two observations (``previous`` None: RAM just started).
 
-    ``last_role`` is the role PostgreSQL last ran with (kept across a stop). While an operator's
-    restart is in progress (``restarting``) the stop and start inside it fire nothing: the executor
-    fires ``on_restart`` once it is done.
+    ``last_role`` is the role PostgreSQL last ran with (kept across a stop). Observations made during
+    an operator's restart are not fed here at all (:meth:`CallbackRunner.observed`): the stop and
+    start inside it fire nothing, the executor fires ``on_restart`` once it is done.
 
     * RAM starts and finds PostgreSQL running: ``on_start`` (a script can set up what the role needs).
     * stopped -> running: ``on_start``; and ``on_role_change`` as well when it came back in another
@@ -65,8 +65,6 @@ def hooks_for(previous: Seen | None, now: Seen, *, last_role: Role, restarting: 
     * running -> stopped: ``on_stop`` with the role it had.
     * running in both, the role changed (a promotion): ``on_role_change`` with the new role.
     """
-    if restarting:
-        return []
     if previous is None:
         return [("on_start", now.role)] if now.running else []
     if previous.running and not now.running:
@@ -119,15 +117,11 @@ class CallbackRunner:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.scripts)
-
     def observed(self, now: Seen) -> None:
         """Feed one observation; fires what :func:`hooks_for` says."""
         if self.restarting:
             return  # the stop and start inside an operator's restart: on_restart comes afterwards
-        for hook, role in hooks_for(self._previous, now, last_role=self._last_role, restarting=False):
+        for hook, role in hooks_for(self._previous, now, last_role=self._last_role):
             self.fire(hook, role)
         self._previous = now
         if now.running and now.role != "unknown":

@@ -183,10 +183,20 @@ class PostgresServer:
     def _pidfile_status(self) -> str | None:
         """The postmaster's own status line in ``postmaster.pid`` (starting, ready, standby, stopping),
         None when no live postmaster owns the file."""
+        pidfile = self._pidfile()
+        if pidfile is None:
+            return None
+        _, status = pidfile
+        return status or "starting"
+
+    def _pidfile(self) -> tuple[int, str | None] | None:
+        """``postmaster.pid``'s PID and status line (None before the postmaster wrote it), when a
+        process with that PID is alive; None otherwise. The one reader of that file here."""
         with contextlib.suppress(OSError, ValueError, IndexError):
             lines = (self.datadir / "postmaster.pid").read_text().splitlines()
-            os.kill(int(lines[0]), 0)
-            return lines[7].strip() if len(lines) > 7 else "starting"
+            pid = int(lines[0])
+            os.kill(pid, 0)
+            return pid, (lines[7].strip() if len(lines) > 7 else None)
         return None
 
     async def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
@@ -207,11 +217,8 @@ class PostgresServer:
 
     def postmaster_pid(self) -> int | None:
         """The postmaster's PID from ``postmaster.pid``, if the server looks alive."""
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pid = int((self.datadir / "postmaster.pid").read_text().splitlines()[0])
-            os.kill(pid, 0)
-            return pid
-        return None
+        pidfile = self._pidfile()
+        return None if pidfile is None else pidfile[0]
 
     async def destroy(self) -> None:
         """Stop the server and remove its data directory (tests and ``--purge``)."""

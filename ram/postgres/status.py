@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ import asyncpg
 
 from ram.lsn import format_lsn as format_lsn  # re-exported: callers keep importing it from here
 from ram.lsn import parse_lsn as parse_lsn
+from ram.postgres import proctree
 from ram.postgres.errors import SqlError
 from ram.postgres.spec import ManagedInstanceSpec
 from ram.postgres.sql import local_connection
@@ -151,21 +151,11 @@ def startup_activity(postmaster: int) -> str | None:
     """The title of the postmaster's startup process (``startup recovering 00000001000000000000000A``),
     from /proc; None when there is none (or no /proc). Recovery that progresses moves through WAL
     files, so the title changes; a standby whose recovery can not go on keeps one title for good."""
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return None
-    for entry in entries:
-        if not entry.isdigit():
-            continue
+    for child in proctree.children(postmaster):
         try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read().decode(errors="replace")
-            if int(stat.rsplit(")", 1)[1].split()[1]) != postmaster:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+            with open(f"/proc/{child}/cmdline", "rb") as fh:
                 title = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
         _, _, rest = title.partition("startup")
         if title.startswith("postgres:") and rest:

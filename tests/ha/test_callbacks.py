@@ -32,8 +32,7 @@ UP_P, UP_R, DOWN = Seen(True, "primary"), Seen(True, "replica"), Seen(False)
     ],
 )
 def test_hooks_for(previous: Seen | None, now: Seen, last_role: str, expected: list[tuple[str, str]]) -> None:
-    assert hooks_for(previous, now, last_role=last_role, restarting=False) == expected  # type: ignore[arg-type]
-    assert hooks_for(previous, now, last_role=last_role, restarting=True) == []  # type: ignore[arg-type]
+    assert hooks_for(previous, now, last_role=last_role) == expected  # type: ignore[arg-type]
 
 
 def _alive(pid: int) -> bool:
@@ -75,6 +74,22 @@ async def test_arguments_order_and_outcomes(tmp_path: Path) -> None:
     ]
     assert recorded[0].output == "done" and "something broke" in recorded[2].output
     assert all(e.name == "pg1" for e in recorded)
+    await runner.close()
+
+
+async def test_an_operators_restart_fires_only_on_restart(tmp_path: Path) -> None:
+    log = tmp_path / "calls"
+    ok = _script(tmp_path, "ok.sh", f'echo "$@" >> {log}')
+    runner, recorded = _runner({"on_start": [ok], "on_stop": [ok], "on_restart": [ok]})
+    runner.observed(UP_P)  # RAM starts, PostgreSQL runs: on_start
+    runner.restarting = True
+    runner.observed(DOWN)
+    runner.observed(UP_P)
+    runner.restarting = False
+    runner.fire("on_restart", runner.role)
+    runner.observed(UP_P)  # unchanged after the restart: nothing more
+    await runner.drain(10)
+    assert [e.hook for e in recorded] == ["on_start", "on_restart"]
     await runner.close()
 
 

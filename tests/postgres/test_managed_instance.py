@@ -156,6 +156,7 @@ async def test_bootstrap_primary_settings_hba_and_auth(make_node: MakeNode) -> N
     assert settings["listen_addresses"] == "127.0.0.1" and settings["port"] == str(node.spec.port)
     assert settings["unix_socket_directories"] == str(node.spec.sockdir)
     assert settings["password_encryption"] == "scram-sha-256" and int(settings["wal_keep_size"]) > 0
+    assert settings["wal_retrieve_retry_interval"] == "1000"  # ms: a standby re-connects within a second
 
     hba = [(r["type"], r["database"], r["user_name"], r["address"], r["netmask"], r["auth_method"])
            for r in await fetch(node.spec, "SELECT * FROM pg_hba_file_rules ORDER BY line_number")]

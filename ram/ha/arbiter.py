@@ -738,15 +738,16 @@ def grant_policy(
     return GrantVerdict(True, f"{holder} is the primary")
 
 
-def decide_grant(inp: ArbiterInput, holder: str) -> GrantVerdict:
-    """Policy, then the view's one-holder timing rule (records the grant when given)."""
+def decide_grant(inp: ArbiterInput, holder: str, lease_s: float | None = None) -> GrantVerdict:
+    """Policy, then the view's one-holder timing rule (records the grant when given). ``lease_s``:
+    the holder's lease as it announced it (None: the same as ours)."""
     policy = grant_policy(inp.state, inp.observations, inp.settings, holder, inp.now, inp.primary_down_since)
     if not policy.granted:
         return policy
     released = _released_old_primary(inp, holder)
     if released is not None:
         inp.lease.on_released(released)
-    return inp.lease.try_grant(holder, inp.now, applied_position=inp.state.last_position)
+    return inp.lease.try_grant(holder, inp.now, applied_position=inp.state.last_position, lease_s=lease_s)
 
 
 def _released_old_primary(inp: ArbiterInput, holder: str) -> str | None:

@@ -20,7 +20,7 @@ from ram.eventstore.commands import Arbitrate
 from ram.ha.arbiter import ArbiterInput, arbitrate, decide_grant, steady_holder
 from ram.ha.candidates import MemberObservation
 from ram.ha.leadership import plan_leadership_move
-from ram.ha.lease import ArbiterLeaseView
+from ram.ha.lease import ArbiterLeaseView, announced_lease
 from ram.ha.reports import parse_report
 from ram.ha.settings import HASettings
 from ram.ha.streaming import StreamingTracker
@@ -116,13 +116,13 @@ class ArbiterRunner:
             },
         )
 
-    def decide_lease(self, node_id: int, now: float) -> tuple[bool, str]:
+    def decide_lease(self, node_id: int, now: float, lease_s: float) -> tuple[bool, str]:
         if not self.leading(now):
             return False, "arbiter not ready (new leader)"
         holder = next((m.name for m in self.node.state.members.values() if m.node_id == node_id), None)
         if holder is None:
             return False, f"node {node_id} is not a member"
-        verdict = decide_grant(self.arbiter_input(now), holder)
+        verdict = decide_grant(self.arbiter_input(now), holder, announced_lease(lease_s))
         return verdict.granted, verdict.reason
 
     async def loop(self) -> None:

@@ -108,7 +108,13 @@ def is_diverged(state: ClusterState, timeline: int | None, wal_position: int | N
     """Is local WAL ``(timeline, position)`` NOT a prefix of the committed primary's history?
 
     Ahead (a newer timeline than the cluster's) diverges. On an older timeline ``t`` the local WAL
-    must end at or before the point where the next recorded timeline forked. Unknown: None.
+    must end at or before the point where the primary's history left ``t``. Unknown: None.
+
+    The history is not always a line: a timeline can be promoted and then abandoned (a switchover
+    to X, then X is cut off and a node that never followed X is promoted from the older timeline),
+    and which later timeline forked from ``t`` is not recorded. The earliest fork point of all later
+    timelines is never after the true one, so comparing with it may call a node diverged that is
+    not (it is rewound; pg_rewind then finds nothing to do) but never the other way round.
     """
     if timeline is None or wal_position is None or state.timeline is None:
         return None
@@ -119,8 +125,7 @@ def is_diverged(state: ClusterState, timeline: int | None, wal_position: int | N
     forks = [r for r in state.timeline_history if r.timeline > timeline]
     if not forks:
         return None
-    fork = min(forks, key=lambda r: r.timeline)
-    return wal_position > fork.lsn
+    return wal_position > min(r.lsn for r in forks)
 
 
 def is_fresh(obs: MemberObservation | None, now: float | None, settings: HASettings) -> bool:

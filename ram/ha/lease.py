@@ -30,6 +30,13 @@ Protocol
    (:meth:`ArbiterLeaseView.expired`); a new leader that recorded no grant uses the instant it
    learned it was elected, ``leader_since``, in place of ``t_granted``.
 
+``lease`` on the arbiter's side is the longer of its own ``lease_s`` and the holder's: every renewal
+request announces the holder's ``lease_s`` (:func:`announced_lease`), and a holder that announced
+none — a node of an older release, or any holder of a previous leader's grants — counts as
+:data:`UNANNOUNCED_LEASE_S`. Lease settings are meant to be equal on every node, but they are not
+dynamic: nodes are restarted one by one to change them, and a rolling upgrade mixes releases with
+different defaults; in between, the argument below still holds for every pair.
+
 Claim: no real instant exists at which P may still accept writes and L considers P's lease expired.
 ========================================================================================
 
@@ -48,7 +55,9 @@ only help: P uses the latest acknowledged ``t_sent``, and every acknowledged ``t
 at some ``g >= s``; L uses its latest ``t_granted``.
 
 *A new leader (no grant record).* Let L' learn of its election at real ``u`` (``leader_since =
-C_L'(u)``). Any grant by a leader of an older term T was preceded by a quorum of acks to a heartbeat
+C_L'(u)``); it does not know the lease length of its predecessors' grants, so it presumes
+:data:`UNANNOUNCED_LEASE_S` (or its own ``lease_s`` when longer) for them. Any grant by a leader
+of an older term T was preceded by a quorum of acks to a heartbeat
 round that L started after receiving the request, so the request was sent at ``s < a_v`` where
 ``a_v`` is the ack of some voter ``v`` that also voted for L' (two quorums intersect). A voter that
 has voted in a higher term rejects term-T heartbeats, so ``a_v`` precedes v's vote, which precedes
@@ -83,7 +92,11 @@ Which knobs trade speed for tolerance: ``lease_s`` (every second of it is a seco
 failover, and a second more of renewal gap tolerated), ``safety_margin_s`` and ``fence_duration_s``
 (added to the failover time, tolerate a late fence timer), ``renew_interval_s`` (shorter: more
 attempts within a lease, more messages). ``report_timeout_s`` does not gate a failover: an expired
-lease does (the arbiter's rule ``primary-healthy`` requires an unexpired lease).
+lease does (the arbiter's rule ``primary-healthy`` requires an unexpired lease). A new Raft leader
+does not know how long its predecessor's grants were, so for ``UNANNOUNCED_LEASE_S`` (2 s) plus
+drift and margin after its election it presumes them valid: a primary lost together with the Raft
+leader (one machine hosting both, which RAM avoids by moving leadership off the primary's node)
+costs about 2.2 s plus the election.
 
 Who may hold the lease
 ======================
@@ -112,10 +125,38 @@ from dataclasses import dataclass
 
 from ram.ha.settings import HASettings
 
-__all__ = ["WILDCARD", "ArbiterLeaseView", "GrantVerdict", "HolderLease", "RenewToken"]
+__all__ = [
+    "UNANNOUNCED_LEASE_S",
+    "WILDCARD",
+    "ArbiterLeaseView",
+    "GrantVerdict",
+    "HolderLease",
+    "RenewToken",
+    "announced_lease",
+    "expiry_wait",
+]
 
 #: Key of a presumed grant to an unknown holder (new leader, non-steady state).
 WILDCARD = "*"
+
+#: The lease of a holder that announced none: a node of a release before the announcement (whose
+#: default was 2 s), or a grant of a previous leader (whose holder's lease this leader never heard).
+UNANNOUNCED_LEASE_S = 2.0
+
+
+def announced_lease(value: float) -> float:
+    """The lease a renewal request announces, as the arbiter may use it: a missing (0), negative or
+    non-finite value is :data:`UNANNOUNCED_LEASE_S`; at most an hour (as ``HASettings.lease_s``)."""
+    if not math.isfinite(value) or value <= 0:
+        return UNANNOUNCED_LEASE_S
+    return min(value, 3600.0)
+
+
+def expiry_wait(settings: HASettings, holder_lease_s: float) -> float:
+    """Arbiter-clock seconds from a grant until it is expired, for a holder whose lease is
+    ``holder_lease_s``: the longer of that and the arbiter's own ``lease_s``, stretched by the drift
+    bound, plus the margin. With equal leases this is ``settings.arbiter_wait_s``."""
+    return max(settings.lease_s, holder_lease_s) * (1 + settings.clock_drift) + settings.safety_margin_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +202,11 @@ class HolderLease:
     def valid_until(self) -> float | None:
         return self._valid_until
 
+    @property
+    def lease_s(self) -> float:
+        """This holder's lease length, announced with every renewal request."""
+        return self._settings.lease_s
+
     def fence_at(self) -> float | None:
         """Own-clock instant at which fencing must start (None: holds no lease, fence now)."""
         if self._valid_until is None:
@@ -192,34 +238,42 @@ class ArbiterLeaseView:
     def __init__(self, settings: HASettings) -> None:
         self._settings = settings
         self._leader_since: float | None = None
-        self._grants: dict[str, float] = {}
+        #: Holder (or WILDCARD) -> leader-clock instant its latest grant expires.
+        self._expiry: dict[str, float] = {}
         self._revoked: dict[str, int | None] = {}
 
     @property
     def leader_since(self) -> float | None:
         return self._leader_since
 
+    @property
+    def presumed_wait(self) -> float:
+        """How long a grant presumed at the election lasts: its holder's lease is not known here."""
+        return expiry_wait(self._settings, UNANNOUNCED_LEASE_S)
+
     def on_became_leader(self, now: float, steady_holder: str | None = None) -> None:
         """Start a fresh view, presuming a grant at ``now`` to ``steady_holder`` or to anyone (None)."""
         self._leader_since = now
-        self._grants = {steady_holder if steady_holder is not None else WILDCARD: now}
+        self._expiry = {steady_holder if steady_holder is not None else WILDCARD: now + self.presumed_wait}
         self._revoked = {}
 
     def on_lost_leadership(self) -> None:
         self._leader_since = None
-        self._grants = {}
+        self._expiry = {}
         self._revoked = {}
 
-    def on_grant(self, holder: str, now: float) -> None:
-        """Record a grant (``now``: after the quorum confirmed). Prefer :meth:`try_grant`."""
+    def on_grant(self, holder: str, now: float, lease_s: float | None = None) -> None:
+        """Record a grant (``now``: after the quorum confirmed) to a holder whose lease is ``lease_s``
+        (None: this view's own ``lease_s``). Prefer :meth:`try_grant`."""
         if self._leader_since is None:
             raise RuntimeError("on_grant while not leader")
-        prev = self._grants.get(holder)
-        self._grants[holder] = now if prev is None else max(prev, now)
+        until = now + expiry_wait(self._settings, self._settings.lease_s if lease_s is None else lease_s)
+        prev = self._expiry.get(holder)
+        self._expiry[holder] = until if prev is None else max(prev, until)
 
     def on_released(self, holder: str) -> None:
         """``holder`` stopped accepting writes by itself and gave the lease up."""
-        self._grants.pop(holder, None)
+        self._expiry.pop(holder, None)
 
     def revoke(self, holder: str, until_position: int | None = None) -> None:
         """Refuse ``holder`` from now on (a decision moving the lease away from it is being proposed).
@@ -239,8 +293,12 @@ class ArbiterLeaseView:
         """Leader-clock instant from which ``holder``'s lease is expired (inf when not leader)."""
         if self._leader_since is None:
             return math.inf
-        last = max(self._leader_since, self._grants.get(holder, self._leader_since), self._grants.get(WILDCARD, 0.0))
-        return last + self._settings.arbiter_wait_s
+        # Any holder may still hold a grant of a previous leader, of a length this one never heard.
+        return max(
+            self._leader_since + self.presumed_wait,
+            self._expiry.get(holder, -math.inf),
+            self._expiry.get(WILDCARD, -math.inf),
+        )
 
     def expired(self, holder: str, now: float) -> bool:
         return now >= self.deadline(holder)
@@ -250,14 +308,17 @@ class ArbiterLeaseView:
 
     def all_expired(self, now: float) -> bool:
         """No node may hold a lease from this leader or an older one."""
-        return all(self.expired(h, now) for h in self._grants) and self.expired(WILDCARD, now)
+        return all(self.expired(h, now) for h in self._expiry) and self.expired(WILDCARD, now)
 
     def holders(self, now: float) -> list[str]:
         """Holders (possibly ``WILDCARD``) whose lease is not expired."""
-        return sorted(h for h in self._grants if not self.expired(h, now))
+        return sorted(h for h in self._expiry if not self.expired(h, now))
 
-    def try_grant(self, holder: str, now: float, *, applied_position: int = 0) -> GrantVerdict:
-        """Grant ``holder`` (already checked against the grant policy) if no other lease may be valid."""
+    def try_grant(
+        self, holder: str, now: float, *, applied_position: int = 0, lease_s: float | None = None
+    ) -> GrantVerdict:
+        """Grant ``holder`` (already checked against the grant policy) if no other lease may be valid.
+        ``lease_s``: the holder's own lease as it announced it (None: the same as this view's)."""
         if self._leader_since is None:
             return GrantVerdict(False, "not the Raft leader")
         if holder in self._revoked:
@@ -266,14 +327,14 @@ class ArbiterLeaseView:
                 del self._revoked[holder]
             else:
                 return GrantVerdict(False, f"lease of {holder} is being revoked")
-        others = [h for h in self._grants if h != holder and not self.expired(h, now)]
+        others = [h for h in self._expiry if h != holder and not self.expired(h, now)]
         if others:
             h = others[0]
             who = "an unknown holder (presumed at election)" if h == WILDCARD else h
             return GrantVerdict(
                 False, f"lease of {who} may be valid for {self.seconds_until_expired(h, now):.2f} s more"
             )
-        for h in [h for h in self._grants if h != holder]:
-            del self._grants[h]
-        self.on_grant(holder, now)
+        for h in [h for h in self._expiry if h != holder]:
+            del self._expiry[h]
+        self.on_grant(holder, now, lease_s)
         return GrantVerdict(True, f"granted to {holder}")

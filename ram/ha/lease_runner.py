@@ -74,7 +74,9 @@ class LeaseRunner:
                 if k.wants_lease(self._keeper_input(started)):
                     held = self.holder.holds(started)
                     token = self.holder.on_renew_sent(started)
-                    granted, reason = await self.node.request_lease(timeout=interval * 2)
+                    granted, reason = await self.node.request_lease(
+                        timeout=interval * 2, lease_s=self.holder.lease_s
+                    )
                     if granted:
                         self.holder.on_renew_ok(token)
                         self._tell_guard()

@@ -243,7 +243,7 @@ ROWS: list[tuple[str, ClusterState, dict[str, dict[str, Any]], dict[str, Any], t
         PRIMARY_DOWN,
         {"expired": False, "primary_down_since": NOW - 0.5},
         WAIT,
-        "waiting for the primary's lease: PostgreSQL of primary pg1 is down for 0.5 s; lease of pg1 expires in 1.0 s",
+        "waiting for the primary's lease: PostgreSQL of primary pg1 is down for 0.5 s; lease of pg1 expires in 2.0 s",
     ),
     (
         "no-candidate",
@@ -494,7 +494,7 @@ def test_decide_grant_combines_policy_and_view() -> None:
     r = decide_grant(inp, "pg2")
     assert not r.granted and r.reason.startswith("lease of pg1 may be valid")
     assert steady_holder(FAILOVER) is None
-    assert decide_grant(replace(inp, now=NOW + S.arbiter_wait_s), "pg2").granted
+    assert decide_grant(replace(inp, now=NOW - 0.1 + lv.presumed_wait), "pg2").granted
 
 
 def test_released_old_primary_does_not_delay_the_candidate() -> None:

@@ -344,6 +344,14 @@ def test_is_diverged() -> None:
     assert is_diverged(st, 3, 1) is True
     assert is_diverged(st, None, 1) is None
     assert is_diverged(cluster(primary="pg2", timeline=2, timeline_history=()), 1, 10) is None
+    # Not a line: timeline 3 (promoted at 505 from timeline 2) was abandoned, and timeline 4 forked
+    # from timeline 2 at 492 (a switchover to pg1, then pg1 cut off and pg3 promoted). A node that
+    # stopped on timeline 2 at 505 passed the fork that counts (492): diverged, whatever tl3 says.
+    branched = (*hist, TimelineRecord(3, "pg1", 505, 30, at), TimelineRecord(4, "pg3", 492, 40, at))
+    st4 = cluster(primary="pg3", timeline=4, timeline_history=branched)
+    assert is_diverged(st4, 2, 505) is True
+    assert is_diverged(st4, 2, 492) is False
+    assert is_diverged(st4, 3, 506) is True  # on the abandoned branch
 
 
 def test_operator_actions_never_unfence_or_promote() -> None:

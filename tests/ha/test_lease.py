@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ram.ha.lease import WILDCARD, ArbiterLeaseView, HolderLease, RenewToken
+from ram.ha.lease import UNANNOUNCED_LEASE_S, WILDCARD, ArbiterLeaseView, HolderLease, RenewToken, announced_lease
 from ram.ha.settings import HASettings
 
 S = HASettings()
@@ -87,12 +87,14 @@ def test_arbiter_view_not_leader_never_expires() -> None:
 
 def test_arbiter_view_new_leader_presumes_grant_at_election() -> None:
     v = ArbiterLeaseView(S)
+    # The predecessor's grants are of unknown length: the longest default any release had.
+    assert v.presumed_wait == pytest.approx(UNANNOUNCED_LEASE_S * (1 + S.clock_drift) + S.safety_margin_s)
     v.on_became_leader(100.0)  # unknown holder
-    assert not v.expired("p", 100.0 + S.arbiter_wait_s - 0.01)
-    assert v.expired("p", 100.0 + S.arbiter_wait_s)
+    assert not v.expired("p", 100.0 + v.presumed_wait - 0.01)
+    assert v.expired("p", 100.0 + v.presumed_wait)
     verdict = v.try_grant("p", 101.0)
     assert not verdict.granted and "unknown holder" in verdict.reason
-    assert v.try_grant("p", 100.0 + S.arbiter_wait_s).granted
+    assert v.try_grant("p", 100.0 + v.presumed_wait).granted
 
 
 def test_arbiter_view_steady_holder_renews_at_once_others_wait() -> None:
@@ -101,11 +103,39 @@ def test_arbiter_view_steady_holder_renews_at_once_others_wait() -> None:
     assert v.try_grant("p", 100.1).granted
     r = v.try_grant("x", 101.0)
     assert not r.granted and r.reason.startswith("lease of p may be valid for")
-    assert v.seconds_until_expired("p", 101.0) == pytest.approx(100.1 + S.arbiter_wait_s - 101.0)
-    assert v.try_grant("x", 100.1 + S.arbiter_wait_s).granted
-    assert v.holders(100.1 + S.arbiter_wait_s) == ["x"]
+    assert v.seconds_until_expired("p", 101.0) == pytest.approx(100.0 + v.presumed_wait - 101.0)
+    # Once the election is older than the presumed wait, p's own (announced) lease counts.
+    t = 100.0 + v.presumed_wait
+    assert v.try_grant("p", t).granted
+    assert v.seconds_until_expired("p", t) == pytest.approx(S.arbiter_wait_s)
+    assert not v.try_grant("x", t + S.arbiter_wait_s - 0.01).granted
+    assert v.try_grant("x", t + S.arbiter_wait_s).granted
+    assert v.holders(t + S.arbiter_wait_s) == ["x"]
     # p must now wait for x
-    assert not v.try_grant("p", 100.2 + S.arbiter_wait_s).granted
+    assert not v.try_grant("p", t + S.arbiter_wait_s + 0.1).granted
+
+
+def test_arbiter_view_waits_for_the_holders_announced_lease() -> None:
+    """Lease settings may differ between nodes for a while (a rolling upgrade, a one-by-one
+    restart): the arbiter waits for the longer of its own lease and the holder's."""
+    v = ArbiterLeaseView(S)
+    v.on_became_leader(0.0, steady_holder="p")
+    t = v.presumed_wait
+    assert v.try_grant("p", t, lease_s=announced_lease(5.0)).granted
+    assert v.seconds_until_expired("p", t) == pytest.approx(5.0 * (1 + S.clock_drift) + S.safety_margin_s)
+    # A later, shorter announcement does not shorten a grant already given.
+    assert v.try_grant("p", t + 0.1, lease_s=0.5).granted
+    assert v.seconds_until_expired("p", t + 0.1) == pytest.approx(5.0 * (1 + S.clock_drift) + S.safety_margin_s - 0.1)
+    # A holder that announces nothing (an older release) or garbage counts as UNANNOUNCED_LEASE_S.
+    assert [announced_lease(x) for x in (0.0, -1.0, math.nan, math.inf)] == [UNANNOUNCED_LEASE_S] * 4
+    assert announced_lease(0.5) == 0.5 and announced_lease(1e9) == 3600.0
+    w = ArbiterLeaseView(S)
+    w.on_became_leader(0.0, steady_holder="q")
+    assert w.try_grant("q", 10.0, lease_s=announced_lease(0.0)).granted
+    assert w.seconds_until_expired("q", 10.0) == pytest.approx(w.presumed_wait)
+    # Shorter than ours: ours counts.
+    assert w.try_grant("q", 20.0, lease_s=0.3).granted
+    assert w.deadline("q") == pytest.approx(20.0 + S.arbiter_wait_s)
 
 
 def test_arbiter_view_release_and_revoke() -> None:

@@ -187,7 +187,7 @@ async def test_answers_only_from_the_node_asked(cluster: Cluster, caplog: pytest
     leader = await cluster.leader()
     follower = next(n for n in cluster.nodes if n is not leader)
     impostor = next(n for n in cluster.nodes if n is not leader and n is not follower)
-    task = asyncio.create_task(follower.request_lease(timeout=2))
+    task = asyncio.create_task(follower.request_lease(timeout=2, lease_s=1.0))
     await asyncio.sleep(0)  # the request is registered; its id is the node's latest
     request_id = max(follower._forward_targets)
     follower._on_frame(

@@ -63,6 +63,10 @@ class LeaseRequest(msgspec.Struct, tag="lease", frozen=True):
     after this request arrived, so a grant is never older than the request."""
 
     request_id: int
+    #: The holder's own lease length in seconds, so the leader waits at least that long before it
+    #: treats the lease as expired even when their settings differ (a rolling upgrade). 0: not
+    #: announced (a node of an older release; msgspec leaves the field out of their decoding).
+    lease_s: float = 0.0
 
 
 PeerPayload = RaftPayload | ForwardedProposal | ProposalOutcome | MemberReport | LeaseRequest

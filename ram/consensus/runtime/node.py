@@ -231,10 +231,11 @@ class RaftNode:
         #: Monotonic time this node last became leader (0 when it is not the leader).
         self.leader_since = 0.0
         #: HA hooks. ``on_report(node_id, body)``: a member's report reached this (leader) node.
-        #: ``lease_decider(node_id, now) -> (granted, reason)``: as leader, with leadership just
-        #: confirmed by a quorum and the state applied up to that point, may ``node_id`` hold the lease?
+        #: ``lease_decider(node_id, now, lease_s) -> (granted, reason)``: as leader, with leadership
+        #: just confirmed by a quorum and the state applied up to that point, may ``node_id`` hold the
+        #: lease? ``lease_s`` is what the requester announced (0: nothing).
         self.on_report: Callable[[int, bytes], None] | None = None
-        self.lease_decider: Callable[[int, float], tuple[bool, str]] | None = None
+        self.lease_decider: Callable[[int, float, float], tuple[bool, str]] | None = None
 
     # ----------------------------------------------------------------------------------- life
 
@@ -533,10 +534,11 @@ class RaftNode:
         result = await self._forward(b"", timeout, read_only=True)
         return result.index
 
-    async def request_lease(self, *, timeout: float) -> tuple[bool, str]:
-        """Ask the leader to grant (renew) this node's primary lease: (granted, reason)."""
+    async def request_lease(self, *, timeout: float, lease_s: float) -> tuple[bool, str]:
+        """Ask the leader to grant (renew) this node's primary lease of ``lease_s`` seconds:
+        (granted, reason)."""
         if self.role is Role.LEADER:
-            return await self._decide_lease(self.config.node_id, timeout)
+            return await self._decide_lease(self.config.node_id, timeout, lease_s)
         leader = self.leader_id
         if not leader:
             return False, "no leader known"
@@ -545,7 +547,7 @@ class RaftNode:
         self._forwards[request_id] = future
         self._forward_targets[request_id] = leader
         try:
-            if not self.transport.send(leader, encode_payload(LeaseRequest(request_id))):
+            if not self.transport.send(leader, encode_payload(LeaseRequest(request_id, lease_s))):
                 return False, f"cannot reach the leader (node {leader})"
             try:
                 outcome = await asyncio.wait_for(future, timeout)
@@ -556,7 +558,7 @@ class RaftNode:
             self._forward_targets.pop(request_id, None)
         return outcome.ok, outcome.error
 
-    async def _decide_lease(self, node_id: int, timeout: float) -> tuple[bool, str]:
+    async def _decide_lease(self, node_id: int, timeout: float, lease_s: float) -> tuple[bool, str]:
         if self.lease_decider is None:
             return False, "this node does not arbitrate leases"
         try:
@@ -566,10 +568,10 @@ class RaftNode:
             return False, str(exc)
         if self.role is not Role.LEADER:
             return False, "lost leadership"
-        return self.lease_decider(node_id, time.monotonic())
+        return self.lease_decider(node_id, time.monotonic(), lease_s)
 
     async def _serve_lease(self, peer: int, request: LeaseRequest) -> None:
-        granted, reason = await self._decide_lease(peer, self.config.ha.renew_interval_s * 4)
+        granted, reason = await self._decide_lease(peer, self.config.ha.renew_interval_s * 4, request.lease_s)
         self.transport.send(peer, encode_payload(ProposalOutcome(request.request_id, granted, error=reason)))
 
     def send_report(self, body: bytes) -> bool:

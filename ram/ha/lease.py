@@ -133,7 +133,6 @@ __all__ = [
     "HolderLease",
     "RenewToken",
     "announced_lease",
-    "expiry_wait",
 ]
 
 #: Key of a presumed grant to an unknown holder (new leader, non-steady state).
@@ -150,13 +149,6 @@ def announced_lease(value: float) -> float:
     if not math.isfinite(value) or value <= 0:
         return UNANNOUNCED_LEASE_S
     return min(value, 3600.0)
-
-
-def expiry_wait(settings: HASettings, holder_lease_s: float) -> float:
-    """Arbiter-clock seconds from a grant until it is expired, for a holder whose lease is
-    ``holder_lease_s``: the longer of that and the arbiter's own ``lease_s``, stretched by the drift
-    bound, plus the margin. With equal leases this is ``settings.arbiter_wait_s``."""
-    return max(settings.lease_s, holder_lease_s) * (1 + settings.clock_drift) + settings.safety_margin_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +241,7 @@ class ArbiterLeaseView:
     @property
     def presumed_wait(self) -> float:
         """How long a grant presumed at the election lasts: its holder's lease is not known here."""
-        return expiry_wait(self._settings, UNANNOUNCED_LEASE_S)
+        return self._settings.arbiter_wait_for(UNANNOUNCED_LEASE_S)
 
     def on_became_leader(self, now: float, steady_holder: str | None = None) -> None:
         """Start a fresh view, presuming a grant at ``now`` to ``steady_holder`` or to anyone (None)."""
@@ -267,7 +259,7 @@ class ArbiterLeaseView:
         (None: this view's own ``lease_s``). Prefer :meth:`try_grant`."""
         if self._leader_since is None:
             raise RuntimeError("on_grant while not leader")
-        until = now + expiry_wait(self._settings, self._settings.lease_s if lease_s is None else lease_s)
+        until = now + self._settings.arbiter_wait_for(self._settings.lease_s if lease_s is None else lease_s)
         prev = self._expiry.get(holder)
         self._expiry[holder] = until if prev is None else max(prev, until)
 

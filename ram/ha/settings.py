@@ -79,7 +79,12 @@ class HASettings(BaseModel):
     @property
     def arbiter_wait_s(self) -> float:
         """How long after a grant (arbiter's clock) the arbiter treats the lease as expired."""
-        return self.lease_s * (1 + self.clock_drift) + self.safety_margin_s
+        return self.arbiter_wait_for(self.lease_s)
+
+    def arbiter_wait_for(self, holder_lease_s: float) -> float:
+        """:attr:`arbiter_wait_s` for a holder whose own lease is ``holder_lease_s``: the longer of
+        that and ours, stretched by the drift bound, plus the margin (see ram.ha.lease)."""
+        return max(self.lease_s, holder_lease_s) * (1 + self.clock_drift) + self.safety_margin_s
 
     @model_validator(mode="after")
     def _relations(self) -> HASettings:

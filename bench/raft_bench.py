@@ -47,7 +47,7 @@ def free_port() -> int:
 
 
 def worker_main(config_json: str, conn: Connection) -> None:
-    """One node process: runs a RaftNode and answers the bench's requests over a pipe."""
+    """One node process: runs a ClusterNode and answers the bench's requests over a pipe."""
     import logging
 
     logging.basicConfig(level=logging.WARNING)
@@ -55,14 +55,15 @@ def worker_main(config_json: str, conn: Connection) -> None:
 
 
 async def _worker(config: NodeConfig, conn: Connection) -> None:
-    from ram.consensus.runtime.node import ProposalError, RaftNode
+    from ram.cluster.node import ClusterNode
+    from ram.consensus.runtime.errors import ProposalError
     from ram.consensus.runtime.storage import open_store_pool
     from ram.consensus.types import Role
     from ram.eventstore.commands import PatchConfig
 
     assert config.store.dsn is not None
     pool = await open_store_pool(config.store.dsn, size=config.store.pool_size)
-    node = RaftNode(config, pool)
+    node = ClusterNode(config, pool)
     await node.start()
     loop = asyncio.get_running_loop()
 

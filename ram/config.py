@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from ram.addresses import parse_address as parse_address
 from ram.ha.settings import HASettings
 from ram.tomltext import toml_value
 
@@ -43,14 +44,6 @@ DEFAULT_PG_PORT = 5432
 
 class ConfigError(ValueError):
     """The configuration file is missing, unreadable or invalid; the message names the key."""
-
-
-def parse_address(value: str) -> tuple[str, int]:
-    """``host:port`` → (host, port), with a clear error for anything else."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"expected host:port with a port in 1..65535, got {value!r}")
-    return host, int(port_text)
 
 
 def _check_address(value: str) -> str:

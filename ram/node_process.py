@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from ram.cluster.node import ClusterNode
 from ram.config import NodeConfig, api_address, parse_address
-from ram.consensus.runtime.node import RaftNode
 from ram.consensus.runtime.storage import open_store_pool
 from ram.eventstore import schema
 from ram.ha.controller import HAController
@@ -61,7 +61,7 @@ async def run_node(config: NodeConfig) -> None:
     dsn, server = await open_store(config)
     await schema.ensure_schema(dsn)
     pool = await open_store_pool(dsn, size=config.store.pool_size)
-    node = RaftNode(config, pool)
+    node = ClusterNode(config, pool)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

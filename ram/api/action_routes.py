@@ -25,7 +25,7 @@ from ram.api.schemas import (
     SwitchoverRequest,
     WriteOut,
 )
-from ram.consensus.runtime.node import ApplyResult
+from ram.cluster.node import ApplyResult
 from ram.eventstore.commands import (
     AddMember,
     PatchConfig,

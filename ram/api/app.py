@@ -28,7 +28,7 @@ from ram.api.auth import WRITE_METHODS, AccessPolicy, access_middleware
 from ram.api.context import ApiContext
 from ram.api.errors import EXCEPTION_HANDLERS, error_responses
 from ram.api.metrics import ApiMetrics, metrics
-from ram.consensus.runtime.node import RaftNode
+from ram.cluster.node import ClusterNode
 from ram.ha.live import HAView
 from ram.security import ApiSecurity, TlsFiles
 
@@ -92,7 +92,7 @@ def _document_access_errors(handlers: list[HTTPRouteHandler]) -> None:
 
 
 def create_app(
-    node: RaftNode, *, store_dsn: str, pool: asyncpg.Pool, ha: HAView | None = None,
+    node: ClusterNode, *, store_dsn: str, pool: asyncpg.Pool, ha: HAView | None = None,
     security: ApiSecurity | None = None,
 ) -> Litestar:
     """The HTTP API of ``node``: reads from its projection, writes through Raft.

@@ -35,7 +35,7 @@ from ram.api.schemas import (
 )
 from ram.api.streams import EventHub, StreamUnavailable, Subscription, TooManyStreams
 from ram.api.views import leader_api_url, member_out, raft_leader_name
-from ram.consensus.runtime.node import ProposalError
+from ram.consensus.runtime.errors import ProposalError
 from ram.eventstore.events import EVENT_TYPES, MAX_INT64, StoredEvent, encode_event
 from ram.eventstore.store import read_last, read_range
 from ram.ha.live import LocalLive, MemberLive

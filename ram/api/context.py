@@ -12,14 +12,14 @@ from litestar.di import NamedDependency
 from prometheus_client import CollectorRegistry
 
 from ram.api.streams import EventHub
-from ram.consensus.runtime.node import RaftNode
+from ram.cluster.node import ClusterNode
 from ram.ha.live import HAView
 from ram.security import ApiSecurity
 
 
 @dataclass
 class ApiContext:
-    node: RaftNode
+    node: ClusterNode
     store_dsn: str
     pool: asyncpg.Pool
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))

@@ -23,8 +23,9 @@ from litestar.types import ExceptionHandlersMap
 
 from ram.api.schemas import ErrorBody
 from ram.api.views import leader_api_url, raft_leader_name
+from ram.cluster.node import ClusterNode
 from ram.consensus.core import ConfChangeInProgress
-from ram.consensus.runtime.node import CommandRefused, NoLeaderError, ProposalError, ProposalTimeout, RaftNode
+from ram.consensus.runtime.errors import CommandRefused, NoLeaderError, ProposalError, ProposalTimeout
 
 log = logging.getLogger("ram.api")
 
@@ -56,7 +57,7 @@ class LeaderHint:
     api: str | None
 
 
-def leader_hint(node: RaftNode | None, leader_id: int = 0) -> LeaderHint | None:
+def leader_hint(node: ClusterNode | None, leader_id: int = 0) -> LeaderHint | None:
     """The leader ``leader_id`` (default: the one ``node`` knows), unless unknown or ``node`` itself:
     sending an operator back to the node that just refused would help nobody."""
     if node is None:
@@ -96,10 +97,10 @@ def error_response(
     return Response(content=body, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 
-def _node_of(request: Request[Any, Any, Any]) -> RaftNode | None:
+def _node_of(request: Request[Any, Any, Any]) -> ClusterNode | None:
     ctx = getattr(request.app.state, "ctx", None)
     node = getattr(ctx, "node", None)
-    return node if isinstance(node, RaftNode) else None
+    return node if isinstance(node, ClusterNode) else None
 
 
 def _request_path(request: Request[Any, Any, Any]) -> str:
@@ -160,7 +161,9 @@ def _proposal_error(request: Request[Any, Any, Any], exc: ProposalError) -> Resp
     return proposal_error_response(exc, _node_of(request), _request_path(request))
 
 
-def proposal_error_response(exc: Exception, node: RaftNode | None = None, path: str = "") -> Response[dict[str, Any]]:
+def proposal_error_response(
+    exc: Exception, node: ClusterNode | None = None, path: str = ""
+) -> Response[dict[str, Any]]:
     """409 for a refused command; 503 (retry later, or on the leader named in the answer) otherwise."""
     if isinstance(exc, CommandRefused):
         return error_response(409, f"refused: {exc}")

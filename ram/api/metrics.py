@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from ram.api.context import Ctx
 from ram.api.views import member_role
-from ram.consensus.runtime.node import RaftNode
+from ram.cluster.node import ClusterNode
 from ram.consensus.types import Role
 from ram.ha.live import HAView
 
@@ -30,7 +30,7 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class NodeCollector(Collector):
     """Raft and cluster gauges of one node, read when scraped."""
 
-    def __init__(self, node: RaftNode, ha: HAView | None = None) -> None:
+    def __init__(self, node: ClusterNode, ha: HAView | None = None) -> None:
         self.node = node
         self.ha = ha
 
@@ -121,7 +121,7 @@ def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
 
 
 class ApiMetrics:
-    def __init__(self, registry: CollectorRegistry, node: RaftNode, ha: HAView | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry, node: ClusterNode, ha: HAView | None = None) -> None:
         self.registry = registry
         registry.register(NodeCollector(node, ha))
         self.requests = Histogram(

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ram.api.schemas import MemberOut, MemberStateName, MemberTagsOut, PgRole
+from ram.cluster.node import ClusterNode
 from ram.config import api_address
-from ram.consensus.runtime.node import RaftNode
 from ram.ha.live import LocalLive, MemberLive
 from ram.projections.state import ClusterState, Member
 
@@ -37,7 +37,7 @@ def member_state(member: Member, live: MemberLive | None = None) -> MemberStateN
     return "running"
 
 
-def raft_leader_name(node: RaftNode) -> str | None:
+def raft_leader_name(node: ClusterNode) -> str | None:
     """Name of the Raft leader this node knows right now (live, not only the recorded one)."""
     leader = node.leader_id
     if not leader:
@@ -58,13 +58,13 @@ def api_url(address: str, scheme: str = "http") -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def api_scheme(node: RaftNode) -> str:
+def api_scheme(node: ClusterNode) -> str:
     """The members' API scheme: a cluster's APIs speak HTTPS when this node's does (members are
     configured alike; a member's address alone does not say)."""
     return "https" if node.config.api.tls_cert is not None else "http"
 
 
-def leader_api_url(node: RaftNode, leader_id: int | None = None) -> str | None:
+def leader_api_url(node: ClusterNode, leader_id: int | None = None) -> str | None:
     """The HTTP API of the Raft leader (``leader_id``, default: the one this node knows), or None.
 
     Writes and read barriers go to the leader; an operator or client pointed at a node that can not
@@ -83,7 +83,7 @@ def leader_api_url(node: RaftNode, leader_id: int | None = None) -> str | None:
 
 
 def member_out(
-    node: RaftNode, state: ClusterState, member: Member, live: Mapping[str, MemberLive] | None = None,
+    node: ClusterNode, state: ClusterState, member: Member, live: Mapping[str, MemberLive] | None = None,
     local: LocalLive | None = None,
 ) -> MemberOut:
     """A member as the API shows it: committed facts, plus what this node measures live (every member

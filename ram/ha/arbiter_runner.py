@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ram.consensus.runtime.node import ProposalError, RaftNode
+from ram.cluster.node import ClusterNode
+from ram.consensus.runtime.errors import ProposalError
+from ram.consensus.runtime.node import LeaderAnswer
 from ram.consensus.types import Role
 from ram.eventstore.commands import Arbitrate
 from ram.ha.arbiter import ArbiterInput, arbitrate, decide_grant, steady_holder
@@ -25,6 +27,7 @@ from ram.ha.reports import parse_report
 from ram.ha.settings import HASettings
 from ram.ha.streaming import StreamingTracker
 from ram.ha.timers import ArbiterClocks, advance_arbiter_clocks, due_switchover
+from ram.ha.wire import LeaseRequest, MemberReport
 
 __all__ = ["ArbiterRunner"]
 
@@ -34,7 +37,7 @@ _ARBITER_MIN_GAP_S = 0.02
 
 
 class ArbiterRunner:
-    def __init__(self, node: RaftNode, me: str, node_id: int, settings: Callable[[], HASettings]) -> None:
+    def __init__(self, node: ClusterNode, me: str, node_id: int, settings: Callable[[], HASettings]) -> None:
         self.node = node
         self.me = me
         self.node_id = node_id
@@ -52,6 +55,25 @@ class ArbiterRunner:
         self.wake = asyncio.Event()
 
     # ------------------------------------------------------------------------ reports and leadership
+
+    def on_member_report(self, node_id: int, report: MemberReport) -> None:
+        """A member's report reached this (leader) node over the runtime's leader channel."""
+        self.on_report(node_id, report.body)
+
+    async def serve_lease(self, node_id: int, request: LeaseRequest) -> LeaderAnswer:
+        """A lease renewal (``node_id``: who asked, as the transport authenticated it). Granted only
+        with leadership confirmed by a quorum round started after the request arrived and the state
+        applied up to that point."""
+        if self.node.role is not Role.LEADER:
+            return LeaderAnswer(False, "not the leader")
+        try:
+            await self.node.read_barrier(timeout=self._settings().renew_interval_s * 4)
+        except ProposalError as exc:
+            return LeaderAnswer(False, str(exc))
+        if self.node.role is not Role.LEADER:
+            return LeaderAnswer(False, "lost leadership")
+        granted, reason = self.decide_lease(node_id, time.monotonic(), request.lease_s)
+        return LeaderAnswer(granted, reason)
 
     def on_report(self, node_id: int, body: bytes) -> None:
         now = time.monotonic()

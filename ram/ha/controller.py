@@ -25,8 +25,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ram.cluster.node import ClusterNode
 from ram.config import NodeConfig
-from ram.consensus.runtime.node import RaftNode
 from ram.eventstore.commands import FactEvent
 from ram.eventstore.events import MemberActionCompleted, NodeFenced, ReplicaFollowing, ReplicaRejoined
 from ram.ha import keeper as k
@@ -42,6 +42,7 @@ from ram.ha.local import LocalFacts
 from ram.ha.observer import Observer
 from ram.ha.pgspec import instance_spec
 from ram.ha.settings import HASettings
+from ram.ha.wire import LeaseRequest, MemberReport
 from ram.postgres.instance import ManagedInstance
 
 log = logging.getLogger("ram.ha")
@@ -53,7 +54,7 @@ _FACT_RETRY_S = 30.0
 class HAController:
     """Drives this node's PostgreSQL toward the committed cluster state."""
 
-    def __init__(self, node: RaftNode, config: NodeConfig) -> None:
+    def __init__(self, node: ClusterNode, config: NodeConfig) -> None:
         self.node = node
         self.config = config
         self.me = config.name
@@ -93,8 +94,8 @@ class HAController:
             self.callbacks,
         )
         self.arbiter = ArbiterRunner(node, self.me, config.node_id, self._current_settings)
-        node.on_report = self.arbiter.on_report
-        node.lease_decider = self.arbiter.decide_lease
+        node.raft.serve(LeaseRequest, self.arbiter.serve_lease)
+        node.raft.listen(MemberReport, self.arbiter.on_member_report)
         node.on_applied = self._on_applied
 
     def _current_settings(self) -> HASettings:
@@ -135,8 +136,8 @@ class HAController:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self.node.on_report = None
-        self.node.lease_decider = None
+        self.node.raft.serve(LeaseRequest, None)
+        self.node.raft.listen(MemberReport, None)
         self.node.on_applied = None
         was_running = self.pg.status is not None and self.pg.status.running
         with contextlib.suppress(Exception):

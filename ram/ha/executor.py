@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from ram.consensus.runtime.node import RaftNode
+from ram.cluster.node import ClusterNode
 from ram.eventstore.events import MemberActionCompleted, MemberHealthChanged, ReplicaRejoined
 from ram.ha import keeper as k
 from ram.ha.callbacks import CallbackRunner
@@ -40,7 +40,7 @@ Handler = Callable[[Any], Awaitable[None]]
 class Executor:
     def __init__(
         self,
-        node: RaftNode,
+        node: ClusterNode,
         me: str,
         instance: ManagedInstance,
         local: LocalFacts,

@@ -14,7 +14,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from ram.consensus.runtime.node import CommandRefused, ProposalError, RaftNode
+from ram.cluster.node import ClusterNode
+from ram.consensus.runtime.errors import CommandRefused, ProposalError
 from ram.eventstore.commands import FactEvent, ReportFact
 
 __all__ = ["FactReporter"]
@@ -25,7 +26,7 @@ log = logging.getLogger("ram.ha")
 class FactReporter:
     def __init__(
         self,
-        node: RaftNode,
+        node: ClusterNode,
         still_true: Callable[[FactEvent], bool],
         *,
         proposal_timeout_s: float,

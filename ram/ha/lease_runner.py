@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from ram.consensus.runtime.node import RaftNode
+from ram.cluster.node import ClusterNode
 from ram.eventstore.events import NodeFenced
 from ram.ha import keeper as k
 from ram.ha.facts import FactReporter
@@ -20,6 +20,7 @@ from ram.ha.fence_guard_client import FenceGuardProcess
 from ram.ha.lease import HolderLease
 from ram.ha.local import LocalFacts
 from ram.ha.settings import HASettings
+from ram.ha.wire import LeaseRequest
 from ram.postgres.instance import ManagedInstance
 from ram.postgres.status import InstanceStatus
 
@@ -35,7 +36,7 @@ _PROMOTE_RETRY_S = 0.05
 class LeaseRunner:
     def __init__(
         self,
-        node: RaftNode,
+        node: ClusterNode,
         me: str,
         instance: ManagedInstance,
         local: LocalFacts,
@@ -74,9 +75,10 @@ class LeaseRunner:
                 if k.wants_lease(self._keeper_input(started)):
                     held = self.holder.holds(started)
                     token = self.holder.on_renew_sent(started)
-                    granted, reason = await self.node.request_lease(
-                        timeout=interval * 2, lease_s=self.holder.lease_s
+                    answer = await self.node.raft.ask_leader(
+                        LeaseRequest(request_id=0, lease_s=self.holder.lease_s), timeout=interval * 2
                     )
+                    granted, reason = answer.ok, answer.error
                     if granted:
                         self.holder.on_renew_ok(token)
                         self._tell_guard()

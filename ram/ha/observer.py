@@ -17,8 +17,8 @@ import re
 import time
 from collections.abc import Callable
 
+from ram.cluster.node import ClusterNode
 from ram.config import NodeConfig, replication_password, superuser_password
-from ram.consensus.runtime.node import RaftNode
 from ram.eventstore.events import ReplicaFollowing
 from ram.ha import keeper as k
 from ram.ha.callbacks import CallbackRunner, Role, Seen
@@ -30,6 +30,7 @@ from ram.ha.reports import build_report
 from ram.ha.settings import HASettings
 from ram.ha.streaming import LocalReplication, local_replication, replay_timeline, segment_file_name
 from ram.ha.timers import since
+from ram.ha.wire import MemberReport
 from ram.lsn import parse_lsn
 from ram.postgres import dynamic_conf, sql
 from ram.postgres.instance import ManagedInstance
@@ -63,7 +64,7 @@ def recovery_position(activity: str | None) -> str | None:
 class Observer:
     def __init__(
         self,
-        node: RaftNode,
+        node: ClusterNode,
         config: NodeConfig,
         instance: ManagedInstance,
         local: LocalFacts,
@@ -434,21 +435,20 @@ class Observer:
 
     def send_report(self, status: InstanceStatus) -> None:
         local = self.local
-        self.node.send_report(
-            build_report(
-                self.me,
-                status,
-                state_position=self.node.state.last_position,
-                lease_released=local.lease_released,
-                timeline_start_lsn=local.timeline_start
-                if status.timeline is not None and local.timeline_start_for == status.timeline
-                else None,
-                stopped_lsn=local.stopped_history.stopped_lsn if local.stopped_history else None,
-                sync_standby_names=local.sync_names,
-                replication=local.replication,
-                pending_restart=local.pending_restart_names,
-            )
+        report = build_report(
+            self.me,
+            status,
+            state_position=self.node.state.last_position,
+            lease_released=local.lease_released,
+            timeline_start_lsn=local.timeline_start
+            if status.timeline is not None and local.timeline_start_for == status.timeline
+            else None,
+            stopped_lsn=local.stopped_history.stopped_lsn if local.stopped_history else None,
+            sync_standby_names=local.sync_names,
+            replication=local.replication,
+            pending_restart=local.pending_restart_names,
         )
+        self.node.raft.tell_leader(MemberReport(report))
 
     def _reconcile_following(self, status: InstanceStatus, now: float) -> None:
         """The committed ``following`` of this replica catches up with what it streams from."""

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from ram.api import ApiServer, create_app, serve
+from ram.cluster.node import ClusterNode
 from ram.config import parse_address
-from ram.consensus.runtime.node import RaftNode
 from ram.consensus.types import Role
 from ram.postgres.server import PostgresServer
 from ram.security import ApiSecurity
@@ -38,7 +38,7 @@ test_security.__test__ = False  # type: ignore[attr-defined]  # a helper, not a 
 
 @dataclass
 class ApiCluster:
-    nodes: list[RaftNode]
+    nodes: list[ClusterNode]
     pools: list[asyncpg.Pool]
     servers: list[ApiServer]
     dsns: list[str]
@@ -46,18 +46,18 @@ class ApiCluster:
     def url(self, i: int) -> str:
         return self.servers[i].url
 
-    def index_of(self, node: RaftNode) -> int:
+    def index_of(self, node: ClusterNode) -> int:
         return self.nodes.index(node)
 
-    def leader(self) -> RaftNode:
+    def leader(self) -> ClusterNode:
         leaders = [n for n in self.nodes if n.role is Role.LEADER]
         assert len(leaders) == 1, "expected exactly one leader"
         return leaders[0]
 
-    def follower(self) -> RaftNode:
+    def follower(self) -> ClusterNode:
         return next(n for n in self.nodes if n.role is not Role.LEADER)
 
-    async def settled(self, timeout: float = 15.0) -> RaftNode:
+    async def settled(self, timeout: float = 15.0) -> ClusterNode:
         """Wait for one leader whose term is recorded in every node's state and applied everywhere."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -85,7 +85,7 @@ async def api_cluster(pg_server: PostgresServer) -> AsyncIterator[ApiCluster]:
     dsns = await create_store_databases(pg_server, 3)
     configs = cluster_configs(dsns, data_root, tick_ms=20, heartbeat_ms=40, election_ms=300)
     pools = [await asyncpg.create_pool(d, min_size=1, max_size=6) for d in dsns]
-    nodes = [RaftNode(c, p) for c, p in zip(configs, pools, strict=True)]
+    nodes = [ClusterNode(c, p) for c, p in zip(configs, pools, strict=True)]
     servers: list[ApiServer] = []
     try:
         for node in nodes:

@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ram.api import serve
 from ram.api.context import ApiContext
-from ram.consensus.runtime.node import ApplyResult, NoLeaderError, ProposalTimeout
+from ram.cluster.node import ApplyResult
+from ram.consensus.runtime.errors import NoLeaderError, ProposalTimeout
 from ram.consensus.types import Role
 from ram.projections.sql import load_state
 from tests.api.conftest import ADMIN, ApiCluster, test_security
@@ -534,7 +535,7 @@ async def test_health_checks_follow_the_state(api_cluster: ApiCluster, client: h
             members[names[2]] = dataclasses.replace(
                 members[names[2]], healthy=True, pg_running=True, reported_role="replica", lag_bytes=50 * 1024**2
             )
-            node.state = dataclasses.replace(
+            node.machine.state = dataclasses.replace(
                 s, members=members, primary=names[0], timeline=3, sync_mode="on", num_sync=1, sync_standbys=(names[1],)
             )
         expected = {
@@ -560,7 +561,7 @@ async def test_health_checks_follow_the_state(api_cluster: ApiCluster, client: h
         for node, pool, original in zip(api_cluster.nodes, api_cluster.pools, originals, strict=True):
             if node.state is not original:
                 async with pool.acquire() as conn:
-                    node.state = await load_state(conn)
+                    node.machine.state = await load_state(conn)
 
 
 # ---------------------------------------------------------------------------------- metrics

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from ram.cli.ctl_status import render_status
-from ram.consensus.runtime.node import ApplyResult, NoLeaderError
+from ram.cluster.node import ApplyResult
+from ram.consensus.runtime.errors import NoLeaderError
 from tests.api.conftest import ADMIN, ApiCluster
 from tests.cli.conftest import ctl, ctl_process, one_error_line
 from tests.conftest import free_port

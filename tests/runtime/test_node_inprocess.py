@@ -10,7 +10,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ram.consensus.runtime.node import CommandRefused, RaftNode
+from ram.cluster.node import ClusterNode
+from ram.consensus.runtime.errors import CommandRefused
 from ram.consensus.runtime.storage import open_store_pool
 from ram.consensus.types import Role
 from ram.eventstore.commands import PatchConfig, RemoveMember, SetMaintenance
@@ -19,11 +20,11 @@ from tests.runtime.helpers import cluster_configs, create_store_databases, drop_
 
 
 class Cluster:
-    def __init__(self, nodes: list[RaftNode], pools: list[asyncpg.Pool]) -> None:
+    def __init__(self, nodes: list[ClusterNode], pools: list[asyncpg.Pool]) -> None:
         self.nodes = nodes
         self.pools = pools
 
-    async def leader(self, timeout: float = 10.0) -> RaftNode:
+    async def leader(self, timeout: float = 10.0) -> ClusterNode:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             leaders = [n for n in self.nodes if n.core is not None and n.role is Role.LEADER]
@@ -45,7 +46,7 @@ async def cluster(pg_server: PostgresServer, tmp_path: Path) -> AsyncIterator[Cl
     dsns = await create_store_databases(pg_server, 3)
     configs = cluster_configs(dsns, tmp_path)
     pools = [await open_store_pool(d) for d in dsns]
-    nodes = [RaftNode(c, p) for c, p in zip(configs, pools, strict=True)]
+    nodes = [ClusterNode(c, p) for c, p in zip(configs, pools, strict=True)]
     try:
         for node in nodes:
             await node.start()

@@ -12,8 +12,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from ram.cluster.node import ClusterNode
 from ram.config import parse_address, parse_config
-from ram.consensus.runtime.node import RaftNode
 from ram.consensus.runtime.storage import open_store_pool
 from ram.consensus.runtime.transport import PeerAddress
 from ram.consensus.types import Role
@@ -34,7 +34,7 @@ async def wait_for(predicate: object, timeout: float = 15.0, what: str = "condit
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def leader_of(nodes: list[RaftNode]) -> RaftNode:
+async def leader_of(nodes: list[ClusterNode]) -> ClusterNode:
     def ready() -> bool:
         leaders = [n for n in nodes if n.role is Role.LEADER]
         return len(leaders) == 1 and leaders[0].state.cluster_id is not None
@@ -69,7 +69,7 @@ async def test_store_outage_stops_acks_then_recovers(pg_server: PostgresServer, 
     own = PostgresServer(datadir=base / "data", port=free_port(), listen_addresses="127.0.0.1")
     dsns = await create_store_databases(pg_server, 2)
     pools: list[asyncpg.Pool] = []
-    nodes: list[RaftNode] = []
+    nodes: list[ClusterNode] = []
     try:
         await own.init()
         await own.start()
@@ -80,13 +80,13 @@ async def test_store_outage_stops_acks_then_recovers(pg_server: PostgresServer, 
         all_dsns = [*dsns, own.dsn("ram")]
         configs = cluster_configs(all_dsns, tmp_path)
         pools = [await open_store_pool(d) for d in all_dsns]
-        nodes = [RaftNode(c, p) for c, p in zip(configs, pools, strict=True)]
+        nodes = [ClusterNode(c, p) for c, p in zip(configs, pools, strict=True)]
         for node in nodes:
             await node.start()
         leader = await leader_of(nodes)
         if leader is nodes[2]:
             await nodes[2].stop()  # keep the victim a follower: restart it without leadership
-            nodes[2] = RaftNode(configs[2], pools[2])
+            nodes[2] = ClusterNode(configs[2], pools[2])
             await nodes[2].start()
             leader = await leader_of(nodes[:2])
         await leader.propose(PatchConfig(changes={"before": 1}))
@@ -124,7 +124,7 @@ async def test_restarted_node_catches_up_by_snapshot(pg_server: PostgresServer, 
     dsns = await create_store_databases(pg_server, 3)
     configs = cluster_configs(dsns, tmp_path, snapshot_entries=100)
     pools = [await open_store_pool(d) for d in dsns]
-    nodes = [RaftNode(c, p) for c, p in zip(configs, pools, strict=True)]
+    nodes = [ClusterNode(c, p) for c, p in zip(configs, pools, strict=True)]
     try:
         for node in nodes:
             await node.start()
@@ -143,7 +143,7 @@ async def test_restarted_node_catches_up_by_snapshot(pg_server: PostgresServer, 
             peers = {p.id: PeerAddress(*parse_address(p.address)) for p in node.config.raft.peers}
             node.transport.set_peers({pid: a for pid, a in peers.items() if pid != lagging + 1})
             node.transport.set_peers(peers)
-        nodes[lagging] = RaftNode(configs[lagging], pools[lagging])
+        nodes[lagging] = ClusterNode(configs[lagging], pools[lagging])
         await nodes[lagging].start()
         await wait_for(lambda: nodes[lagging].applied_index >= leader.applied_index, timeout=20, what="snapshot")
         assert nodes[lagging].stats.snapshots_installed >= 1, "caught up by snapshot, not by log"
@@ -175,7 +175,7 @@ async def test_new_member_joins_as_learner_and_is_promoted(pg_server: PostgresSe
         }
     )
     pools = [await open_store_pool(d) for d in dsns]
-    nodes = [RaftNode(c, p) for c, p in zip([*configs, joiner_config], pools, strict=True)]
+    nodes = [ClusterNode(c, p) for c, p in zip([*configs, joiner_config], pools, strict=True)]
     try:
         for node in nodes[:3]:
             await node.start()

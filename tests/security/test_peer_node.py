@@ -20,9 +20,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from ram.cluster.node import ClusterNode
 from ram.config import ConfigError
 from ram.consensus.runtime.codec import ForwardedProposal, ProposalOutcome, RaftPayload, decode_payload, encode_payload
-from ram.consensus.runtime.node import RaftNode
 from ram.consensus.runtime.storage import open_store_pool
 from ram.consensus.types import Message, MessageType, Role
 from ram.eventstore.commands import (
@@ -34,6 +34,7 @@ from ram.eventstore.commands import (
     encode_envelope,
 )
 from ram.eventstore.events import MaintenanceModeChanged, MemberHealthChanged, ReplicaFollowing
+from ram.ha.wire import LeaseRequest
 from ram.postgres.server import PostgresServer
 from tests.runtime.helpers import cluster_configs, create_store_databases, drop_databases
 
@@ -41,10 +42,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 class Cluster:
-    def __init__(self, nodes: list[RaftNode]) -> None:
+    def __init__(self, nodes: list[ClusterNode]) -> None:
         self.nodes = nodes
 
-    async def leader(self, timeout: float = 10.0) -> RaftNode:
+    async def leader(self, timeout: float = 10.0) -> ClusterNode:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             leaders = [n for n in self.nodes if n.core is not None and n.role is Role.LEADER]
@@ -60,7 +61,7 @@ async def cluster(pg_server: PostgresServer, tmp_path: Path) -> AsyncIterator[Cl
     dsns = await create_store_databases(pg_server, 3)
     configs = cluster_configs(dsns, tmp_path)
     pools: list[asyncpg.Pool] = [await open_store_pool(d) for d in dsns]
-    nodes = [RaftNode(c, p) for c, p in zip(configs, pools, strict=True)]
+    nodes = [ClusterNode(c, p) for c, p in zip(configs, pools, strict=True)]
     try:
         for node in nodes:
             await node.start()
@@ -73,7 +74,7 @@ async def cluster(pg_server: PostgresServer, tmp_path: Path) -> AsyncIterator[Cl
         await drop_databases(pg_server, dsns)
 
 
-def record_sends(node: RaftNode) -> list[tuple[int, Any]]:
+def record_sends(node: ClusterNode) -> list[tuple[int, Any]]:
     """Every payload ``node`` sends from now on (still sent)."""
     sent: list[tuple[int, Any]] = []
     original = node.transport.send
@@ -86,13 +87,13 @@ def record_sends(node: RaftNode) -> list[tuple[int, Any]]:
     return sent
 
 
-async def forward(leader: RaftNode, sender: int, command: Any, *, proposer: int | None = None) -> ProposalOutcome:
+async def forward(leader: ClusterNode, sender: int, command: Any, *, proposer: int | None = None) -> ProposalOutcome:
     """Deliver a forwarded proposal to ``leader`` as if it came over ``sender``'s authenticated
     connection; return the leader's answer to ``sender``."""
     sent = record_sends(leader)
     request_id = 990_000 + len(sent) + int(time.monotonic() * 1000) % 1000
     envelope = CommandEnvelope(command=command, proposer=sender if proposer is None else proposer, ts=datetime.now(UTC))
-    leader._on_frame(sender, encode_payload(ForwardedProposal(request_id, encode_envelope(envelope))))
+    leader.raft._on_frame(sender, encode_payload(ForwardedProposal(request_id, encode_envelope(envelope))))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         for peer, payload in sent:
@@ -127,7 +128,7 @@ async def test_forwarded_internal_commands_and_foreign_facts_are_refused(
     assert not outcome.ok and "on behalf of" in outcome.error
     await asyncio.sleep(0.3)
     assert not leader.state.maintenance and leader.state.dynamic_config.get("x") is None
-    async with leader._pool.acquire() as conn:  # nothing of the above was committed
+    async with leader.raft._pool.acquire() as conn:  # nothing of the above was committed
         rows = await conn.fetch("SELECT type, payload::text FROM pgraft.events WHERE position > $1", before)
     assert all(r["type"] == "raft_leader_elected" and f'"leader_node_id":{sid}' not in r["payload"].replace(" ", "")
                for r in rows), rows
@@ -147,13 +148,13 @@ async def test_timeout_now_only_from_the_leader(cluster: Cluster, caplog: pytest
     assert target.core is not None
     term = target.term
     message = Message(MessageType.TIMEOUT_NOW, frm=other.config.node_id, to=target.config.node_id, term=term)
-    target._on_frame(other.config.node_id, encode_payload(RaftPayload(message)))
+    target.raft._on_frame(other.config.node_id, encode_payload(RaftPayload(message)))
     assert any("dropping timeout_now from a node that is not the leader" in r.getMessage() for r in caplog.records)
     await asyncio.sleep(0.5)
     assert target.role is Role.FOLLOWER and target.term == term and leader.role is Role.LEADER
     # The same message from the leader is obeyed: the target campaigns at once and wins.
     real = Message(MessageType.TIMEOUT_NOW, frm=leader.config.node_id, to=target.config.node_id, term=leader.term)
-    target._on_frame(leader.config.node_id, encode_payload(RaftPayload(real)))
+    target.raft._on_frame(leader.config.node_id, encode_payload(RaftPayload(real)))
     deadline = time.monotonic() + 10
     while target.role is not Role.LEADER and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
@@ -171,10 +172,10 @@ async def test_raft_message_naming_another_sender_or_recipient_is_dropped(
     term = follower.term
     # Node `third` (authenticated as such) sends a vote request in the leader's name, at a higher term.
     forged = Message(MessageType.VOTE, frm=lid, to=fid, term=term + 5, index=10**6, log_term=term + 5)
-    follower._on_frame(tid, encode_payload(RaftPayload(forged)))
+    follower.raft._on_frame(tid, encode_payload(RaftPayload(forged)))
     misaddressed = Message(MessageType.HEARTBEAT, frm=tid, to=lid, term=term)
-    follower._on_frame(tid, encode_payload(RaftPayload(misaddressed)))
-    follower._on_frame(tid, b"\x93garbage")  # and a payload that does not decode
+    follower.raft._on_frame(tid, encode_payload(RaftPayload(misaddressed)))
+    follower.raft._on_frame(tid, b"\x93garbage")  # and a payload that does not decode
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("forged sender or wrong recipient" in m for m in msgs) == 2
     assert any("dropping invalid payload" in m for m in msgs)
@@ -187,21 +188,20 @@ async def test_answers_only_from_the_node_asked(cluster: Cluster, caplog: pytest
     leader = await cluster.leader()
     follower = next(n for n in cluster.nodes if n is not leader)
     impostor = next(n for n in cluster.nodes if n is not leader and n is not follower)
-    task = asyncio.create_task(follower.request_lease(timeout=2, lease_s=1.0))
+    task = asyncio.create_task(follower.raft.ask_leader(LeaseRequest(request_id=0, lease_s=1.0), timeout=2))
     await asyncio.sleep(0)  # the request is registered; its id is the node's latest
-    request_id = max(follower._forward_targets)
-    follower._on_frame(
+    request_id = max(follower.raft._forward_targets)
+    follower.raft._on_frame(
         impostor.config.node_id, encode_payload(ProposalOutcome(request_id, True, error="granted by me"))
     )
-    granted, reason = await task
-    assert reason != "granted by me"
+    answer = await task
+    assert answer.error != "granted by me"
     assert any("an answer from a node that was not asked" in r.getMessage() for r in caplog.records)
-    del granted
 
 
 async def test_multi_node_without_peer_authentication_refuses_to_start(tmp_path: Path) -> None:
     configs = cluster_configs(["postgresql://unused/x", "postgresql://unused/y"], tmp_path, insecure=False)
     with pytest.raises(ConfigError, match=r"raft\.secret_file .*raft\.insecure = true"):
-        RaftNode(configs[0], pool=None)  # type: ignore[arg-type]
+        ClusterNode(configs[0], pool=None)  # type: ignore[arg-type]
     insecure = cluster_configs(["postgresql://unused/x", "postgresql://unused/y"], tmp_path, insecure=True)
-    RaftNode(insecure[0], pool=None)  # type: ignore[arg-type]  # explicit: allowed
+    ClusterNode(insecure[0], pool=None)  # type: ignore[arg-type]  # explicit: allowed

@@ -1,13 +1,15 @@
 """What travels inside a transport frame between two RAM nodes, and its msgpack encoding.
 
-Three kinds of payload share the peer connection: Raft messages, proposals forwarded by a follower
-to the leader, and the leader's answer to such a forward. msgspec decodes against these exact types,
+Three kinds of payload belong to the runtime: Raft messages, proposals forwarded by a follower to
+the leader, and the leader's answer to such a forward (also the answer to an application request on
+the leader channel). The application adds its own tagged structs for that channel (the HA layer's
+lease requests and member reports, :mod:`ram.ha.wire`). msgspec decodes against these exact types,
 so a malformed or hostile payload is a :class:`PayloadError`, never a half-built object.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final, Union
 
 import msgspec
 
@@ -48,40 +50,43 @@ class ProposalOutcome(msgspec.Struct, tag="outcome", frozen=True):
     leader_id: int = 0
 
 
-class MemberReport(msgspec.Struct, tag="report", frozen=True):
-    """A member's observation of its own PostgreSQL, sent to the Raft leader (the arbiter).
-
-    The body is the HA layer's business (JSON); the Raft node only routes it.
-    """
-
-    body: bytes
-
-
-class LeaseRequest(msgspec.Struct, tag="lease", frozen=True):
-    """The primary asks the leader to renew its lease; answered by :class:`ProposalOutcome` (``ok`` =
-    granted, ``error`` = why not). The leader confirms its leadership with a quorum round started
-    after this request arrived, so a grant is never older than the request."""
-
-    request_id: int
-    #: The holder's own lease length in seconds, so the leader waits at least that long before it
-    #: treats the lease as expired even when their settings differ (a rolling upgrade). 0: not
-    #: announced (a node of an older release; msgspec leaves the field out of their decoding).
-    lease_s: float = 0.0
-
-
-PeerPayload = RaftPayload | ForwardedProposal | ProposalOutcome | MemberReport | LeaseRequest
+PeerPayload = RaftPayload | ForwardedProposal | ProposalOutcome
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(PeerPayload)
 
 
-def encode_payload(payload: PeerPayload) -> bytes:
+def encode_payload(payload: msgspec.Struct) -> bytes:
     return _ENCODER.encode(payload)
 
 
 def decode_payload(body: bytes) -> PeerPayload:
+    """Decode a runtime payload (Raft message, forward, outcome); the application's own kinds need
+    a :class:`PayloadDecoder` that knows them."""
     try:
         result: PeerPayload = _DECODER.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
         raise PayloadError(f"invalid peer payload: {exc}") from exc
     return result
+
+
+class PayloadDecoder:
+    """Decodes the runtime's payloads and the tagged structs the application registered for its
+    leader channel (:meth:`ram.consensus.runtime.node.RaftNode.serve`)."""
+
+    def __init__(self) -> None:
+        self._kinds: tuple[type[msgspec.Struct], ...] = ()
+        self._decoder: msgspec.msgpack.Decoder[Any] = _DECODER
+
+    def register(self, kind: type[msgspec.Struct]) -> None:
+        if kind in self._kinds:
+            return
+        self._kinds = (*self._kinds, kind)
+        self._decoder = msgspec.msgpack.Decoder(Union[(RaftPayload, ForwardedProposal, ProposalOutcome, *self._kinds)])
+
+    def decode(self, body: bytes) -> object:
+        try:
+            result: object = self._decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
+            raise PayloadError(f"invalid peer payload: {exc}") from exc
+        return result

@@ -1,19 +1,25 @@
 """A Raft node: the pure core wrapped with the store, the TCP transport, timers and the apply loop.
 
 One asyncio task drives the core through its Ready contract (see :mod:`ram.consensus.types`):
-persist (one transaction) → send → apply (one transaction) → advance. Everything that arrives while
-a batch is being persisted lands in the next batch, which is the group commit: under load one
-fsync carries many entries, with no per-entry round trip anywhere.
+persist the log (one synchronous statement) → send → apply (one asynchronous statement) → advance.
+Everything that arrives while a batch is being persisted lands in the next batch, which is the group
+commit: under load one fsync carries many entries, with no per-entry round trip anywhere.
 
-Applying is exactly-once across crashes: a Ready's log entries and hard state AND the events,
-projection rows and applied index of its committed entries are written in ONE transaction
-(``pgraft.save_ready``), so the log and what was applied from it can never disagree — not after a
-crash of the node, nor after a crash of the store while the node lives on. Entries at or below the
-applied index are skipped on replay.
+What is replicated is the application's business: a :class:`~ram.consensus.runtime.statemachine.StateMachine`
+decides committed entries and stores what they yield. Applying is exactly-once across crashes (see
+that module): the log is durable before anything is applied from it; an apply commits without its
+own fsync, and a store crash that loses some applies is found (the store's applied index is lower
+than what was written) and repaired by writing those batches again. A proposer is answered once its
+entry is committed, decided and written (visible in the store), never later than that.
 
 When the store is down or slow, persisting fails; the node then sends nothing that would promise
 durability (no vote, no append acknowledgement), retries with backoff and resumes once the store is
 back. It never crashes for it.
+
+The runtime knows nothing of the application beyond the state machine: proposals are bytes, results
+are what the machine returns, and the application's own requests to the leader (the HA layer's lease
+renewals and member reports) travel over one generic channel (:meth:`RaftNode.serve`,
+:meth:`RaftNode.ask_leader`, :meth:`RaftNode.tell_leader`).
 """
 
 from __future__ import annotations
@@ -21,35 +27,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 
+from ram.addresses import parse_address
 from ram.backoff import Backoff
-from ram.config import ConfigError, NodeConfig, api_address, check_secrets, parse_address, pg_address, raft_secret
 from ram.consensus.core import ConfChangeInProgress, NotLeader, ProposalDropped, RaftCore
 from ram.consensus.readyplan import split_sends
 from ram.consensus.runtime.codec import (
     ForwardedProposal,
-    LeaseRequest,
-    MemberReport,
+    PayloadDecoder,
     PayloadError,
     ProposalOutcome,
     RaftPayload,
-    decode_payload,
     encode_payload,
 )
-from ram.consensus.runtime.forwarding import forwarded_refusal
+from ram.consensus.runtime.errors import (
+    CommandRefused,
+    NoLeaderError,
+    ProposalError,
+    ProposalRefused,
+    ProposalTimeout,
+)
+from ram.consensus.runtime.settings import RuntimeSettings
+from ram.consensus.runtime.statemachine import DecidedBatch, StateMachine
 from ram.consensus.runtime.storage import STORE_ERRORS, RaftStorage, StoreUnavailable, store_connection
-from ram.consensus.runtime.transport import PeerAddress, PeerAuth, Transport, tls_contexts
+from ram.consensus.runtime.transport import PeerAddress, PeerAuth, Transport
 from ram.consensus.types import (
     ConfChange,
     ConfChangeType,
@@ -62,25 +72,19 @@ from ram.consensus.types import (
     RaftConfig,
     Ready,
     Role,
-    Snapshot,
 )
-from ram.eventstore.commands import (
-    MEMBERSHIP_COMMANDS,
-    AddMember,
-    BootstrapCluster,
-    CommandDecodeError,
-    CommandEnvelope,
-    PromoteLearner,
-    RecordLeader,
-    RemoveMember,
-    decide,
-    decode_envelope,
-    encode_envelope,
-)
-from ram.eventstore.events import CommandRejected, Event, MemberSpec, StoredEvent, decode_event, encode_event
-from ram.eventstore.store import EntryEvents, append_entries
-from ram.projections.sql import load_state
-from ram.projections.state import ClusterState, fold
+
+__all__ = [
+    "ApplyResult",
+    "CommandRefused",
+    "LeaderAnswer",
+    "NoLeaderError",
+    "ProposalError",
+    "ProposalRefused",
+    "ProposalTimeout",
+    "RaftNode",
+    "RuntimeStats",
+]
 
 log = logging.getLogger("ram.node")
 
@@ -88,56 +92,38 @@ log = logging.getLogger("ram.node")
 #: the operator is at work).
 _STORE_RETRY = Backoff(0.05, 1.0)
 
-#: Forwarded proposals and lease requests one peer may have in flight at this node; more are
-#: answered "busy" at once instead of spawning a task each (a peer must not make us spawn without bound).
+#: Forwarded proposals and leader-channel requests one peer may have in flight at this node; more
+#: are answered "busy" at once instead of spawning a task each (a peer must not make us spawn
+#: without bound).
 MAX_REQUESTS_PER_PEER = 64
 
-
-def peer_auth(config: NodeConfig) -> PeerAuth:
-    """How this node's transport authenticates peers, from ``raft.secret_file`` / ``raft.tls_*``.
-
-    Refuses (ConfigError, one line) a multi-node configuration with neither unless ``raft.insecure``,
-    and secret files that others may read (:func:`ram.config.check_secrets`).
-    """
-    check_secrets(config)
-    raft = config.raft
-    server = client = None
-    if raft.tls_cert is not None and raft.tls_key is not None and raft.tls_ca is not None:
-        try:
-            server, client = tls_contexts(raft.tls_cert, raft.tls_key, raft.tls_ca)
-        except OSError as exc:  # ssl.SSLError included
-            raise ConfigError(f"raft.tls_*: cannot load the certificate, key or CA: {exc}") from None
-    return PeerAuth(secret=raft_secret(config), server_context=server, client_context=client)
-
-
-class ProposalError(RuntimeError):
-    """A proposal did not commit; the message says why and what to do."""
-
-
-class NoLeaderError(ProposalError):
-    """No leader is known (election in progress or no quorum); ``leader_id`` hints where to retry."""
-
-    def __init__(self, message: str, leader_id: int = 0, leader_address: str | None = None) -> None:
-        super().__init__(message)
-        self.leader_id = leader_id
-        self.leader_address = leader_address
-
-
-class ProposalTimeout(ProposalError):
-    """The proposal was not committed in time (typically: no quorum reachable)."""
-
-
-class CommandRefused(ProposalError):
-    """The command committed but did not fit the cluster state; nothing changed."""
+#: Batches written without their own fsync since the last seal, at most: more, and the next one is
+#: sealed first (bounds what a store crash can make us write again, and the memory it takes).
+MAX_UNSEALED_BATCHES = 512
 
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """Where a committed command landed and the events it produced."""
+    """Where a committed proposal landed and what the state machine made of it."""
 
     index: int
     term: int
-    events: tuple[Event, ...]
+    result: object
+
+
+@dataclass(frozen=True)
+class LeaderAnswer:
+    """The leader's answer to an application request on the leader channel."""
+
+    ok: bool
+    error: str = ""
+    body: bytes = b""
+
+
+#: Serves one kind of application request on the leader: (sender node id, request) -> answer.
+RequestHandler = Callable[[int, Any], Awaitable[LeaderAnswer]]
+#: Takes one kind of one-way application notice on the leader: (sender node id, notice).
+NoticeHandler = Callable[[int, Any], None]
 
 
 @dataclass
@@ -147,17 +133,7 @@ class _Pending:
 
 
 @dataclass
-class _Applying:
-    """Committed entries decided in memory, waiting to be stored with the Ready that carries them."""
-
-    state: ClusterState
-    batch: list[EntryEvents] = field(default_factory=list)
-    results: dict[int, tuple[int, tuple[Event, ...]]] = field(default_factory=dict)
-    conf_entries: list[Entry] = field(default_factory=list)
-
-
-@dataclass
-class _Stats:
+class RuntimeStats:
     persisted_batches: int = 0
     persisted_entries: int = 0
     applied_entries: int = 0
@@ -165,53 +141,63 @@ class _Stats:
     elections_seen: int = 0
     snapshots_installed: int = 0
     snapshots_taken: int = 0
+    seals: int = 0
+    reapplied_batches: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
 
-_SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
-_SNAPSHOT_DECODER = msgspec.msgpack.Decoder(list[tuple[int, int, str, int, str, int, int, int]])
-
-
 class RaftNode:
-    """One member of the Raft cluster, persisting to its store and applying into `pgraft.events`."""
+    """One member of the Raft cluster: keeps its log in its store and applies into a state machine."""
 
     def __init__(
         self,
-        config: NodeConfig,
+        settings: RuntimeSettings,
         pool: asyncpg.Pool,
+        machine: StateMachine,
         *,
+        auth: PeerAuth,
         rng: random.Random | None = None,
-        on_applied: Callable[[ClusterState], None] | None = None,
+        on_applied: Callable[[], None] | None = None,
+        on_leader: Callable[[int], None] | None = None,
+        after_ready: Callable[[], None] | None = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
+        self.machine = machine
         self._pool = pool
         self._rng = rng or random.Random()
         self._storage = RaftStorage(pool)
-        #: Called with the new state after every applied batch or installed snapshot (HA wakes on it).
-        self.on_applied = on_applied
-        host, port = parse_address(config.raft.listen)
-        self._addresses: dict[int, str] = {p.id: p.address for p in config.raft.peers}
-        self._addresses[config.node_id] = config.raft.listen
+        #: Called after every applied batch or installed snapshot (the application wakes on it).
+        self._on_applied = on_applied
+        #: Called with the term when this node becomes leader.
+        self._on_leader = on_leader
+        #: Called after every Ready is handled (the application's leader chores).
+        self._after_ready = after_ready
+        host, port = parse_address(settings.listen)
+        self._addresses: dict[int, str] = {p.id: p.address for p in settings.peers}
+        self._addresses[settings.node_id] = settings.listen
         #: Member names by node id: what a peer's TLS certificate must name.
-        self._names: dict[int, str] = {p.id: p.name for p in config.raft.peers}
-        self._names[config.node_id] = config.name
+        self._names: dict[int, str] = {p.id: p.name for p in settings.peers}
+        self._names[settings.node_id] = settings.name
         self.transport = Transport(
-            cluster_id=config.cluster_id,
-            node_id=config.node_id,
-            listen=PeerAddress(host, port, config.name),
+            cluster_id=settings.cluster_id,
+            node_id=settings.node_id,
+            listen=PeerAddress(host, port, settings.name),
             peers=self._peer_map(),
             on_frame=self._on_frame,
             rng=random.Random(self._rng.random()),  # own stream: transport jitter must not shift Raft's draws
-            auth=peer_auth(config),
+            auth=auth,
         )
-        #: In-flight forwarded proposals / lease requests per peer (bounded by MAX_REQUESTS_PER_PEER).
+        self._decoder = PayloadDecoder()
+        self._request_handlers: dict[type[msgspec.Struct], RequestHandler | None] = {}
+        self._notice_handlers: dict[type[msgspec.Struct], NoticeHandler | None] = {}
+        #: In-flight forwarded proposals / leader-channel requests per peer (bounded by MAX_REQUESTS_PER_PEER).
         self._peer_requests: dict[int, int] = {}
         #: request id -> the peer asked: an answer counts only from that peer.
         self._forward_targets: dict[int, int] = {}
         self.core: RaftCore | None = None
-        self.state = ClusterState.empty()
+        #: The highest index decided, written and committed into the state machine.
         self.applied_index = 0
-        self.stats = _Stats()
+        self.stats = RuntimeStats()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[int, _Pending] = {}
@@ -223,23 +209,25 @@ class RaftNode:
         self._last_term = 0
         self._stopping = False
         self._snapshot_index = 0
-        self._promoting: set[int] = set()
+        #: Batches written with an asynchronous commit since the last seal (written again if the
+        #: store turns out to have lost them), and when the first of them was written.
+        self._unsealed: list[DecidedBatch] = []
+        self._unsealed_since = 0.0
+        #: Applied index at the last seal: everything up to it is durable in the store.
+        self.sealed_index = 0
+        #: A store error happened: before the next apply, seal and check what the store still has.
+        self._suspect = False
+        self._seal_due = False
         self._background: set[asyncio.Task[Any]] = set()
         self._leader_changed = asyncio.Event()
         #: Set when a core loop died unexpectedly; the process must exit (fail-stop, never limp on).
         self.failed = asyncio.Event()
         #: Monotonic time this node last became leader (0 when it is not the leader).
         self.leader_since = 0.0
-        #: HA hooks. ``on_report(node_id, body)``: a member's report reached this (leader) node.
-        #: ``lease_decider(node_id, now, lease_s) -> (granted, reason)``: as leader, with leadership
-        #: just confirmed by a quorum and the state applied up to that point, may ``node_id`` hold the
-        #: lease? ``lease_s`` is what the requester announced (0: nothing).
-        self.on_report: Callable[[int, bytes], None] | None = None
-        self.lease_decider: Callable[[int, float, float], tuple[bool, str]] | None = None
 
     # ----------------------------------------------------------------------------------- life
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def spawn(self, coro: Any, name: str) -> None:
         """Run a fire-and-forget task that is kept referenced and cancelled on stop."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
@@ -247,31 +235,35 @@ class RaftNode:
 
     async def start(self) -> None:
         """Load durable state, start the transport, timers and the Ready loop."""
-        cfg = self.config
-        await self._storage.check_identity(cfg.cluster_id, cfg.node_id, cfg.name)
+        settings = self.settings
+        await self._storage.check_identity(settings.cluster_id, settings.node_id, settings.name)
         persisted = await self._storage.load()
-        async with self._pool.acquire() as conn:
+        async with self._store() as conn:
             if persisted.snapshot is not None:
-                await self._restore_snapshot_events(conn, persisted.snapshot)
-            self.applied_index = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
-            self.state = await load_state(conn)
+                await self.machine.restore(conn, persisted.snapshot)
+            self.applied_index = await self.machine.load(conn)
+        self.sealed_index = self.applied_index
         self._snapshot_index = persisted.snapshot.index if persisted.snapshot else 0
+        hard_state = persisted.hard_state
+        if hard_state.commit < self.applied_index:
+            # The commit index is written with the log, lazily; what was applied was committed.
+            hard_state = type(hard_state)(hard_state.term, hard_state.vote, self.applied_index)
         persisted = PersistedState(
-            hard_state=persisted.hard_state,
+            hard_state=hard_state,
             snapshot=persisted.snapshot,
             entries=persisted.entries,
             applied=self.applied_index,
         )
         conf: ConfState | None = None
         fresh = persisted.hard_state.term == 0 and persisted.snapshot is None and not persisted.entries
-        if fresh and cfg.bootstrap:
+        if fresh and settings.bootstrap:
             conf = ConfState(voters=frozenset(self._addresses), learners=frozenset())
         raft_config = RaftConfig(
-            id=cfg.node_id,
-            election_ticks=cfg.raft.election_ticks,
-            heartbeat_ticks=cfg.raft.heartbeat_ticks,
-            pre_vote=cfg.raft.pre_vote,
-            check_quorum=cfg.raft.check_quorum,
+            id=settings.node_id,
+            election_ticks=settings.election_ticks,
+            heartbeat_ticks=settings.heartbeat_ticks,
+            pre_vote=settings.pre_vote,
+            check_quorum=settings.check_quorum,
         )
         self.core = RaftCore(raft_config, self._rng, persisted, conf=conf)
         await self.transport.start()
@@ -284,10 +276,9 @@ class RaftNode:
             task.add_done_callback(self._on_task_done)
         log.info(
             "node started node_id=%d name=%s term=%d applied=%d log_entries=%d bootstrap=%s",
-            cfg.node_id, cfg.name, persisted.hard_state.term, self.applied_index, len(persisted.entries), bool(conf),
+            settings.node_id, settings.name, persisted.hard_state.term, self.applied_index,
+            len(persisted.entries), bool(conf),
         )
-        if cfg.join and not self._is_member():
-            self._spawn(self._join(), "ram.raft.join")
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         """A core loop must never end on its own: if one does, the node is broken — say so, fail-stop."""
@@ -312,7 +303,7 @@ class RaftNode:
                 await task
         await self.transport.stop()
         self._fail_all(ProposalError("node is shutting down"))
-        log.info("node stopped node_id=%d", self.config.node_id)
+        log.info("node stopped node_id=%d", self.settings.node_id)
 
     def transfer_leadership(self, among: set[int] | None = None) -> int | None:
         """As leader, hand leadership to the most up-to-date active voter (``among`` these node ids,
@@ -339,13 +330,17 @@ class RaftNode:
         if target is None:
             return
         log.info("transferring leadership before stop target=%d", target)
-        deadline = time.monotonic() + self.config.raft.election_ms / 1000 * 2
+        deadline = time.monotonic() + self.settings.election_s * 2
         while core.role is Role.LEADER and (left := deadline - time.monotonic()) > 0:
             self._leader_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._leader_changed.wait(), left)
 
     # ------------------------------------------------------------------------------ accessors
+
+    @property
+    def node_id(self) -> int:
+        return self.settings.node_id
 
     @property
     def role(self) -> Role:
@@ -366,10 +361,26 @@ class RaftNode:
     def address_of(self, node_id: int) -> str | None:
         return self._addresses.get(node_id)
 
-    def _is_member(self) -> bool:
+    def is_member(self) -> bool:
         assert self.core is not None
         conf = self.core.conf
-        return self.config.node_id in conf.voters or self.config.node_id in conf.learners
+        return self.settings.node_id in conf.voters or self.settings.node_id in conf.learners
+
+    def learners_caught_up(self) -> list[int]:
+        """As leader: learners whose log has everything committed (ready to become voters)."""
+        core = self.core
+        if core is None or core.role is not Role.LEADER:
+            return []
+        return [pid for pid, info in core.progress.items() if info.is_learner and info.match >= core.commit_index]
+
+    @contextlib.asynccontextmanager
+    async def _store(self) -> AsyncIterator[asyncpg.Connection]:
+        """A store connection on which any failure to reach the store is :class:`StoreUnavailable`."""
+        async with store_connection(self._pool, 5.0) as conn:
+            try:
+                yield conn
+            except STORE_ERRORS as exc:
+                raise StoreUnavailable(f"store unavailable: {exc}") from exc
 
     # ------------------------------------------------------------------------------- proposals
 
@@ -377,43 +388,31 @@ class RaftNode:
         return {
             pid: PeerAddress(*parse_address(a), self._names.get(pid, ""))
             for pid, a in self._addresses.items()
-            if pid != self.config.node_id
+            if pid != self.settings.node_id
         }
 
-    def _envelope(self, command: Any) -> CommandEnvelope:
-        return CommandEnvelope(command=command, proposer=self.config.node_id, ts=datetime.now(UTC))
+    async def propose(self, data: bytes, *, timeout: float | None = None) -> ApplyResult:
+        """Commit ``data`` and wait until it is applied here; returns what the state machine made of it.
 
-    async def propose(self, command: Any, *, timeout: float | None = None) -> ApplyResult:
-        """Commit ``command`` and wait until it is applied here; returns its events.
-
-        On a follower the command is forwarded to the leader. Raises :class:`NoLeaderError` at once
+        On a follower the proposal is forwarded to the leader. Raises :class:`NoLeaderError` at once
         when no leader is known, :class:`ProposalTimeout` when it does not commit in time and
-        :class:`CommandRefused` when it committed but did not fit the state.
+        :class:`ProposalRefused` when the state machine would not take it.
         """
-        timeout = timeout or self.config.raft.proposal_timeout_s
-        data = encode_envelope(self._envelope(command))
+        timeout = timeout or self.settings.proposal_timeout_s
         if self.role is Role.LEADER:
-            result = await self._propose_local(data, timeout)
-        else:
-            result = await self._forward(data, timeout, read_only=False)
-        for event in result.events:
-            if isinstance(event, CommandRejected):
-                raise CommandRefused(event.reason)
-        return result
+            return await self._propose_local(data, timeout, peer=None)
+        return await self._forward(data, timeout, read_only=False)
 
-    async def _propose_local(self, data: bytes, timeout: float) -> ApplyResult:
+    async def _propose_local(self, data: bytes, timeout: float, *, peer: int | None) -> ApplyResult:
         core = self.core
         assert core is not None
-        envelope = decode_envelope(data)
-        command = envelope.command
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if isinstance(command, MEMBERSHIP_COMMANDS) and self._fits_membership(command):
-                    index, term = core.propose_conf_change(self._conf_change_for(command, data))
+                change = self.machine.admit(data, peer=peer, conf=core.conf)
+                if change is not None:
+                    index, term = core.propose_conf_change(change)
                 else:
-                    # Also membership commands that do not fit: committed as a plain entry, so that
-                    # every node records the same rejection when it applies it.
                     index, term = core.propose(data)
                 break
             except NotLeader as exc:
@@ -424,7 +423,7 @@ class RaftNode:
                 # One membership change at a time: wait for the previous one to commit.
                 if time.monotonic() >= deadline:
                     raise ProposalTimeout(f"membership change not started within {timeout:g} s: {exc}") from None
-                await asyncio.sleep(self.config.raft.tick_ms / 1000)
+                await asyncio.sleep(self.settings.tick_ms / 1000)
             except ValueError as exc:
                 raise CommandRefused(str(exc)) from None
         future: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
@@ -441,92 +440,125 @@ class RaftNode:
             if pending is not None and pending.future is future:
                 del self._pending[index]
 
-    def _fits_membership(self, command: Any) -> bool:
-        """Whether a membership command makes sense for the current configuration."""
-        assert self.core is not None
-        conf = self.core.conf
-        if isinstance(command, AddMember):
-            node_id = command.member.node_id
-            return (node_id not in conf.voters and (command.as_learner or node_id not in conf.learners)) or (
-                not command.as_learner and node_id in conf.learners
-            )
-        if isinstance(command, PromoteLearner):
-            return command.node_id in conf.learners
-        return command.node_id in conf.voters or command.node_id in conf.learners
-
-    @staticmethod
-    def _conf_change_for(command: Any, data: bytes) -> ConfChange:
-        if isinstance(command, AddMember):
-            kind = ConfChangeType.ADD_LEARNER if command.as_learner else ConfChangeType.ADD_VOTER
-            return ConfChange(kind, command.member.node_id, data)
-        if isinstance(command, PromoteLearner):
-            return ConfChange(ConfChangeType.ADD_VOTER, command.node_id, data)
-        assert isinstance(command, RemoveMember)
-        return ConfChange(ConfChangeType.REMOVE_NODE, command.node_id, data)
-
     def _no_leader(self, leader_id: int) -> NoLeaderError:
         if leader_id:
             address = self.address_of(leader_id)
             return NoLeaderError(f"not the leader; the leader is node {leader_id} at {address}", leader_id, address)
         return NoLeaderError("no leader is known right now (election in progress or no quorum); retry shortly")
 
-    async def _forward(self, data: bytes, timeout: float, *, read_only: bool) -> ApplyResult:
-        leader = self.leader_id
-        if not leader or leader == self.config.node_id:
-            raise self._no_leader(0)
-        request_id = next(self._request_ids)
+    async def _ask(self, leader: int, payload: msgspec.Struct, request_id: int, timeout: float) -> ProposalOutcome:
+        """Send a request to ``leader`` and wait for its :class:`ProposalOutcome`."""
         future: asyncio.Future[ProposalOutcome] = asyncio.get_running_loop().create_future()
         self._forwards[request_id] = future
         self._forward_targets[request_id] = leader
         try:
-            if not self.transport.send(leader, encode_payload(ForwardedProposal(request_id, data, read_only))):
+            if not self.transport.send(leader, encode_payload(payload)):
                 raise NoLeaderError(f"cannot reach the leader (node {leader}): send queue full", leader)
             try:
-                outcome = await asyncio.wait_for(future, timeout)
+                return await asyncio.wait_for(future, timeout)
             except TimeoutError:
                 raise ProposalTimeout(f"leader (node {leader}) did not answer within {timeout:g} s") from None
         finally:
             self._forwards.pop(request_id, None)
             self._forward_targets.pop(request_id, None)
+
+    async def _forward(self, data: bytes, timeout: float, *, read_only: bool) -> ApplyResult:
+        leader = self.leader_id
+        if not leader or leader == self.settings.node_id:
+            raise self._no_leader(0)
+        request_id = next(self._request_ids)
+        outcome = await self._ask(leader, ForwardedProposal(request_id, data, read_only), request_id, timeout)
         if not outcome.ok:
             if outcome.leader_id and outcome.leader_id != leader:
                 raise NoLeaderError(outcome.error, outcome.leader_id, self.address_of(outcome.leader_id))
             raise ProposalError(outcome.error)
-        if read_only:
-            await self.wait_applied(outcome.index, timeout)
-            return ApplyResult(outcome.index, outcome.term, ())
         await self.wait_applied(outcome.index, timeout)
-        events = tuple(_decode_result(outcome.result))
-        return ApplyResult(outcome.index, outcome.term, events)
+        if read_only:
+            return ApplyResult(outcome.index, outcome.term, None)
+        return ApplyResult(outcome.index, outcome.term, self.machine.decode_result(outcome.result))
 
     async def _serve_forward(self, peer: int, request: ForwardedProposal) -> None:
-        timeout = self.config.raft.proposal_timeout_s
+        timeout = self.settings.proposal_timeout_s
         try:
             if request.read_only:
                 index = await self._read_index_local(timeout)
                 outcome = ProposalOutcome(request.request_id, True, index=index)
             elif self.role is not Role.LEADER:
                 outcome = ProposalOutcome(request.request_id, False, error="not the leader", leader_id=self.leader_id)
-            elif (refusal := forwarded_refusal(self.state, peer, decode_envelope(request.data))) is not None:
-                log.warning("forwarded proposal refused peer=%d reason=%s", peer, refusal)
-                outcome = ProposalOutcome(request.request_id, False, error=f"refused: {refusal}")
             else:
-                result = await self._propose_local(request.data, timeout)
+                result = await self._propose_local(request.data, timeout, peer=peer)
                 outcome = ProposalOutcome(
-                    request.request_id, True, result.index, result.term, _encode_result(result.events)
+                    request.request_id, True, result.index, result.term, self.machine.encode_result(result.result)
                 )
+        except ProposalRefused as exc:
+            log.warning("forwarded proposal refused peer=%d reason=%s", peer, exc)
+            outcome = ProposalOutcome(request.request_id, False, error=str(exc))
         except NoLeaderError as exc:
             outcome = ProposalOutcome(request.request_id, False, error=str(exc), leader_id=exc.leader_id)
-        except (ProposalError, CommandDecodeError) as exc:
+        except ProposalError as exc:
             outcome = ProposalOutcome(request.request_id, False, error=str(exc), leader_id=self.leader_id)
         self.transport.send(peer, encode_payload(outcome))
+
+    # --------------------------------------------------------------------------- leader channel
+
+    def serve(self, kind: type[msgspec.Struct], handler: RequestHandler | None) -> None:
+        """On the leader, answer requests of ``kind`` (a tagged struct with a ``request_id`` field)
+        with ``handler``; None: refuse them ("not served here") from now on."""
+        self._decoder.register(kind)
+        self._request_handlers[kind] = handler
+
+    def listen(self, kind: type[msgspec.Struct], handler: NoticeHandler | None) -> None:
+        """On the leader, hand one-way notices of ``kind`` (a tagged struct) to ``handler``; None:
+        drop them from now on."""
+        self._decoder.register(kind)
+        self._notice_handlers[kind] = handler
+
+    async def ask_leader(self, request: msgspec.Struct, *, timeout: float) -> LeaderAnswer:
+        """Send ``request`` to the current leader (served locally when we lead) and wait for its
+        answer; never raises for a missing or silent leader (the answer says why)."""
+        if self.role is Role.LEADER:
+            return await self._serve_request(self.settings.node_id, request)
+        leader = self.leader_id
+        if not leader:
+            return LeaderAnswer(False, "no leader known")
+        request_id = next(self._request_ids)
+        try:
+            outcome = await self._ask(leader, msgspec.structs.replace(request, request_id=request_id),
+                                      request_id, timeout)
+        except ProposalError as exc:
+            return LeaderAnswer(False, str(exc))
+        return LeaderAnswer(outcome.ok, outcome.error, outcome.result)
+
+    def tell_leader(self, notice: msgspec.Struct) -> bool:
+        """Hand a one-way notice to the current leader (directly when we lead). False: no leader known."""
+        leader = self.leader_id
+        if not leader:
+            return False
+        if leader == self.settings.node_id:
+            handler = self._notice_handlers.get(type(notice))
+            if handler is not None:
+                handler(self.settings.node_id, notice)
+            return True
+        return self.transport.send(leader, encode_payload(notice))
+
+    async def _serve_request(self, peer: int, request: Any) -> LeaderAnswer:
+        handler = self._request_handlers.get(type(request))
+        if handler is None:
+            return LeaderAnswer(False, f"{type(request).__name__} is not served by this node")
+        return await handler(peer, request)
+
+    async def _answer_request(self, peer: int, request: Any) -> None:
+        answer = await self._serve_request(peer, request)
+        self.transport.send(
+            peer, encode_payload(ProposalOutcome(request.request_id, answer.ok, result=answer.body, error=answer.error))
+        )
 
     # -------------------------------------------------------------------------------- reads
 
     async def read_barrier(self, *, timeout: float | None = None) -> int:
         """Linearizable read point (ReadIndex): returns once this node has applied everything
-        committed before the call; reads of the projections after it are up to date."""
-        timeout = timeout or self.config.raft.proposal_timeout_s
+        committed before the call; reads of the state machine after it are up to date."""
+        timeout = timeout or self.settings.proposal_timeout_s
         if self.role is Role.LEADER:
             index = await self._read_index_local(timeout)
             await self.wait_applied(index, timeout)
@@ -534,61 +566,10 @@ class RaftNode:
         result = await self._forward(b"", timeout, read_only=True)
         return result.index
 
-    async def request_lease(self, *, timeout: float, lease_s: float) -> tuple[bool, str]:
-        """Ask the leader to grant (renew) this node's primary lease of ``lease_s`` seconds:
-        (granted, reason)."""
-        if self.role is Role.LEADER:
-            return await self._decide_lease(self.config.node_id, timeout, lease_s)
-        leader = self.leader_id
-        if not leader:
-            return False, "no leader known"
-        request_id = next(self._request_ids)
-        future: asyncio.Future[ProposalOutcome] = asyncio.get_running_loop().create_future()
-        self._forwards[request_id] = future
-        self._forward_targets[request_id] = leader
-        try:
-            if not self.transport.send(leader, encode_payload(LeaseRequest(request_id, lease_s))):
-                return False, f"cannot reach the leader (node {leader})"
-            try:
-                outcome = await asyncio.wait_for(future, timeout)
-            except TimeoutError:
-                return False, f"leader (node {leader}) did not answer within {timeout:g} s"
-        finally:
-            self._forwards.pop(request_id, None)
-            self._forward_targets.pop(request_id, None)
-        return outcome.ok, outcome.error
-
-    async def _decide_lease(self, node_id: int, timeout: float, lease_s: float) -> tuple[bool, str]:
-        if self.lease_decider is None:
-            return False, "this node does not arbitrate leases"
-        try:
-            index = await self._read_index_local(timeout)
-            await self.wait_applied(index, timeout)
-        except ProposalError as exc:
-            return False, str(exc)
-        if self.role is not Role.LEADER:
-            return False, "lost leadership"
-        return self.lease_decider(node_id, time.monotonic(), lease_s)
-
-    async def _serve_lease(self, peer: int, request: LeaseRequest) -> None:
-        granted, reason = await self._decide_lease(peer, self.config.ha.renew_interval_s * 4, request.lease_s)
-        self.transport.send(peer, encode_payload(ProposalOutcome(request.request_id, granted, error=reason)))
-
-    def send_report(self, body: bytes) -> bool:
-        """Hand a member report to the current leader (directly when we lead). False: no leader known."""
-        leader = self.leader_id
-        if not leader:
-            return False
-        if leader == self.config.node_id:
-            if self.on_report is not None:
-                self.on_report(self.config.node_id, body)
-            return True
-        return self.transport.send(leader, encode_payload(MemberReport(body)))
-
     async def _read_index_local(self, timeout: float) -> int:
         core = self.core
         assert core is not None
-        context = next(self._request_ids).to_bytes(8, "big") + self.config.node_id.to_bytes(4, "big")
+        context = next(self._request_ids).to_bytes(8, "big") + self.settings.node_id.to_bytes(4, "big")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads[context] = future
         try:
@@ -620,13 +601,13 @@ class RaftNode:
         """A frame from ``peer`` — the node id the transport authenticated for the connection, so every
         check below is against who the sender proved to be, never what the frame says."""
         try:
-            payload = decode_payload(body)
+            payload = self._decoder.decode(body)
         except PayloadError as exc:
             log.warning("dropping invalid payload peer=%d size=%d error=%s", peer, len(body), exc)
             return
         if isinstance(payload, RaftPayload):
             message = payload.message
-            if message.frm != peer or message.to != self.config.node_id:
+            if message.frm != peer or message.to != self.settings.node_id:
                 log.warning(
                     "dropping message with forged sender or wrong recipient peer=%d frm=%d to=%d",
                     peer, message.frm, message.to,
@@ -642,23 +623,7 @@ class RaftNode:
                     return
                 self.core.step(message)
                 self._wake.set()
-        elif isinstance(payload, (ForwardedProposal, LeaseRequest)):
-            busy = self._peer_requests.get(peer, 0)
-            if busy >= MAX_REQUESTS_PER_PEER:
-                log.warning("peer request refused: %d in flight already peer=%d", busy, peer)
-                self.transport.send(
-                    peer, encode_payload(ProposalOutcome(payload.request_id, False, error="busy: too many requests"))
-                )
-                return
-            self._peer_requests[peer] = busy + 1
-            if isinstance(payload, ForwardedProposal):
-                self._spawn(self._counted(peer, self._serve_forward(peer, payload)), "ram.raft.forward")
-            else:
-                self._spawn(self._counted(peer, self._serve_lease(peer, payload)), "ram.raft.lease")
-        elif isinstance(payload, MemberReport):
-            if self.on_report is not None and self.role is Role.LEADER:
-                self.on_report(peer, payload.body)
-        else:
+        elif isinstance(payload, ProposalOutcome):
             future = self._forwards.get(payload.request_id)
             asked = self._forward_targets.get(payload.request_id)
             if asked is None:  # the request timed out here already: a late answer, not a forgery
@@ -670,6 +635,24 @@ class RaftNode:
                 return
             if future is not None and not future.done():
                 future.set_result(payload)
+        elif isinstance(payload, ForwardedProposal) or type(payload) in self._request_handlers:
+            request: Any = payload
+            busy = self._peer_requests.get(peer, 0)
+            if busy >= MAX_REQUESTS_PER_PEER:
+                log.warning("peer request refused: %d in flight already peer=%d", busy, peer)
+                self.transport.send(
+                    peer, encode_payload(ProposalOutcome(request.request_id, False, error="busy: too many requests"))
+                )
+                return
+            self._peer_requests[peer] = busy + 1
+            if isinstance(payload, ForwardedProposal):
+                self.spawn(self._counted(peer, self._serve_forward(peer, payload)), "ram.raft.forward")
+            else:
+                self.spawn(self._counted(peer, self._answer_request(peer, payload)), "ram.raft.request")
+        else:
+            handler = self._notice_handlers.get(type(payload))  # type: ignore[arg-type]
+            if handler is not None and self.role is Role.LEADER:
+                handler(peer, payload)
 
     async def _counted(self, peer: int, work: Awaitable[None]) -> None:
         """Run a peer's request, keeping its in-flight count right whatever happens."""
@@ -685,7 +668,7 @@ class RaftNode:
     # ---------------------------------------------------------------------------- the loops
 
     async def _ticker(self) -> None:
-        interval = self.config.raft.tick_ms / 1000
+        interval = self.settings.tick_ms / 1000
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + interval
         while True:
@@ -695,6 +678,8 @@ class RaftNode:
                 next_tick = loop.time() + interval
             assert self.core is not None
             self.core.tick()
+            if self._unsealed and loop.time() - self._unsealed_since >= self.settings.seal_interval_s:
+                self._seal_due = True
             self._wake.set()
 
     async def _ready_loop(self) -> None:
@@ -703,6 +688,8 @@ class RaftNode:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._seal_due or self._suspect:
+                await self._seal()
             while core.has_ready():
                 rd = core.ready()
                 # Which messages may leave before the write (a leader's appends) is decided by
@@ -711,12 +698,13 @@ class RaftNode:
                 self._send(early)
                 if rd.snapshot is not None:
                     await self._install_snapshot(rd)
-                applying = self._prepare_apply(rd.committed_entries)
-                await self._persist(rd, applying)
+                await self._persist(rd)
                 self._send(late)
-                self._finish_apply(applying)
+                committed = [e for e in rd.committed_entries if e.index > self.applied_index]
+                if committed:
+                    await self._apply(committed)
                 core.advance(rd)
-                self._after_ready(rd)
+                self._after(rd)
 
     def _send(self, messages: Sequence[Message]) -> None:
         for message in messages:
@@ -732,48 +720,119 @@ class RaftNode:
                 return
             except StoreUnavailable as exc:
                 self.stats.store_failures += 1
+                self._suspect = True
                 log.warning("store write failed; not voting or acknowledging until it is back what=%s error=%s",
                             what, exc)
                 await asyncio.sleep(_STORE_RETRY.delay(attempt))
                 attempt += 1
 
-    async def _persist(self, rd: Ready, applying: _Applying) -> None:
-        """One transaction, one round trip: the Ready's entries and hard state AND the events,
-        projections and applied index of its committed entries. The log and what was applied from it
-        can never disagree, whatever crashes when."""
+    async def _persist(self, rd: Ready) -> None:
+        """The Ready's entries and hard state, synchronously, in one statement. A hard state that only
+        moves the commit index rides along with the next write instead (the commit index is learned
+        again from the leader, and what was applied counts as committed on restart)."""
+        if not rd.entries and not rd.new_term_or_vote:
+            return
 
         async def save() -> None:
-            await self._storage.save(
-                hard_state=rd.hard_state, entries=rd.entries, snapshot=None, applied=applying.batch
-            )
+            await self._storage.save(hard_state=rd.hard_state, entries=rd.entries, snapshot=None)
 
-        await self._retry_store("ready", save)
+        await self._retry_store("log", save)
         self.stats.persisted_batches += 1
         self.stats.persisted_entries += len(rd.entries)
 
+    # ----------------------------------------------------------------------------- applying
+
+    async def _apply(self, entries: Sequence[Entry]) -> None:
+        """Decide committed entries, write them (asynchronous commit), install them, answer proposers."""
+        batch: DecidedBatch | None = None
+
+        async def write() -> None:
+            nonlocal batch
+            if self._suspect or len(self._unsealed) >= MAX_UNSEALED_BATCHES:
+                await self._seal_once()
+            batch = self.machine.decide(entries)
+            async with self._store() as conn:
+                stored = await self.machine.write(conn, batch)
+            if stored < batch.last:
+                self._suspect = True
+                raise StoreUnavailable(
+                    f"the store's applied index is {stored}, below {batch.first - 1} (store crash?); applying again"
+                )
+
+        await self._retry_store("apply", write)
+        assert batch is not None
+        if not self._unsealed:
+            self._unsealed_since = asyncio.get_running_loop().time()
+        self._unsealed.append(batch)
+        self.machine.commit(batch)
+        self.applied_index = batch.last
+        self.stats.applied_entries += batch.last - batch.first + 1
+        for entry in entries:
+            if entry.type is EntryType.CONF_CHANGE:
+                self._note_conf_change(entry)
+        first = entries[0].index
+        for index, result in batch.results.items():
+            pending = self._pending.pop(index, None)
+            if pending is None or pending.future.done():
+                continue
+            term = entries[index - first].term
+            if pending.term == term:
+                pending.future.set_result(ApplyResult(index, term, result))
+            else:
+                pending.future.set_exception(
+                    NoLeaderError(f"leadership changed; entry {index} was replaced by term {term}", self.leader_id)
+                )
+        self._wake_applied()
+
+    async def _seal(self) -> None:
+        await self._retry_store("seal", self._seal_once)
+
+    async def _seal_once(self) -> None:
+        """Make every apply so far durable, and write again what a store crash lost of them."""
+        self._seal_due = False
+        async with self._store() as conn:
+            durable = await self.machine.seal(conn)
+            if durable < self.applied_index:
+                lost = [b for b in self._unsealed if b.last > durable]
+                if not lost or lost[0].first > durable + 1:
+                    # Only applies after the last seal can be lost; anything else is not a crash we
+                    # can repair here. Fail-stop: a restart applies again from the durable log.
+                    self.failed.set()
+                    raise StoreUnavailable(
+                        f"the store's applied index {durable} is below the last seal {self.sealed_index}"
+                    )
+                log.warning("the store lost applied entries (crash?) durable=%d applied=%d batches=%d; "
+                            "writing them again", durable, self.applied_index, len(lost))
+                for batch in lost:
+                    stored = await self.machine.write(conn, batch)
+                    if stored < batch.last:
+                        raise StoreUnavailable(f"the store's applied index stays at {stored}")
+                    self.stats.reapplied_batches += 1
+                durable = await self.machine.seal(conn)
+        self._unsealed.clear()
+        self.sealed_index = self.applied_index
+        self._suspect = False
+        self.stats.seals += 1
+
     async def _install_snapshot(self, rd: Ready) -> None:
-        """A leader's snapshot replaces our log; the events up to it come from the snapshot data."""
+        """A leader's snapshot replaces our log; the state machine catches up from its data."""
         snapshot = rd.snapshot
         assert snapshot is not None
 
         async def save() -> None:
             await self._storage.save(hard_state=None, entries=(), snapshot=snapshot)
-            try:
-                async with store_connection(self._pool) as conn:
-                    await self._restore_snapshot_events(conn, snapshot)
-                    applied = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
-                    state = await load_state(conn)
-            except STORE_ERRORS as exc:
-                raise StoreUnavailable(f"store unavailable: {exc}") from exc
-            # All at once, with no await in between: nobody sees the new index with the old state.
-            self.applied_index, self.state = applied, state
+            async with self._store() as conn:
+                await self.machine.restore(conn, snapshot)
+                applied = await self.machine.load(conn)
+            self.applied_index = self.sealed_index = applied
+            self._unsealed.clear()
             self._snapshot_index = snapshot.index
             self.stats.snapshots_installed += 1
 
         await self._retry_store("snapshot", save)
         self._wake_applied()
 
-    def _after_ready(self, rd: Ready) -> None:
+    def _after(self, rd: Ready) -> None:
         core = self.core
         assert core is not None
         for read in rd.read_states:
@@ -788,149 +847,32 @@ class RaftNode:
             log.info("raft leader changed term=%d leader=%d role=%s", rd.term, rd.leader_id, rd.role.value)
             if became_leader:
                 self.leader_since = time.monotonic()
-                self._spawn(self._announce_leadership(rd.term), "ram.raft.announce")
+                if self._on_leader is not None:
+                    self._on_leader(rd.term)
             elif rd.role is not Role.LEADER:
                 self.leader_since = 0.0
-        if core.role is Role.LEADER:
-            self._maybe_promote_learners()
-        if self.applied_index - self._snapshot_index >= self.config.raft.snapshot_entries:
-            self._snapshot_index = self.applied_index  # one snapshot at a time
-            self._spawn(self._take_snapshot(self.applied_index), "ram.raft.snapshot")
-
-    async def _announce_leadership(self, term: int) -> None:
-        """The new leader records itself (and, on a brand-new cluster, the bootstrap) as events."""
-        try:
-            if self.state.cluster_id is None and self.config.bootstrap:
-                members = tuple(self._initial_members())
-                await self.propose(
-                    BootstrapCluster(
-                        cluster_id=self.config.cluster_id, cluster_name=self.config.cluster_name, members=members
-                    )
-                )
-            if self.term == term and self.role is Role.LEADER:
-                await self.propose(RecordLeader(node_id=self.config.node_id))
-        except ProposalError as exc:
-            log.info("could not record leadership term=%d error=%s", term, exc)
-
-    def _initial_members(self) -> list[MemberSpec]:
-        cfg = self.config
-        pg_host, pg_port = pg_address(cfg)
-        members = [
-            MemberSpec(
-                name=cfg.name, node_id=cfg.node_id, raft_address=cfg.raft.listen, api_address=api_address(cfg),
-                pg_host=pg_host, pg_port=pg_port,
-            )
-        ]
-        for peer in cfg.raft.peers:
-            host, port = peer.pg()
-            members.append(
-                MemberSpec(
-                    name=peer.name, node_id=peer.id, raft_address=peer.address, api_address=peer.api(),
-                    pg_host=host, pg_port=port,
-                )
-            )
-        return sorted(members, key=lambda m: m.node_id)
-
-    def _maybe_promote_learners(self) -> None:
-        core = self.core
-        assert core is not None
-        for pid, info in core.progress.items():
-            if info.is_learner and info.match >= core.commit_index and pid not in self._promoting:
-                self._promoting.add(pid)
-                self._spawn(self._promote(pid), "ram.raft.promote")
-
-    async def _promote(self, node_id: int) -> None:
-        try:
-            await self.propose(PromoteLearner(node_id=node_id))
-            log.info("learner promoted to voter node_id=%d", node_id)
-        except ProposalError as exc:
-            log.info("learner promotion deferred node_id=%d reason=%s", node_id, exc)
-        finally:
-            self._promoting.discard(node_id)
-
-    async def _join(self) -> None:
-        """Ask the cluster (through any listed member) to add this node as a learner."""
-        # Joining needs a leader to accept the request; the request is carried by the API layer
-        # once it exists. Until then an operator adds the node with an AddMember proposal.
-        log.info("waiting to be added to the cluster join=%s", ",".join(self.config.join))
-
-    # ----------------------------------------------------------------------------- applying
-
-    def _prepare_apply(self, entries: Sequence[Entry]) -> _Applying:
-        """Decide what committed entries yield (pure, in memory); nothing is visible until stored."""
-        state = self.state
-        applying = _Applying(state=state)
-        for entry in entries:
-            if entry.index <= self.applied_index:
-                continue
-            proposer, ts, events = self._decide_entry(state, entry)
-            if events:
-                # Built from values we just validated: model_construct skips re-validating them.
-                stored = [
-                    StoredEvent.model_construct(
-                        position=entry.index, sub=i, term=entry.term, proposer=proposer, ts=ts, event=ev
-                    )
-                    for i, ev in enumerate(events)
-                ]
-                state = fold(state, stored)
-            applying.batch.append(EntryEvents(entry.index, entry.term, proposer, ts, events))
-            applying.results[entry.index] = (entry.term, tuple(events))
-            applying.conf_entries.extend([entry] if entry.type is EntryType.CONF_CHANGE else [])
-        applying.state = state
-        return applying
-
-    def _finish_apply(self, applying: _Applying) -> None:
-        """The batch is durable: make it visible and answer the proposers."""
-        if not applying.batch:
-            return
-        self.state = applying.state
-        self.applied_index = applying.batch[-1].position
-        self.stats.applied_entries += len(applying.batch)
-        for entry in applying.conf_entries:
-            self._note_conf_change(entry)
-        for index, (term, events) in applying.results.items():
-            pending = self._pending.pop(index, None)
-            if pending is None or pending.future.done():
-                continue
-            if pending.term == term:
-                pending.future.set_result(ApplyResult(index, term, events))
-            else:
-                pending.future.set_exception(
-                    NoLeaderError(f"leadership changed; entry {index} was replaced by term {term}", self.leader_id)
-                )
-        self._wake_applied()
-
-    def _decide_entry(self, state: ClusterState, entry: Entry) -> tuple[int, datetime, list[Event]]:
-        epoch = datetime.fromtimestamp(0, UTC)
-        data = entry.data
-        if entry.type is EntryType.CONF_CHANGE:
-            try:
-                data = ConfChange.decode(entry.data).context
-            except ValueError as exc:
-                return 0, epoch, [CommandRejected(command="conf_change", reason=str(exc))]
-        if not data:
-            return 0, epoch, []
-        try:
-            envelope = decode_envelope(data)
-        except CommandDecodeError as exc:
-            return 0, epoch, [CommandRejected(command="unknown", reason=str(exc))]
-        return envelope.proposer, envelope.ts, decide(state, envelope.command, envelope.ts, entry.term)
+        if self._after_ready is not None:
+            self._after_ready()
+        if self.sealed_index - self._snapshot_index >= self.settings.snapshot_entries:
+            self._snapshot_index = self.sealed_index  # one snapshot at a time
+            self.spawn(self._take_snapshot(self.sealed_index), "ram.raft.snapshot")
 
     def _note_conf_change(self, entry: Entry) -> None:
-        if entry.type is not EntryType.CONF_CHANGE:
-            return
+        """A committed membership change: reach the new member (the machine knows its address) or
+        stop reaching the removed one."""
         try:
             change = ConfChange.decode(entry.data)
-            envelope = decode_envelope(change.context)
-        except (ValueError, CommandDecodeError):
+        except ValueError:
             return
-        command = envelope.command
-        if isinstance(command, AddMember):
-            self._addresses[command.member.node_id] = command.member.raft_address
-            self._names[command.member.node_id] = command.member.name
-        elif isinstance(command, RemoveMember):
-            self._addresses.pop(command.node_id, None)
-            self._names.pop(command.node_id, None)
+        if change.type is ConfChangeType.REMOVE_NODE:
+            self._addresses.pop(change.node_id, None)
+            self._names.pop(change.node_id, None)
+        else:
+            spec = self.machine.member_address(change.node_id)
+            if spec is None:
+                return
+            self._addresses[change.node_id] = spec.address
+            self._names[change.node_id] = spec.name
         self.transport.set_peers(self._peer_map())
 
     def _wake_applied(self) -> None:
@@ -944,8 +886,8 @@ class RaftNode:
             else:
                 still.append((index, future))
         self._applied_waiters = still
-        if self.on_applied is not None:
-            self.on_applied(self.state)
+        if self._on_applied is not None:
+            self._on_applied()
 
     def _fail_all(self, error: Exception) -> None:
         for pending in self._pending.values():
@@ -960,56 +902,17 @@ class RaftNode:
     # ---------------------------------------------------------------------------- snapshots
 
     async def _take_snapshot(self, index: int) -> None:
-        """Compact the log: the snapshot's state is every event up to ``index`` (events are the state)."""
+        """Compact the log up to ``index`` (sealed: durable in the store) with the machine's snapshot."""
         core = self.core
         assert core is not None
         try:
-            async with store_connection(self._pool) as conn:
-                rows = await conn.fetch(
-                    "SELECT position, sub, type, schema_version, payload::text, term, proposer, "
-                    "(extract(epoch FROM ts) * 1000000)::bigint "
-                    "FROM pgraft.events WHERE position <= $1 ORDER BY position, sub",
-                    index,
-                )
-            data = _SNAPSHOT_ENCODER.encode([tuple(r) for r in rows])
-            core.compact(index, data)
-            snapshot = core.snapshot
-            if snapshot is not None:
-                await self._storage.compact(snapshot)
+            async with self._store() as conn:
+                data = await self.machine.snapshot(conn, index)
+            snapshot = core.compact(index, data)
+            await self._storage.compact(snapshot)
             self.stats.snapshots_taken += 1
-            log.info("snapshot taken index=%d events=%d bytes=%d", index, len(rows), len(data))
+            log.info("snapshot taken index=%d bytes=%d", index, len(data))
         except (StoreUnavailable, OSError, asyncpg.PostgresError, ValueError) as exc:
             log.warning("snapshot failed index=%d error=%s", index, exc)
             self._snapshot_index = 0
 
-    async def _restore_snapshot_events(self, conn: asyncpg.Connection, snapshot: Snapshot) -> None:
-        """Bring the events (and projections) up to an installed snapshot, exactly once."""
-        applied = int(await conn.fetchval("SELECT applied_index FROM pgraft.applied"))
-        if applied >= snapshot.index or not snapshot.data:
-            return
-        rows = _SNAPSHOT_DECODER.decode(snapshot.data)
-        missing = [r for r in rows if r[0] > applied]
-        batch: dict[int, list[tuple[int, int, str, int, str, int, int, int]]] = {}
-        for row in missing:
-            batch.setdefault(row[0], []).append(row)
-        async with conn.transaction():
-            entries = []
-            for position in range(applied + 1, snapshot.index + 1):
-                group = batch.get(position, [])
-                events = [decode_event(r[2], r[3], json.loads(r[4])) for r in group]
-                term = group[0][5] if group else snapshot.term
-                proposer = group[0][6] if group else 0
-                ts = datetime.fromtimestamp(group[0][7] / 1e6, UTC) if group else datetime.fromtimestamp(0, UTC)
-                entries.append(EntryEvents(position, term, proposer, ts, events))
-            await append_entries(conn, entries)
-        log.info("snapshot installed index=%d events_restored=%d", snapshot.index, len(missing))
-
-
-def _encode_result(events: Sequence[Event]) -> bytes:
-    return json.dumps([list(encode_event(ev)) for ev in events]).encode()
-
-
-def _decode_result(data: bytes) -> list[Event]:
-    if not data:
-        return []
-    return [decode_event(t, v, p) for t, v, p in json.loads(data)]

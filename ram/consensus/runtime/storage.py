@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 
 from ram.consensus.types import ConfState, Entry, EntryType, HardState, PersistedState, Snapshot
-from ram.eventstore.store import EntryEvents, batch_columns
 
 
 class StoreUnavailable(RuntimeError):
@@ -31,10 +30,6 @@ class StoreIdentityMismatch(RuntimeError):
 
 
 _SAVE_LOG = "SELECT pgraft.save_log($1::bigint[], $2::bigint[], $3::smallint[], $4::bytea[], $5, $6, $7)"
-_SAVE_READY = (
-    "SELECT pgraft.save_ready($1::bigint[], $2::bigint[], $3::smallint[], $4::bytea[], $5, $6, $7, "
-    "$8, $9, $10, $11, $12, $13, $14::jsonb[], $15, $16, $17)"
-)
 
 _UPSERT_SNAPSHOT = """
 INSERT INTO pgraft.snapshot (id, idx, term, voters, learners, data, created_at)
@@ -150,11 +145,9 @@ class RaftStorage:
         hard_state: HardState | None,
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
-        applied: Sequence[EntryEvents] = (),
     ) -> None:
-        """Make one Ready durable atomically: snapshot, then entries, then hard state — and, in the same
-        transaction, the events/projections/applied index of the committed entries in ``applied``."""
-        if hard_state is None and not entries and snapshot is None and not applied:
+        """Make one Ready's log durable atomically: snapshot, then entries, then hard state."""
+        if hard_state is None and not entries and snapshot is None:
             return
         hs = hard_state
         log_args = (
@@ -166,22 +159,17 @@ class RaftStorage:
             hs.vote if hs else None,
             hs.commit if hs else None,
         )
-        apply_args = (
-            applied[0].position if applied else None,
-            applied[-1].position if applied else None,
-            *batch_columns(applied),
-        )
         try:
             async with store_connection(self._pool, self._timeout) as conn:
                 if snapshot is None:
                     # The hot path: one statement, one round trip, one fsync.
-                    await conn.execute(_SAVE_READY, *log_args, *apply_args, timeout=self._timeout)
+                    await conn.execute(_SAVE_LOG, *log_args, timeout=self._timeout)
                     return
                 async with conn.transaction():
                     # An installed snapshot replaces the whole log: the core restarts its log at it.
                     await self._write_snapshot(conn, snapshot)
                     await conn.execute("DELETE FROM pgraft.log")
-                    await conn.execute(_SAVE_READY, *log_args, *apply_args, timeout=self._timeout)
+                    await conn.execute(_SAVE_LOG, *log_args, timeout=self._timeout)
         except STORE_ERRORS as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc
 

@@ -1,4 +1,4 @@
-"""pgraft: ``apply_committed`` and ``seal_applied``, the apply path without an fsync of its own.
+"""pgraft: ``apply_committed`` and ``seal_applied``, the apply path without an fsync or a SQL fold of its own.
 
 Revision ID: 0007
 Revises: 0006
@@ -11,6 +11,11 @@ only). The store's WAL is one sequence, so a crash of the store loses at most a 
 transactions; the function returns the store's applied index, and a caller that finds it lower than
 what it wrote applies those entries again, from its log (``seal_applied``, a tiny synchronous write,
 is how an idle node finds out, and what makes the applies before it durable).
+
+The projections are written from the node's own fold: the rows it changed, as one JSON document
+(``ram.projections.rows``); folding each event again in PL/pgSQL cost ~0.1 ms per event.
+``pgraft.apply_events`` and ``pgraft.rebuild_projections()`` stay as the reference, and write the
+same rows.
 """
 
 from alembic import op
@@ -29,7 +34,7 @@ def upgrade() -> None:
         CREATE FUNCTION pgraft.apply_committed(
             p_first bigint, p_last bigint,
             p_position bigint[], p_sub integer[], p_type text[], p_version integer[], p_payload jsonb[],
-            p_term bigint[], p_proposer integer[], p_ts timestamptz[]) RETURNS bigint
+            p_term bigint[], p_proposer integer[], p_ts timestamptz[], p_rows jsonb) RETURNS bigint
         LANGUAGE plpgsql AS $$
         DECLARE
             current bigint;
@@ -41,11 +46,67 @@ def upgrade() -> None:
                 RETURN current;
             END IF;
             PERFORM set_config('synchronous_commit', 'off', true);
-            RETURN pgraft.append_entries(p_first, p_last, p_position, p_sub, p_type, p_version, p_payload,
-                                         p_term, p_proposer, p_ts);
+            INSERT INTO pgraft.events (position, sub, type, schema_version, payload, term, proposer, ts)
+            SELECT * FROM unnest(p_position, p_sub, p_type, p_version, p_payload, p_term, p_proposer, p_ts)
+                AS e(position, sub, type, schema_version, payload, term, proposer, ts)
+            WHERE e.position > current;
+
+            -- The projection rows the fold changed (ram.projections.rows), each written whole.
+            IF p_rows ? 'cluster' THEN
+                UPDATE pgraft.cluster c
+                   SET cluster_id = r.cluster_id, cluster_name = r.cluster_name,
+                       bootstrapped_position = r.bootstrapped_position, primary_name = r.primary_name,
+                       timeline = r.timeline, raft_leader = r.raft_leader,
+                       raft_leader_node_id = r.raft_leader_node_id, raft_term = r.raft_term,
+                       sync_mode = r.sync_mode, num_sync = r.num_sync, sync_standbys = r.sync_standbys,
+                       maintenance = r.maintenance, maintenance_reason = r.maintenance_reason,
+                       maintenance_by = r.maintenance_by, pending_restart = r.pending_restart
+                  FROM jsonb_populate_record(NULL::pgraft.cluster, p_rows -> 'cluster') r;
+            END IF;
+            IF p_rows ? 'members' OR p_rows ? 'members_removed' THEN
+                DELETE FROM pgraft.member
+                 WHERE name IN (SELECT jsonb_array_elements_text(coalesce(p_rows -> 'members_removed', '[]')))
+                    OR name IN (SELECT m ->> 'name' FROM jsonb_array_elements(coalesce(p_rows -> 'members', '[]')) m);
+                INSERT INTO pgraft.member
+                SELECT * FROM jsonb_populate_recordset(NULL::pgraft.member, coalesce(p_rows -> 'members', '[]'));
+            END IF;
+            IF p_rows ? 'timelines' OR p_rows ? 'timelines_keep' THEN
+                DELETE FROM pgraft.timeline_history
+                 WHERE seq > coalesce((p_rows ->> 'timelines_keep')::integer, 2147483647)
+                    OR seq IN (SELECT (t ->> 'seq')::integer
+                                 FROM jsonb_array_elements(coalesce(p_rows -> 'timelines', '[]')) t);
+                INSERT INTO pgraft.timeline_history
+                SELECT * FROM jsonb_populate_recordset(NULL::pgraft.timeline_history,
+                                                       coalesce(p_rows -> 'timelines', '[]'));
+            END IF;
+            IF p_rows ? 'operations' OR p_rows ? 'operations_keep' THEN
+                DELETE FROM pgraft.operation_history
+                 WHERE seq > coalesce((p_rows ->> 'operations_keep')::integer, 2147483647)
+                    OR seq IN (SELECT (o ->> 'seq')::integer
+                                 FROM jsonb_array_elements(coalesce(p_rows -> 'operations', '[]')) o);
+                INSERT INTO pgraft.operation_history
+                SELECT * FROM jsonb_populate_recordset(NULL::pgraft.operation_history,
+                                                       coalesce(p_rows -> 'operations', '[]'));
+            END IF;
+            IF p_rows ? 'config_removed' THEN
+                DELETE FROM pgraft.dynamic_config
+                 WHERE key IN (SELECT jsonb_array_elements_text(p_rows -> 'config_removed'));
+            END IF;
+            IF p_rows ? 'config' THEN
+                INSERT INTO pgraft.dynamic_config (key, value)
+                SELECT key, value FROM jsonb_each(p_rows -> 'config')
+                ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
+            END IF;
+            UPDATE pgraft.projection_state
+               SET applied_position = p_last,
+                   last_event_position = (p_rows ->> 'last_event_position')::bigint,
+                   events_applied = (p_rows ->> 'events_applied')::bigint;
+            UPDATE pgraft.applied SET applied_index = p_last;
+            RETURN p_last;
         END $$;
         COMMENT ON FUNCTION pgraft.apply_committed IS
-            'Apply committed entries (first..last) exactly once with an asynchronous commit; returns the '
+            'Apply committed entries (first..last) exactly once with an asynchronous commit: their events, '
+            'the projection rows the node''s fold changed (p_rows) and the applied index. Returns the '
             'store''s applied index (below p_last: nothing written, the store lost earlier applies).';
 
         CREATE FUNCTION pgraft.seal_applied() RETURNS bigint
@@ -61,4 +122,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS pgraft.seal_applied()")
     op.execute("DROP FUNCTION IF EXISTS pgraft.apply_committed(bigint, bigint, bigint[], integer[], text[], "
-               "integer[], jsonb[], bigint[], integer[], timestamptz[])")
+               "integer[], jsonb[], bigint[], integer[], timestamptz[], jsonb)")

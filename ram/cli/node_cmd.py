@@ -11,6 +11,7 @@ import click
 
 from ram.cli.errors import UserError
 from ram.config import ConfigError, load_config
+from ram.consensus.runtime.node import StoreInconsistent
 from ram.consensus.runtime.storage import StoreIdentityMismatch, StoreUnavailable
 from ram.logs import configure
 from ram.postgres.commands import PostgresCommandError
@@ -47,7 +48,7 @@ def node_run(config_path: Path) -> None:
     configure(config.log_format, config.log_level)
     try:
         asyncio.run(run_node(config))
-    except (StoreUnavailable, StoreIdentityMismatch, PostgresCommandError, OSError, NodeFailed,
+    except (StoreUnavailable, StoreIdentityMismatch, StoreInconsistent, PostgresCommandError, OSError, NodeFailed,
             SecurityConfigError) as exc:
         raise UserError(" ".join(str(exc).split())) from None
     except KeyboardInterrupt:

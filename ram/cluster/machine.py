@@ -3,8 +3,8 @@
 This is what the Raft runtime replicates (:class:`ram.consensus.runtime.statemachine.StateMachine`).
 A committed entry carries a command envelope; deciding it against the state gives events (or a
 ``command_rejected``), folding the events gives the next state. Everything is decided per batch, in
-memory, before anything is written; the write is one statement for the whole batch (events,
-projections and the applied index, ``pgraft.apply_committed``).
+memory, before anything is written; the write is one statement for the whole batch (events, the
+projection rows the fold changed and the applied index, ``pgraft.apply_committed``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ram.eventstore.commands import (
 )
 from ram.eventstore.events import CommandRejected, Event, StoredEvent, decode_event, encode_event
 from ram.eventstore.store import EntryEvents, append_entries, batch_columns
+from ram.projections.rows import projection_changes
 from ram.projections.sql import load_state
 from ram.projections.state import ClusterState, fold
 
@@ -40,7 +41,7 @@ _EPOCH = datetime.fromtimestamp(0, UTC)
 
 _APPLY = (
     "SELECT pgraft.apply_committed($1, $2, $3::bigint[], $4::integer[], $5::text[], $6::integer[], "
-    "$7::jsonb[], $8::bigint[], $9::integer[], $10::timestamptz[])"
+    "$7::jsonb[], $8::bigint[], $9::integer[], $10::timestamptz[], $11::jsonb)"
 )
 
 _SNAPSHOT_ROW = tuple[int, int, str, int, str, int, int, int]
@@ -54,6 +55,7 @@ class _Decided:
 
     state: ClusterState
     entries: list[EntryEvents]
+    rows: str  # the projection rows it changes (JSON, ram.projections.rows)
 
 
 class ClusterMachine:
@@ -85,12 +87,15 @@ class ClusterMachine:
                 ])
             stored_entries.append(EntryEvents(entry.index, entry.term, proposer, ts, events))
             results[entry.index] = tuple(events)
-        return DecidedBatch(entries[0].index, entries[-1].index, results, _Decided(state, stored_entries))
+        rows = json.dumps(projection_changes(self.state, state))
+        return DecidedBatch(entries[0].index, entries[-1].index, results, _Decided(state, stored_entries, rows))
 
     async def write(self, conn: asyncpg.Connection, batch: DecidedBatch) -> int:
         decided = batch.payload
         assert isinstance(decided, _Decided)
-        return int(await conn.fetchval(_APPLY, batch.first, batch.last, *batch_columns(decided.entries)))
+        return int(
+            await conn.fetchval(_APPLY, batch.first, batch.last, *batch_columns(decided.entries), decided.rows)
+        )
 
     def commit(self, batch: DecidedBatch) -> None:
         decided = batch.payload

@@ -189,7 +189,7 @@ class ClusterNode:
         envelope = CommandEnvelope(command=command, proposer=self.config.node_id, ts=datetime.now(UTC))
         applied = await self.raft.propose(encode_envelope(envelope), timeout=timeout)
         events = applied.result
-        assert isinstance(events, tuple)
+        assert isinstance(events, tuple)  # ClusterMachine.decide gives every entry its events
         for event in events:
             if isinstance(event, CommandRejected):
                 raise CommandRefused(event.reason)

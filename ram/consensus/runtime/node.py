@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import random
@@ -84,6 +85,7 @@ __all__ = [
     "ProposalTimeout",
     "RaftNode",
     "RuntimeStats",
+    "StoreInconsistent",
 ]
 
 log = logging.getLogger("ram.node")
@@ -100,6 +102,11 @@ MAX_REQUESTS_PER_PEER = 64
 #: Batches written without their own fsync since the last seal, at most: more, and the next one is
 #: sealed first (bounds what a store crash can make us write again, and the memory it takes).
 MAX_UNSEALED_BATCHES = 512
+
+
+class StoreInconsistent(RuntimeError):
+    """The store contradicts itself (its applied state is behind its own snapshot); the node can
+    not start on it."""
 
 
 @dataclass(frozen=True)
@@ -242,6 +249,11 @@ class RaftNode:
             if persisted.snapshot is not None:
                 await self.machine.restore(conn, persisted.snapshot)
             self.applied_index = await self.machine.load(conn)
+        if persisted.snapshot is not None and self.applied_index < persisted.snapshot.index:
+            raise StoreInconsistent(
+                f"the store's applied index {self.applied_index} is behind its own snapshot at "
+                f"{persisted.snapshot.index} (was the store restored from an older backup?)"
+            )
         self.sealed_index = self.applied_index
         self._snapshot_index = persisted.snapshot.index if persisted.snapshot else 0
         hard_state = persisted.hard_state
@@ -708,7 +720,25 @@ class RaftNode:
 
     def _send(self, messages: Sequence[Message]) -> None:
         for message in messages:
+            if message.type is MessageType.SNAPSHOT and message.snapshot is not None and not message.snapshot.data:
+                self.spawn(self._send_snapshot(message), "ram.raft.snapshot-send")
+                continue
             self.transport.send(message.to, encode_payload(RaftPayload(message)))
+
+    async def _send_snapshot(self, message: Message) -> None:
+        """A follower needs our snapshot: its data comes from the state machine now (a snapshot we
+        took keeps no data in memory). A failure is a lost message: the core sends it again."""
+        snapshot = message.snapshot
+        assert snapshot is not None
+        try:
+            async with self._store() as conn:
+                data = await self.machine.snapshot(conn, snapshot.index)
+        except StoreUnavailable as exc:
+            log.warning("snapshot not sent to=%d index=%d error=%s", message.to, snapshot.index, exc)
+            return
+        full = dataclasses.replace(message, snapshot=dataclasses.replace(snapshot, data=data))
+        self.transport.send(message.to, encode_payload(RaftPayload(full)))
+        log.info("snapshot sent to=%d index=%d bytes=%d", message.to, snapshot.index, len(data))
 
     async def _retry_store(self, what: str, operation: Callable[[], Awaitable[None]]) -> None:
         """Retry a store write until it succeeds. While it fails nothing that depends on it leaves
@@ -770,14 +800,14 @@ class RaftNode:
         for entry in entries:
             if entry.type is EntryType.CONF_CHANGE:
                 self._note_conf_change(entry)
-        first = entries[0].index
-        for index, result in batch.results.items():
+        for entry in entries:
+            index, term = entry.index, entry.term
             pending = self._pending.pop(index, None)
             if pending is None or pending.future.done():
                 continue
-            term = entries[index - first].term
             if pending.term == term:
-                pending.future.set_result(ApplyResult(index, term, result))
+                # Every committed proposal is answered, with what the machine said of it (or None).
+                pending.future.set_result(ApplyResult(index, term, batch.results.get(index)))
             else:
                 pending.future.set_exception(
                     NoLeaderError(f"leadership changed; entry {index} was replaced by term {term}", self.leader_id)
@@ -808,7 +838,7 @@ class RaftNode:
                     if stored < batch.last:
                         raise StoreUnavailable(f"the store's applied index stays at {stored}")
                     self.stats.reapplied_batches += 1
-                durable = await self.machine.seal(conn)
+                await self.machine.seal(conn)
         self._unsealed.clear()
         self.sealed_index = self.applied_index
         self._suspect = False
@@ -902,16 +932,18 @@ class RaftNode:
     # ---------------------------------------------------------------------------- snapshots
 
     async def _take_snapshot(self, index: int) -> None:
-        """Compact the log up to ``index`` (sealed: durable in the store) with the machine's snapshot."""
+        """Compact the log up to ``index`` (sealed: what was applied up to it is durable in the store).
+
+        The snapshot records only where it is: the state machine's store holds the state, and its
+        data is produced when a follower needs it (:meth:`_send_snapshot`), so memory and the cost
+        of a compaction do not grow with the history."""
         core = self.core
         assert core is not None
         try:
-            async with self._store() as conn:
-                data = await self.machine.snapshot(conn, index)
-            snapshot = core.compact(index, data)
+            snapshot = core.compact(index, b"")
             await self._storage.compact(snapshot)
             self.stats.snapshots_taken += 1
-            log.info("snapshot taken index=%d bytes=%d", index, len(data))
+            log.info("snapshot taken index=%d", index)
         except (StoreUnavailable, OSError, asyncpg.PostgresError, ValueError) as exc:
             log.warning("snapshot failed index=%d error=%s", index, exc)
             self._snapshot_index = 0

@@ -37,8 +37,9 @@ from ram.consensus.types import ConfChange, ConfState, Entry, Snapshot
 class DecidedBatch:
     """Committed entries ``first..last`` decided in memory; nothing is visible until written and committed.
 
-    ``results`` maps an entry index to what its proposer gets back; ``payload`` is the machine's
-    own (what :meth:`StateMachine.write` stores and :meth:`StateMachine.commit` installs).
+    ``results`` maps an entry index to what its proposer gets back (None when absent);
+    ``payload`` is the machine's own (what :meth:`StateMachine.write` stores and
+    :meth:`StateMachine.commit` installs).
     """
 
     first: int
@@ -74,7 +75,9 @@ class StateMachine(Protocol):
         ...
 
     async def snapshot(self, conn: asyncpg.Connection, index: int) -> bytes:
-        """The state up to applied ``index`` (durable), as bytes a :meth:`restore` accepts."""
+        """The state up to applied ``index`` (durable), as bytes a :meth:`restore` accepts: what a
+        follower that lags behind the compacted log receives (asked for when it is sent; a
+        compaction itself keeps no data)."""
         ...
 
     async def restore(self, conn: asyncpg.Connection, snapshot: Snapshot) -> None:

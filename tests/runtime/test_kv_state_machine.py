@@ -1,0 +1,409 @@
+"""The Raft runtime replicating something that is not RAM: a trivial key-value state machine.
+
+The machine lives entirely in this file and keeps its data in its own tables (schema ``kv_test``) of
+each node's store; the runtime keeps its log in schema ``pgraft`` of the same database. Three
+:class:`RaftNode` run in one event loop, with real TCP between them and real PostgreSQL stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import pytest
+
+from ram.consensus.runtime.errors import ProposalError, ProposalRefused
+from ram.consensus.runtime.node import RaftNode
+from ram.consensus.runtime.settings import PeerSpec, RuntimeSettings
+from ram.consensus.runtime.statemachine import DecidedBatch
+from ram.consensus.runtime.storage import open_store_pool
+from ram.consensus.runtime.transport import PeerAuth
+from ram.consensus.types import ConfChange, ConfState, Entry, EntryType, Role, Snapshot
+from ram.postgres.server import PostgresServer
+from tests.conftest import free_port
+from tests.runtime.helpers import create_store_databases, drop_databases
+
+# ------------------------------------------------------------------------------ the machine
+
+KV_SCHEMA = """
+CREATE SCHEMA kv_test;
+CREATE TABLE kv_test.items (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE kv_test.applied (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    applied_index bigint NOT NULL
+);
+INSERT INTO kv_test.applied (applied_index) VALUES (0);
+
+-- One statement per batch: the batch's sets (index, key, value; in index order) and the new applied
+-- index. Entries at or below the stored applied index are skipped; a batch that leaves a gap after
+-- it writes nothing. Returns the stored applied index afterwards.
+CREATE FUNCTION kv_test.apply(p_first bigint, p_last bigint, p_idx bigint[], p_keys text[], p_values text[])
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    stored bigint;
+BEGIN
+    -- The log these entries come from is durable already: no fsync of our own.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT applied_index INTO stored FROM kv_test.applied FOR UPDATE;
+    IF p_last <= stored OR p_first > stored + 1 THEN
+        RETURN stored;
+    END IF;
+    INSERT INTO kv_test.items AS i (key, value)
+    SELECT DISTINCT ON (k) k, v
+    FROM unnest(p_idx, p_keys, p_values) AS t(idx, k, v)
+    WHERE idx > stored
+    ORDER BY k, idx DESC
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
+    UPDATE kv_test.applied SET applied_index = p_last;
+    RETURN p_last;
+END
+$$;
+"""
+
+PREFIX = b"set "
+
+
+def parse_set(data: bytes) -> tuple[str, str]:
+    """``b"set key=value"`` -> (key, value); ValueError for anything else."""
+    if not data.startswith(PREFIX):
+        raise ValueError(f"not a set command: {data[:20]!r}")
+    key, sep, value = data[len(PREFIX):].decode().partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected 'set key=value', got {data[:40]!r}")
+    return key, value
+
+
+@dataclass(frozen=True)
+class KvDecided:
+    """What a decided batch installs (``items``) and stores (``sets``: index, key, value)."""
+
+    items: dict[str, str]
+    sets: list[tuple[int, str, str]]
+
+
+@dataclass
+class KvMachine:
+    """A dict of strings in memory, table ``kv_test.items`` in the store."""
+
+    items: dict[str, str] = field(default_factory=dict)
+    #: (first, last) of every batch this instance wrote (to tell whether a restart re-applied).
+    written: list[tuple[int, int]] = field(default_factory=list)
+
+    async def load(self, conn: asyncpg.Connection) -> int:
+        rows = await conn.fetch("SELECT key, value FROM kv_test.items")
+        self.items = {r["key"]: r["value"] for r in rows}
+        return int(await conn.fetchval("SELECT applied_index FROM kv_test.applied"))
+
+    def decide(self, entries: Sequence[Entry]) -> DecidedBatch:
+        items = dict(self.items)
+        sets: list[tuple[int, str, str]] = []
+        results: dict[int, object] = {}
+        for entry in entries:
+            if entry.type is EntryType.CONF_CHANGE or not entry.data:
+                continue  # membership changes and a new leader's empty entry: nothing to do, still counted
+            try:
+                key, value = parse_set(entry.data)
+            except ValueError as exc:  # admit refuses these, but decide must be total
+                results[entry.index] = {"error": str(exc)}
+                continue
+            results[entry.index] = {"previous": items.get(key)}
+            items[key] = value
+            sets.append((entry.index, key, value))
+        return DecidedBatch(entries[0].index, entries[-1].index, results, KvDecided(items, sets))
+
+    async def write(self, conn: asyncpg.Connection, batch: DecidedBatch) -> int:
+        decided = batch.payload
+        assert isinstance(decided, KvDecided)
+        stored = await conn.fetchval(
+            "SELECT kv_test.apply($1, $2, $3::bigint[], $4::text[], $5::text[])",
+            batch.first,
+            batch.last,
+            [s[0] for s in decided.sets],
+            [s[1] for s in decided.sets],
+            [s[2] for s in decided.sets],
+        )
+        self.written.append((batch.first, batch.last))
+        return int(stored)
+
+    def commit(self, batch: DecidedBatch) -> None:
+        decided = batch.payload
+        assert isinstance(decided, KvDecided)
+        self.items = decided.items
+
+    async def seal(self, conn: asyncpg.Connection) -> int:
+        # The pool's sessions commit synchronously: this flushes every asynchronous apply before it.
+        return int(
+            await conn.fetchval("UPDATE kv_test.applied SET applied_index = applied_index RETURNING applied_index")
+        )
+
+    async def snapshot(self, conn: asyncpg.Connection, index: int) -> bytes:
+        # Set-only, so replaying entries after ``index`` over a newer store state converges anyway.
+        rows = await conn.fetch("SELECT key, value FROM kv_test.items ORDER BY key")
+        return json.dumps({r["key"]: r["value"] for r in rows}).encode()
+
+    async def restore(self, conn: asyncpg.Connection, snapshot: Snapshot) -> None:
+        async with conn.transaction():
+            applied = int(await conn.fetchval("SELECT applied_index FROM kv_test.applied FOR UPDATE"))
+            if applied >= snapshot.index or not snapshot.data:
+                return
+            items: dict[str, str] = json.loads(snapshot.data)
+            await conn.execute("DELETE FROM kv_test.items")
+            await conn.executemany("INSERT INTO kv_test.items (key, value) VALUES ($1, $2)", list(items.items()))
+            await conn.execute("UPDATE kv_test.applied SET applied_index = $1", snapshot.index)
+
+    def admit(self, data: bytes, *, peer: int | None, conf: ConfState) -> ConfChange | None:
+        try:
+            parse_set(data)
+        except ValueError as exc:
+            raise ProposalRefused(str(exc)) from None
+        return None
+
+    def member_address(self, node_id: int) -> PeerSpec | None:
+        return None
+
+    def encode_result(self, result: object) -> bytes:
+        return json.dumps(result).encode()
+
+    def decode_result(self, data: bytes) -> object:
+        return json.loads(data) if data else None
+
+
+# ------------------------------------------------------------------------------ the cluster
+
+SECRET = b"kv-test-cluster-secret-0123456789"
+
+
+@dataclass
+class KvCluster:
+    settings: list[RuntimeSettings]
+    pools: list[asyncpg.Pool]
+    machines: list[KvMachine]
+    nodes: list[RaftNode]
+
+    def new_node(self, i: int) -> RaftNode:
+        """A new (not started) node ``i`` on its store, with a fresh machine."""
+        self.machines[i] = KvMachine()
+        return RaftNode(self.settings[i], self.pools[i], self.machines[i], auth=PeerAuth(secret=SECRET))
+
+    async def leader(self, timeout: float = 10.0) -> RaftNode:
+        await wait_for(lambda: len([n for n in self.nodes if n.role is Role.LEADER]) == 1, timeout, "a leader")
+        return next(n for n in self.nodes if n.role is Role.LEADER)
+
+    async def table(self, i: int) -> tuple[int, dict[str, str]]:
+        """Node ``i``'s store: (applied index, items)."""
+        async with self.pools[i].acquire() as conn:
+            applied = int(await conn.fetchval("SELECT applied_index FROM kv_test.applied"))
+            rows = await conn.fetch("SELECT key, value FROM kv_test.items")
+        return applied, {r["key"]: r["value"] for r in rows}
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def cluster_settings(count: int) -> list[RuntimeSettings]:
+    ports = [free_port() for _ in range(count)]
+    specs = [PeerSpec(i + 1, f"kv{i + 1}", f"127.0.0.1:{ports[i]}") for i in range(count)]
+    return [
+        RuntimeSettings(
+            cluster_id="kv-test",
+            node_id=spec.id,
+            name=spec.name,
+            listen=spec.address,
+            peers=tuple(p for p in specs if p is not spec),
+            tick_ms=10,
+            heartbeat_ticks=2,
+            election_ticks=15,
+            proposal_timeout_s=5.0,
+            bootstrap=True,
+            seal_interval_s=0.1,
+        )
+        for spec in specs
+    ]
+
+
+@pytest.fixture
+async def kv_cluster(pg_server: PostgresServer) -> AsyncIterator[KvCluster]:
+    dsns = await create_store_databases(pg_server, 3)
+    cluster = KvCluster(cluster_settings(3), [], [KvMachine() for _ in dsns], [])
+    try:
+        for dsn in dsns:
+            pool = await open_store_pool(dsn)
+            cluster.pools.append(pool)
+            async with pool.acquire() as conn:
+                await conn.execute(KV_SCHEMA)
+        cluster.nodes = [cluster.new_node(i) for i in range(3)]
+        for node in cluster.nodes:
+            await node.start()
+        yield cluster
+    finally:
+        for node in cluster.nodes:
+            await node.stop(transfer=False)
+        for pool in cluster.pools:
+            await pool.close()
+        await drop_databases(pg_server, dsns)
+
+
+async def converged(cluster: KvCluster, attempts: int = 5) -> dict[str, str]:
+    """After a read barrier on every node: the same applied index and the same dict in every
+    machine and every store. (Barriers again if a leader change slipped a no-op entry in between.)"""
+    for _ in range(attempts):
+        for node in cluster.nodes:
+            await node.read_barrier()
+        if len({n.applied_index for n in cluster.nodes}) == 1:
+            break
+    else:
+        raise AssertionError(f"applied indexes differ: {[n.applied_index for n in cluster.nodes]}")
+    expected = cluster.machines[0].items
+    for i in range(3):
+        assert cluster.machines[i].items == expected, f"node {i + 1} machine differs"
+        assert await cluster.table(i) == (cluster.nodes[i].applied_index, expected), f"node {i + 1} store differs"
+    return expected
+
+
+# ------------------------------------------------------------------------------ the tests
+
+
+async def test_proposals_through_leader_and_follower_apply_everywhere(kv_cluster: KvCluster) -> None:
+    leader = await kv_cluster.leader()
+    follower = next(n for n in kv_cluster.nodes if n is not leader)
+
+    first = await leader.propose(b"set a=1")
+    assert first.result == {"previous": None}
+    again = await leader.propose(b"set a=2")
+    assert again.result == {"previous": "1"} and again.index > first.index
+
+    forwarded = await follower.propose(b"set b=x")  # the follower forwards it to the leader
+    assert forwarded.result == {"previous": None} and forwarded.index > again.index
+    assert follower.applied_index >= forwarded.index  # answered once applied here too
+    overwrite = await follower.propose(b"set a=3")
+    assert overwrite.result == {"previous": "2"}
+
+    # Concurrent proposals from everyone: each gets its own index and result.
+    many = await asyncio.gather(*(n.propose(f"set k{i}={n.node_id}".encode())
+                                  for n in kv_cluster.nodes for i in range(5)))
+    assert len({r.index for r in many}) == len(many)
+
+    items = await converged(kv_cluster)
+    assert items["a"] == "3" and items["b"] == "x"
+    assert {k for k in items if k.startswith("k")} == {f"k{i}" for i in range(5)}
+
+
+async def test_refused_proposal_changes_nothing(kv_cluster: KvCluster) -> None:
+    leader = await kv_cluster.leader()
+    follower = next(n for n in kv_cluster.nodes if n is not leader)
+    await leader.propose(b"set a=1")
+    before = await converged(kv_cluster)
+    last_index = leader.core.last_index if leader.core else 0
+    applied = [n.applied_index for n in kv_cluster.nodes]
+
+    with pytest.raises(ProposalRefused, match="not a set command"):
+        await leader.propose(b"delete a")
+    with pytest.raises(ProposalError, match="not a set command") as forwarded:
+        await follower.propose(b"drop table")
+    # Refused on the leader: a plain ProposalError here (no leader hint: retrying elsewhere won't help).
+    assert forwarded.type is ProposalError
+    with pytest.raises(ProposalRefused):
+        await leader.propose(b"set =nokey")
+
+    assert leader.core is not None and leader.core.last_index == last_index, "a refused proposal entered the log"
+    assert [n.applied_index for n in kv_cluster.nodes] == applied
+    assert await converged(kv_cluster) == before
+    for i in range(3):
+        assert (await kv_cluster.table(i))[0] == applied[i]
+
+
+async def test_restart_reloads_without_reapplying(kv_cluster: KvCluster) -> None:
+    leader = await kv_cluster.leader()
+    for i in range(10):
+        await leader.propose(f"set r{i}={i}".encode())
+    items = await converged(kv_cluster)
+
+    i = next(j for j, n in enumerate(kv_cluster.nodes) if n is not leader)
+    old = kv_cluster.nodes[i]
+    applied_before = old.applied_index
+    await old.stop(transfer=False)
+    stored_before = await kv_cluster.table(i)
+    assert stored_before == (applied_before, items)
+
+    node = kv_cluster.nodes[i] = kv_cluster.new_node(i)
+    await node.start()
+    machine = kv_cluster.machines[i]
+    assert node.applied_index == applied_before
+    assert machine.items == items  # load() restored the dict
+    assert await kv_cluster.table(i) == stored_before
+
+    # The restarted node catches up on new entries only: nothing at or below its applied index again.
+    await leader.propose(b"set after=restart")
+    # (A follower that has not heard from the leader yet answers a read barrier with NoLeaderError.)
+    await wait_for(lambda: node.leader_id == leader.node_id, 5.0, "the restarted node to hear from the leader")
+    after = await converged(kv_cluster)
+    assert after == {**items, "after": "restart"}
+    assert machine.written and all(first > applied_before for first, _ in machine.written), machine.written
+    assert node.stats.applied_entries == node.applied_index - applied_before
+
+
+async def test_write_skips_applied_entries_and_refuses_gaps(store_dsn: str) -> None:
+    """The one-statement write honours the contract (no node here, just the machine and a store)."""
+    conn = await asyncpg.connect(store_dsn)
+    try:
+        await conn.execute(KV_SCHEMA)
+        machine = KvMachine()
+        assert await machine.load(conn) == 0 and machine.items == {}
+
+        def batch(first: int, last: int, *sets: tuple[int, str, str]) -> DecidedBatch:
+            return DecidedBatch(first, last, {}, KvDecided({}, list(sets)))
+
+        async def table() -> tuple[int, dict[str, str]]:
+            rows = await conn.fetch("SELECT key, value FROM kv_test.items")
+            applied = int(await conn.fetchval("SELECT applied_index FROM kv_test.applied"))
+            return applied, {r["key"]: r["value"] for r in rows}
+
+        assert await machine.write(conn, batch(1, 3, (2, "a", "1"), (3, "a", "2"))) == 3
+        assert await table() == (3, {"a": "2"})
+        # Already applied: skipped, the stored index comes back.
+        assert await machine.write(conn, batch(2, 3, (3, "a", "stale"))) == 3
+        # A gap after the stored index: nothing written.
+        assert await machine.write(conn, batch(5, 6, (5, "gap", "x"))) == 3
+        assert await table() == (3, {"a": "2"})
+        # Overlapping: only the entries above the stored index count.
+        assert await machine.write(conn, batch(3, 5, (3, "a", "stale"), (4, "b", "1"), (5, "b", "2"))) == 5
+        assert await table() == (5, {"a": "2", "b": "2"})
+        assert await machine.seal(conn) == 5
+
+        # decide: no-op and membership entries count but yield nothing; results are previous values.
+        machine.items = {"a": "2", "b": "2"}
+        decided = machine.decide([
+            Entry(6, 2, EntryType.NORMAL, b""),
+            Entry(7, 2, EntryType.NORMAL, b"set a=3"),
+            Entry(8, 2, EntryType.CONF_CHANGE, b"\x00whatever"),
+            Entry(9, 2, EntryType.NORMAL, b"set c=1"),
+        ])
+        assert (decided.first, decided.last) == (6, 9)
+        assert decided.results == {7: {"previous": "2"}, 9: {"previous": None}}
+        assert machine.items == {"a": "2", "b": "2"}  # decide is pure
+        assert await machine.write(conn, decided) == 9
+        machine.commit(decided)
+        assert machine.items == {"a": "3", "b": "2", "c": "1"}
+        assert await table() == (9, machine.items)
+
+        # snapshot / restore: a store behind the snapshot catches up to it, exactly once.
+        data = await machine.snapshot(conn, 9)
+        await conn.execute("TRUNCATE kv_test.items; UPDATE kv_test.applied SET applied_index = 0")
+        snap = Snapshot(9, 2, ConfState(voters=frozenset({1}), learners=frozenset()), data)
+        await machine.restore(conn, snap)
+        assert await table() == (9, {"a": "3", "b": "2", "c": "1"})
+        await conn.execute("UPDATE kv_test.items SET value = 'newer' WHERE key = 'a'")
+        await machine.restore(conn, snap)  # already there: untouched
+        assert (await table())[1]["a"] == "newer"
+    finally:
+        await conn.close()

@@ -1,4 +1,7 @@
-"""Raft benchmark: 3 nodes on loopback, each in its own process with its own store database.
+"""Raft benchmark: 3 nodes on loopback, each in its own process with its own store.
+
+Each node's store is its own PostgreSQL server, as deployed (``--stores shared`` puts the three
+store databases in one server instead: one WAL, so the three nodes' fsyncs queue behind each other).
 
 Measures committed entries per second and commit latency with 1, 16 and 64 concurrent proposers
 (each proposal is a real command: committed through Raft, persisted in every store, applied into
@@ -121,9 +124,10 @@ async def _worker(config: NodeConfig, conn: Connection) -> None:
 
 
 class Bench:
-    def __init__(self, workdir: Path, server: PostgresServer, nodes: int = 3) -> None:
+    def __init__(self, workdir: Path, servers: list[PostgresServer], nodes: int = 3) -> None:
         self.workdir = workdir
-        self.server = server
+        #: One store server per node (as deployed: each node's embedded store), or one shared by all.
+        self.servers = servers
         self.count = nodes
         self.configs: list[dict[str, Any]] = []
         self.procs: dict[int, tuple[mp.process.BaseProcess, Connection]] = {}
@@ -132,13 +136,13 @@ class Bench:
     async def setup(self) -> None:
         from ram.eventstore import schema
 
-        admin = await asyncpg.connect(self.server.dsn())
-        try:
-            for i in range(self.count):
+        for i in range(self.count):
+            admin = await asyncpg.connect(self.server_of(i).dsn())
+            try:
                 await admin.execute(f"DROP DATABASE IF EXISTS bench{i}")
                 await admin.execute(f"CREATE DATABASE bench{i}")
-        finally:
-            await admin.close()
+            finally:
+                await admin.close()
         ports = [free_port() for _ in range(self.count)]
         # Peers authenticate as in production: a shared cluster secret, in a file only we can read.
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +151,7 @@ class Bench:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32) + "\n")
         for i in range(self.count):
-            dsn = self.server.dsn(f"bench{i}")
+            dsn = self.server_of(i).dsn(f"bench{i}")
             await asyncio.to_thread(schema.upgrade, dsn)
             peers = [
                 {"id": j + 1, "name": f"n{j + 1}", "address": f"127.0.0.1:{ports[j]}"}
@@ -165,6 +169,9 @@ class Bench:
                     "store": {"dsn": dsn, "pool_size": 4},
                 }
             )
+
+    def server_of(self, i: int) -> PostgresServer:
+        return self.servers[i % len(self.servers)]
 
     def start(self, i: int) -> None:
         parent, child = self.ctx.Pipe()
@@ -230,12 +237,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="ram-bench-", dir="/tmp"))
     os.chmod(workdir, 0o755)
     settings = dict(STORE_SETTINGS, max_connections="60", shared_buffers="64MB")
-    server = PostgresServer(datadir=workdir / "store", port=free_port(), settings=settings)
-    bench = Bench(workdir, server)
-    result: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "duration_s": args.duration}
+    count = 3 if args.stores == "per-node" else 1
+    servers = [
+        PostgresServer(datadir=workdir / f"store{i}", port=free_port(), settings=settings) for i in range(count)
+    ]
+    bench = Bench(workdir, servers)
+    result: dict[str, Any] = {
+        "machine": f"{os.cpu_count()} cores",
+        "duration_s": args.duration,
+        "stores": args.stores,
+    }
     try:
-        await server.init()
-        await server.start()
+        for server in servers:
+            await server.init()
+            await server.start()
         await bench.setup()
         for i in range(3):
             bench.start(i)
@@ -269,8 +284,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["rss_mb_max"] = max(rss, bench.rss_mb())
     finally:
         bench.stop_all()
-        with contextlib.suppress(Exception):
-            await server.stop("immediate", 10)
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await server.stop("immediate", 10)
         shutil.rmtree(workdir, ignore_errors=True)
     return result
 
@@ -280,6 +296,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per proposer count")
     parser.add_argument("--proposers", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--elections", type=int, default=5, help="kill -9 of the leader, this many times")
+    parser.add_argument(
+        "--stores",
+        choices=["per-node", "shared"],
+        default="per-node",
+        help="a store server per node (as deployed) or one server holding the three store databases",
+    )
     parser.add_argument("--idle-window", type=float, default=5.0, help="seconds to measure idle CPU")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))))

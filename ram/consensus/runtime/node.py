@@ -31,6 +31,7 @@ import itertools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +60,13 @@ from ram.consensus.runtime.errors import (
 )
 from ram.consensus.runtime.settings import RuntimeSettings
 from ram.consensus.runtime.statemachine import DecidedBatch, StateMachine
-from ram.consensus.runtime.storage import STORE_ERRORS, RaftStorage, StoreUnavailable, store_connection
+from ram.consensus.runtime.storage import (
+    STORE_ERRORS,
+    RaftStorage,
+    StoreSession,
+    StoreUnavailable,
+    store_connection,
+)
 from ram.consensus.runtime.transport import PeerAddress, PeerAuth, Transport
 from ram.consensus.types import (
     ConfChange,
@@ -98,6 +105,16 @@ _STORE_RETRY = Backoff(0.05, 1.0)
 #: are answered "busy" at once instead of spawning a task each (a peer must not make us spawn
 #: without bound).
 MAX_REQUESTS_PER_PEER = 64
+
+#: Committed entries handed to the apply task and not applied yet, at most: more, and the Ready loop
+#: waits (a slow store must not make the queue grow without bound).
+MAX_QUEUED_ENTRIES = 20_000
+
+#: How long a follower lets committed entries gather before it applies them.
+FOLLOWER_APPLY_DELAY_S = 0.005
+
+#: Entries decided and written together by the apply task, at most (one statement each).
+MAX_APPLY_BATCH = 2_000
 
 #: Batches written without their own fsync since the last seal, at most: more, and the next one is
 #: sealed first (bounds what a store crash can make us write again, and the memory it takes).
@@ -173,6 +190,8 @@ class RaftNode:
         self._pool = pool
         self._rng = rng or random.Random()
         self._storage = RaftStorage(pool)
+        #: The apply task's own connection (applies, seals).
+        self._applier = StoreSession(pool, 5.0)
         #: Called after every applied batch or installed snapshot (the application wakes on it).
         self._on_applied = on_applied
         #: Called with the term when this node becomes leader.
@@ -225,6 +244,15 @@ class RaftNode:
         #: A store error happened: before the next apply, seal and check what the store still has.
         self._suspect = False
         self._seal_due = False
+        #: Committed entries waiting for the apply task (lists of consecutive entries, in order), how
+        #: many, and the highest index handed over.
+        self._apply_queue: deque[list[Entry]] = deque()
+        self._queued_entries = 0
+        self._queued_index = 0
+        self._apply_wake = asyncio.Event()
+        self._apply_progress = asyncio.Event()
+        #: Held by whoever changes the state machine (the apply task, a snapshot install).
+        self._machine_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         self._leader_changed = asyncio.Event()
         #: Set when a core loop died unexpectedly; the process must exit (fail-stop, never limp on).
@@ -254,7 +282,7 @@ class RaftNode:
                 f"the store's applied index {self.applied_index} is behind its own snapshot at "
                 f"{persisted.snapshot.index} (was the store restored from an older backup?)"
             )
-        self.sealed_index = self.applied_index
+        self.sealed_index = self._queued_index = self.applied_index
         self._snapshot_index = persisted.snapshot.index if persisted.snapshot else 0
         hard_state = persisted.hard_state
         if hard_state.commit < self.applied_index:
@@ -283,6 +311,7 @@ class RaftNode:
         self._tasks = [
             loop.create_task(self._ticker(), name="ram.raft.ticker"),
             loop.create_task(self._ready_loop(), name="ram.raft.ready"),
+            loop.create_task(self._apply_loop(), name="ram.raft.apply"),
         ]
         for task in self._tasks:
             task.add_done_callback(self._on_task_done)
@@ -314,6 +343,8 @@ class RaftNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.transport.stop()
+        await self._applier.close()
+        await self._storage.close()
         self._fail_all(ProposalError("node is shutting down"))
         log.info("node stopped node_id=%d", self.settings.node_id)
 
@@ -386,13 +417,20 @@ class RaftNode:
         return [pid for pid, info in core.progress.items() if info.is_learner and info.match >= core.commit_index]
 
     @contextlib.asynccontextmanager
-    async def _store(self) -> AsyncIterator[asyncpg.Connection]:
-        """A store connection on which any failure to reach the store is :class:`StoreUnavailable`."""
-        async with store_connection(self._pool, 5.0) as conn:
-            try:
-                yield conn
-            except STORE_ERRORS as exc:
-                raise StoreUnavailable(f"store unavailable: {exc}") from exc
+    async def _store(self, session: StoreSession | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """A store connection (the session's, else one from the pool) on which any failure to reach
+        the store is :class:`StoreUnavailable`."""
+        try:
+            # The error must reach the connection's owner as it is: a broken connection is terminated
+            # there instead of going back to the pool (whose reset would fail again, outside this try).
+            if session is not None:
+                async with session.use() as conn:
+                    yield conn
+            else:
+                async with store_connection(self._pool, 5.0) as conn:
+                    yield conn
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
 
     # ------------------------------------------------------------------------------- proposals
 
@@ -692,6 +730,7 @@ class RaftNode:
             self.core.tick()
             if self._unsealed and loop.time() - self._unsealed_since >= self.settings.seal_interval_s:
                 self._seal_due = True
+                self._apply_wake.set()
             self._wake.set()
 
     async def _ready_loop(self) -> None:
@@ -700,8 +739,6 @@ class RaftNode:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._seal_due or self._suspect:
-                await self._seal()
             while core.has_ready():
                 rd = core.ready()
                 # Which messages may leave before the write (a leader's appends) is decided by
@@ -712,11 +749,46 @@ class RaftNode:
                     await self._install_snapshot(rd)
                 await self._persist(rd)
                 self._send(late)
-                committed = [e for e in rd.committed_entries if e.index > self.applied_index]
+                committed = [e for e in rd.committed_entries if e.index > self._queued_index]
                 if committed:
-                    await self._apply(committed)
+                    await self._queue_apply(committed)
                 core.advance(rd)
                 self._after(rd)
+
+    async def _queue_apply(self, entries: list[Entry]) -> None:
+        """Hand committed entries (persisted here already) to the apply task: the Ready loop goes on
+        persisting and acknowledging the next entries while these are decided and written."""
+        self._apply_queue.append(entries)
+        self._queued_entries += len(entries)
+        self._queued_index = entries[-1].index
+        self._apply_wake.set()
+        while self._queued_entries > MAX_QUEUED_ENTRIES:
+            self._apply_progress.clear()
+            await self._apply_progress.wait()
+
+    async def _apply_loop(self) -> None:
+        """Apply committed entries in order, in batches as large as what queued up meanwhile; seal
+        when it is due or after a store error."""
+        while True:
+            await self._apply_wake.wait()
+            if self.role is not Role.LEADER and not self._seal_due:
+                # Nobody waits for a follower's apply (its proposers wait for the leader's, its reads
+                # for the read index): let a few commits gather, and leave the CPU to the leader's
+                # commit path meanwhile.
+                await asyncio.sleep(FOLLOWER_APPLY_DELAY_S)
+            self._apply_wake.clear()
+            async with self._machine_lock:
+                if self._seal_due or self._suspect:
+                    await self._seal()
+                while self._apply_queue:
+                    entries: list[Entry] = []
+                    while self._apply_queue and len(entries) < MAX_APPLY_BATCH:
+                        entries.extend(self._apply_queue.popleft())
+                    self._queued_entries -= len(entries)
+                    entries = [e for e in entries if e.index > self.applied_index]
+                    if entries:
+                        await self._apply(entries)
+                    self._apply_progress.set()
 
     def _send(self, messages: Sequence[Message]) -> None:
         for message in messages:
@@ -751,6 +823,7 @@ class RaftNode:
             except StoreUnavailable as exc:
                 self.stats.store_failures += 1
                 self._suspect = True
+                self._apply_wake.set()
                 log.warning("store write failed; not voting or acknowledging until it is back what=%s error=%s",
                             what, exc)
                 await asyncio.sleep(_STORE_RETRY.delay(attempt))
@@ -781,7 +854,7 @@ class RaftNode:
             if self._suspect or len(self._unsealed) >= MAX_UNSEALED_BATCHES:
                 await self._seal_once()
             batch = self.machine.decide(entries)
-            async with self._store() as conn:
+            async with self._store(self._applier) as conn:
                 stored = await self.machine.write(conn, batch)
             if stored < batch.last:
                 self._suspect = True
@@ -820,7 +893,7 @@ class RaftNode:
     async def _seal_once(self) -> None:
         """Make every apply so far durable, and write again what a store crash lost of them."""
         self._seal_due = False
-        async with self._store() as conn:
+        async with self._store(self._applier) as conn:
             durable = await self.machine.seal(conn)
             if durable < self.applied_index:
                 lost = [b for b in self._unsealed if b.last > durable]
@@ -855,11 +928,13 @@ class RaftNode:
                 await self.machine.restore(conn, snapshot)
                 applied = await self.machine.load(conn)
             self.applied_index = self.sealed_index = applied
+            self._queued_index = max(self._queued_index, applied)
             self._unsealed.clear()
             self._snapshot_index = snapshot.index
             self.stats.snapshots_installed += 1
 
-        await self._retry_store("snapshot", save)
+        async with self._machine_lock:  # the apply task is between batches
+            await self._retry_store("snapshot", save)
         self._wake_applied()
 
     def _after(self, rd: Ready) -> None:

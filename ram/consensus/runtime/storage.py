@@ -13,6 +13,7 @@ anything that promises durability (votes, append acknowledgements) and retries, 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
@@ -75,6 +76,60 @@ async def store_connection(pool: asyncpg.Pool, timeout: float | None = None) -> 
         await pool.release(conn)
 
 
+#: Errors after which a connection can not be trusted any more (its protocol state is unknown).
+_BROKEN = (*STORE_ERRORS, asyncio.CancelledError)
+
+
+def _usable(conn: asyncpg.Connection) -> bool:
+    """Open, and still ours: the pool takes back a connection that closed under us."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # "connection has been released back to the pool"
+        return False
+
+
+class StoreSession:
+    """One pooled connection kept by one sequential writer (the Ready loop's log writes, the apply
+    task's applies): no pool acquire, release and session-reset round trip per write, and API reads
+    can never take the connection the log needs. After any failure that leaves the connection in
+    doubt it is terminated and dropped; the next use takes a fresh one."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: asyncpg.Connection | None = None
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[asyncpg.Connection]:
+        """The session's connection; any failure to get one is :class:`StoreUnavailable`."""
+        conn = self._conn
+        if conn is None or not _usable(conn):
+            self._conn = None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._pool.release(conn)
+            try:
+                conn = await self._pool.acquire(timeout=self._timeout)
+            except (*STORE_ERRORS, asyncpg.PostgresError) as exc:
+                raise StoreUnavailable(f"store unavailable: {exc}") from exc
+            self._conn = conn
+        try:
+            yield conn
+        except _BROKEN:
+            self._conn = None
+            conn.terminate()
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
+            raise
+
+    async def close(self) -> None:
+        """Give the connection back to the pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
+
+
 async def open_store_pool(dsn: str, *, size: int = 4) -> asyncpg.Pool:
     """The node's connection pool to its store; ``synchronous_commit`` is forced on for every session
     (a store whose default is ``off`` would silently break the durability Raft relies on)."""
@@ -94,6 +149,11 @@ class RaftStorage:
     def __init__(self, pool: asyncpg.Pool, *, timeout: float = 5.0) -> None:
         self._pool = pool
         self._timeout = timeout
+        #: The Ready loop's connection for log writes (the hot path).
+        self._writer = StoreSession(pool, timeout)
+
+    async def close(self) -> None:
+        await self._writer.close()
 
     async def check_identity(self, cluster_id: str, node_id: int, node_name: str) -> None:
         """Claim an empty store for this node, or refuse a store that belongs to someone else."""
@@ -160,7 +220,7 @@ class RaftStorage:
             hs.commit if hs else None,
         )
         try:
-            async with store_connection(self._pool, self._timeout) as conn:
+            async with self._writer.use() as conn:
                 if snapshot is None:
                     # The hot path: one statement, one round trip, one fsync.
                     await conn.execute(_SAVE_LOG, *log_args, timeout=self._timeout)

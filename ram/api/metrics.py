@@ -45,6 +45,13 @@ class NodeCollector(Collector):
         yield _gauge("ram_raft_applied_index", "Highest Raft index applied to the store.", node.applied_index)
         yield _gauge("ram_raft_is_leader", "1 when this node leads Raft.", 1 if node.role is Role.LEADER else 0)
         yield _gauge("ram_raft_has_leader", "1 when this node knows a Raft leader.", 1 if node.leader_id else 0)
+        yield _gauge("ram_raft_sealed_index", "Highest Raft index whose apply is known durable in the store.",
+                     node.raft.sealed_index)
+        yield _counter("ram_raft_store_failures", "Store writes that failed and were retried.",
+                       node.stats.store_failures)
+        yield _counter("ram_raft_reapplied_batches",
+                       "Applied batches written again because the store had lost them (a store crash).",
+                       node.stats.reapplied_batches)
         member = state.members.get(me)
         role = member_role(state, member) if member is not None else "unknown"
         roles = GaugeMetricFamily("ram_pg_role", "PostgreSQL role of this member (1 for the current one).",
@@ -114,6 +121,10 @@ class NodeCollector(Collector):
         if local is not None and local.replay_lag_bytes is not None:
             family.add_metric([self.node.config.name], float(local.replay_lag_bytes))
         return family
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
 
 
 def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:

@@ -578,10 +578,12 @@ async def test_metrics_parse_and_name_the_essentials(api_cluster: ApiCluster, cl
         for name in ("ram_raft_term", "ram_raft_commit_index", "ram_raft_applied_index", "ram_raft_is_leader",
                      "ram_pg_role", "ram_pg_timeline", "ram_replication_lag_bytes", "ram_lease_remaining_seconds",
                      "ram_failovers", "ram_switchovers", "ram_member_healthy", "ram_primary_known",
-                     "ram_synchronous_degraded", "ram_raft_has_leader", "ram_api_request_duration_seconds"):
+                     "ram_synchronous_degraded", "ram_raft_has_leader", "ram_api_request_duration_seconds",
+                     "ram_raft_sealed_index", "ram_raft_store_failures", "ram_raft_reapplied_batches"):
             assert name in families, name
         samples = {s.name: s for f in families.values() for s in f.samples if not s.labels}
         assert samples["ram_raft_term"].value >= 1
+        assert samples["ram_raft_reapplied_batches_total"].value == 0  # no store crash here
         outcomes = {s.labels["outcome"]: s.value for s in families["ram_failovers"].samples}
         assert outcomes == {"succeeded": 0.0, "failed": 0.0, "superseded": 0.0}
         leaders += samples["ram_raft_is_leader"].value

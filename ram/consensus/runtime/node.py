@@ -805,7 +805,7 @@ class RaftNode:
         try:
             async with self._store() as conn:
                 data = await self.machine.snapshot(conn, snapshot.index)
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, asyncpg.PostgresError) as exc:
             log.warning("snapshot not sent to=%d index=%d error=%s", message.to, snapshot.index, exc)
             return
         full = dataclasses.replace(message, snapshot=dataclasses.replace(snapshot, data=data))

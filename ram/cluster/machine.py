@@ -31,7 +31,7 @@ from ram.eventstore.commands import (
     decide,
     decode_envelope,
 )
-from ram.eventstore.events import CommandRejected, Event, StoredEvent, decode_event, encode_event
+from ram.eventstore.events import CommandRejected, Event, decode_event, encode_event
 from ram.eventstore.store import EntryEvents, append_entries, batch_columns
 from ram.projections.rows import projection_changes
 from ram.projections.sql import load_state
@@ -47,6 +47,15 @@ _APPLY = (
 _SNAPSHOT_ROW = tuple[int, int, str, int, str, int, int, int]
 _SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(list[_SNAPSHOT_ROW])
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    """An event decided from a committed entry, as the fold reads it (:class:`PlacedEvent`)."""
+
+    position: int
+    ts: datetime
+    event: Event
 
 
 @dataclass(frozen=True)
@@ -78,13 +87,7 @@ class ClusterMachine:
         for entry in entries:
             proposer, ts, events = _decide_entry(state, entry)
             if events:
-                # Built from values we just validated: model_construct skips re-validating them.
-                state = fold(state, [
-                    StoredEvent.model_construct(
-                        position=entry.index, sub=i, term=entry.term, proposer=proposer, ts=ts, event=ev
-                    )
-                    for i, ev in enumerate(events)
-                ])
+                state = fold(state, [_Placed(entry.index, ts, ev) for ev in events])
             stored_entries.append(EntryEvents(entry.index, entry.term, proposer, ts, events))
             results[entry.index] = tuple(events)
         rows = json.dumps(projection_changes(self.state, state))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, ClassVar, Literal, TypeAlias, Union, get_args
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, Union, get_args
 
 from pydantic import (
     AfterValidator,
@@ -83,6 +83,7 @@ __all__ = [
     "UnknownEventType",
     "decode_event",
     "encode_event",
+    "encode_event_json",
     "lsn_to_text",
     "parse_lsn",
 ]
@@ -528,6 +529,15 @@ def encode_event(ev: Event) -> tuple[str, int, dict[str, Any]]:
     payload = ev.model_dump(mode="json")
     type_ = payload.pop("type")
     return type_, type(ev).SCHEMA_VERSION, payload
+
+
+_NOT_IN_PAYLOAD: Final[set[str]] = {"type"}
+
+
+def encode_event_json(ev: Event) -> tuple[str, int, str]:
+    """:func:`encode_event` with the payload as JSON text, serialized in one call (the apply path
+    encodes every event of every batch on every node)."""
+    return ev.type, type(ev).SCHEMA_VERSION, ev.model_dump_json(exclude=_NOT_IN_PAYLOAD)
 
 
 def _one_line(err: ValidationError) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from ram.eventstore.events import Event, StoredEvent, decode_event, encode_event
+from ram.eventstore.events import Event, StoredEvent, decode_event, encode_event_json
 
 NOTIFY_CHANNEL = "pgraft_events"
 
@@ -70,17 +69,26 @@ def batch_columns(batch: Sequence[EntryEvents]) -> tuple[list[Any], ...]:
             raise ValueError(
                 f"entries must be consecutive: position {entry.position} follows {previous.position}"
             )
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
+    positions: list[int] = []
+    subs: list[int] = []
+    types: list[str] = []
+    versions: list[int] = []
+    payloads: list[str] = []
+    terms: list[int] = []
+    proposers: list[int] = []
+    stamps: list[datetime] = []
     for entry in batch:
         for sub, event in enumerate(entry.events):
-            type_name, version, payload = encode_event(event)
-            for column, value in zip(
-                columns,
-                (entry.position, sub, type_name, version, json.dumps(payload), entry.term, entry.proposer, entry.ts),
-                strict=True,
-            ):
-                column.append(value)
-    return columns
+            type_name, version, payload = encode_event_json(event)
+            positions.append(entry.position)
+            subs.append(sub)
+            types.append(type_name)
+            versions.append(version)
+            payloads.append(payload)
+            terms.append(entry.term)
+            proposers.append(entry.proposer)
+            stamps.append(entry.ts)
+    return positions, subs, types, versions, payloads, terms, proposers, stamps
 
 
 def _row_to_event(row: asyncpg.Record) -> StoredEvent:

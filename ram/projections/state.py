@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import JsonValue
 
@@ -47,6 +47,7 @@ from ram.eventstore.events import (
     ClusterBootstrapped,
     CommandRejected,
     DynamicConfigChanged,
+    Event,
     FailoverCompleted,
     FailoverFailed,
     FailoverStarted,
@@ -64,7 +65,6 @@ from ram.eventstore.events import (
     RaftLeaderElected,
     ReplicaFollowing,
     ReplicaRejoined,
-    StoredEvent,
     SwitchoverAccepted,
     SwitchoverCompleted,
     SwitchoverFailed,
@@ -72,7 +72,21 @@ from ram.eventstore.events import (
     SynchronousStandbysChanged,
 )
 
-__all__ = ["ClusterState", "Member", "OperationRecord", "TimelineRecord", "fold"]
+__all__ = ["ClusterState", "Member", "OperationRecord", "PlacedEvent", "TimelineRecord", "fold"]
+
+class PlacedEvent(Protocol):
+    """What the fold reads of an event with its place in the log. A ``StoredEvent`` is one; the
+    apply path passes a lighter object (building a validated model per event cost more than the fold)."""
+
+    @property
+    def position(self) -> int: ...
+
+    @property
+    def ts(self) -> datetime: ...
+
+    @property
+    def event(self) -> Event: ...
+
 
 Role = Literal["primary", "replica", "unknown"]
 OperationKind = Literal["failover", "switchover"]
@@ -207,7 +221,7 @@ class ClusterState:
     def empty(cls) -> ClusterState:
         return cls()
 
-    def fold(self, events: Iterable[StoredEvent]) -> ClusterState:
+    def fold(self, events: Iterable[PlacedEvent]) -> ClusterState:
         return fold(self, events)
 
     # Convenience for readers (API, HA controller).
@@ -245,7 +259,7 @@ def _update_member(state: ClusterState, name: str, **changes: object) -> Cluster
     return _with_member(state, replace(m, **changes))
 
 
-def _set_primary(state: ClusterState, name: str, timeline: int, lsn: int, se: StoredEvent) -> ClusterState:
+def _set_primary(state: ClusterState, name: str, timeline: int, lsn: int, se: PlacedEvent) -> ClusterState:
     if state.primary != name or state.timeline != timeline:
         rec = TimelineRecord(timeline=timeline, primary=name, lsn=lsn, position=se.position, at=se.ts)
         state = replace(state, timeline_history=(*state.timeline_history, rec))
@@ -253,7 +267,7 @@ def _set_primary(state: ClusterState, name: str, timeline: int, lsn: int, se: St
     return _update_member(state, name, fenced=False, fence_reason="", following=None)
 
 
-def _opened(kind: OperationKind, se: StoredEvent) -> OperationRecord:
+def _opened(kind: OperationKind, se: PlacedEvent) -> OperationRecord:
     """An operation in progress that starts at ``se``."""
     return OperationRecord(kind=kind, outcome="in_progress", started_position=se.position, started_at=se.ts)
 
@@ -269,7 +283,7 @@ def _start_operation(state: ClusterState, rec: OperationRecord) -> ClusterState:
 
 
 def _close_operation(
-    state: ClusterState, kind: OperationKind, outcome: Outcome, se: StoredEvent, **changes: object
+    state: ClusterState, kind: OperationKind, outcome: Outcome, se: PlacedEvent, **changes: object
 ) -> ClusterState:
     ops = list(state.operations)
     for i in range(len(ops) - 1, -1, -1):
@@ -289,7 +303,7 @@ def _close_operation(
     return replace(state, operations=tuple(ops))
 
 
-def _apply(state: ClusterState, se: StoredEvent) -> ClusterState:
+def _apply(state: ClusterState, se: PlacedEvent) -> ClusterState:
     ev = se.event
     pos = se.position
     match ev:
@@ -480,7 +494,7 @@ def _apply(state: ClusterState, se: StoredEvent) -> ClusterState:
     raise AssertionError(f"unhandled event type {type(ev).__name__}")  # pragma: no cover - exhaustive
 
 
-def fold(state: ClusterState, events: Iterable[StoredEvent]) -> ClusterState:
+def fold(state: ClusterState, events: Iterable[PlacedEvent]) -> ClusterState:
     """Apply ``events`` (in log order) to ``state``; returns a new state, ``state`` is unchanged."""
     for se in events:
         applied = _apply(state, se)

@@ -26,6 +26,15 @@ def test_encode_decode_round_trip(ev: e.Event) -> None:
     assert e.decode_event(type_, version, json.loads(text)) == ev
 
 
+@settings(max_examples=300, deadline=None)
+@given(events)
+def test_json_encoding_is_the_same_payload(ev: e.Event) -> None:
+    """The apply path's one-call JSON encoding writes exactly the payload ``encode_event`` gives."""
+    type_, version, text = e.encode_event_json(ev)
+    assert (type_, version, json.loads(text)) == e.encode_event(ev)
+    assert e.decode_event(type_, version, text) == ev
+
+
 def test_every_type_is_registered_once() -> None:
     assert len(e.EVENT_TYPES) == 25
     for name, cls in e.EVENT_TYPES.items():

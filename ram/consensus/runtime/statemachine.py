@@ -1,7 +1,8 @@
 """The contract between the Raft runtime and the application whose commands it replicates.
 
 The runtime drives Raft, keeps the log durable and hands committed entries to a
-:class:`StateMachine`, in batches (everything committed since the last Ready, in index order):
+:class:`StateMachine` on its apply task, in batches (everything committed that queued up meanwhile,
+in index order):
 
 1. :meth:`StateMachine.decide` says, in memory and without side effects, what the entries yield
    (the outcome of an entry is a pure function of the entries before it, so any node deciding the
@@ -13,12 +14,13 @@ The runtime drives Raft, keeps the log durable and hands committed entries to a
 3. :meth:`StateMachine.commit` makes the batch the current in-memory state, and the proposers get
    their results.
 
-Exactly once, whatever crashes: ``write`` returns the store's applied index. If it is below the
-batch (the store crashed and lost a suffix of asynchronous applies), the runtime reloads the machine
-(:meth:`StateMachine.load`) and decides again from the durable applied index, from its own log.
-:meth:`StateMachine.seal` is the synchronous write the runtime issues now and then (and after a
-store error) so that an idle node finds such a loss too, and so that a snapshot is taken only of
-applies that are durable.
+Exactly once, whatever crashes: ``write`` returns the store's applied index, and
+:meth:`StateMachine.seal`, a synchronous write the runtime issues at most ``seal_interval_s`` after
+an apply and after any store error, returns it too. When it is below what was written (the store
+crashed and lost a suffix of asynchronous applies), the runtime writes the batches it kept since the
+last seal again, in order (the in-memory state already has them). Log compaction only covers sealed
+applies. After a restart :meth:`StateMachine.load` restores the durable state and the runtime
+hands it the committed entries after the durable applied index.
 """
 
 from __future__ import annotations

@@ -45,6 +45,14 @@ from ram.ha.settings import HASettings
 from ram.ha.wire import LeaseRequest, MemberReport
 from ram.postgres.instance import ManagedInstance
 
+
+def _stopping() -> bool:
+    """Is the current task being cancelled from outside (a stop), rather than hit by a stray
+    CancelledError raised inside a step?"""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 log = logging.getLogger("ram.ha")
 
 #: How long a fact (health, following, fenced, ...) is retried while it can not be committed.
@@ -119,7 +127,15 @@ class HAController:
             loop.create_task(self.arbiter.loop(), name="ram.ha.arbiter"),
             loop.create_task(self._keeper_loop(), name="ram.ha.keeper"),
         ]
+        for task in self._tasks[1:]:
+            task.add_done_callback(self._on_task_done)
         log.info("ha controller started member=%s pgdata=%s", self.me, self.instance.spec.data_dir)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        """An HA loop must never end while the node runs: say so loudly (it can not be awaited)."""
+        if task.cancelled():
+            return
+        log.critical("ha loop ended task=%s error=%r", task.get_name(), task.exception(), exc_info=task.exception())
 
     async def _finish_crash_recovery(self) -> None:
         """Overlap a crashed former primary's crash recovery with the Raft catch-up at start."""
@@ -193,27 +209,46 @@ class HAController:
     # ------------------------------------------------------------------------------- keeper
 
     async def _keeper_loop(self) -> None:
+        """The keeper must outlive any one failed step: a step that raised used to end this task
+        silently (nobody awaits it), and the node then never acted on its PostgreSQL again - an
+        initial primary stayed stopped for good (found by CI)."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_keeper.wait(), self.settings.report_interval_s)
             self._wake_keeper.clear()
-            if self.pg.status is None:
-                continue
-            action = k.next_action(self._keeper_input(time.monotonic()))
-            if isinstance(action, k.Nothing):
-                continue
-            line = f"{type(action).__name__}: {action.why}"
-            if line != self._last_action:
-                log.info("keeper action=%s rule=%s reason=%s", type(action).__name__, action.rule, action.reason)
-                self._last_action = line
             try:
-                await self.executor.execute(action)
+                await self._keeper_step()
             except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("keeper action failed action=%s error=%s", type(action).__name__, exc)
+                if _stopping():
+                    raise
+                log.error("keeper step cancelled from inside; going on", exc_info=True)
                 await asyncio.sleep(self.settings.report_interval_s)
-            await self.observer.observe()
+            except Exception:
+                log.exception("keeper step failed; going on")
+                await asyncio.sleep(self.settings.report_interval_s)
+
+    async def _keeper_step(self) -> None:
+        if self.pg.status is None:
+            return
+        action = k.next_action(self._keeper_input(time.monotonic()))
+        if isinstance(action, k.Nothing):
+            return
+        line = f"{type(action).__name__}: {action.why}"
+        if line != self._last_action:
+            log.info("keeper action=%s rule=%s reason=%s", type(action).__name__, action.rule, action.reason)
+            self._last_action = line
+        try:
+            await self.executor.execute(action)
+        except asyncio.CancelledError:
+            if _stopping():
+                raise
+            log.error("keeper action cancelled from inside action=%s; going on", type(action).__name__,
+                      exc_info=True)
+            await asyncio.sleep(self.settings.report_interval_s)
+        except Exception as exc:
+            log.warning("keeper action failed action=%s error=%s", type(action).__name__, exc)
+            await asyncio.sleep(self.settings.report_interval_s)
+        await self.observer.observe()
 
     # ---------------------------------------------------------------------- live view (API)
 

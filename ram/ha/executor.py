@@ -99,9 +99,10 @@ class Executor:
             await self.instance.initdb_primary(start=False)
         finally:
             self.local.initializing = False
-        # A new data directory never ran as this cluster's primary: the time before it existed is not
-        # time "down" (primary_start_timeout_s must not run out before its first start).
-        self.local.pg_down_since = None
+            # A new data directory never ran as this cluster's primary: the time before it existed is
+            # not time "down" (primary_start_timeout_s must not run out before its first start) - also
+            # when the last step (the temporary server's stop) failed after the directory was made.
+            self.local.pg_down_since = None
 
     async def _start(self, action: k.StartPostgres) -> None:
         if action.role == "standby" and action.upstream:

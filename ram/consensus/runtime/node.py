@@ -110,9 +110,6 @@ MAX_REQUESTS_PER_PEER = 64
 #: waits (a slow store must not make the queue grow without bound).
 MAX_QUEUED_ENTRIES = 20_000
 
-#: How long a follower lets committed entries gather before it applies them.
-FOLLOWER_APPLY_DELAY_S = 0.005
-
 #: Entries decided and written together by the apply task, at most (one statement each).
 MAX_APPLY_BATCH = 2_000
 
@@ -771,11 +768,6 @@ class RaftNode:
         when it is due or after a store error."""
         while True:
             await self._apply_wake.wait()
-            if self.role is not Role.LEADER and not self._seal_due:
-                # Nobody waits for a follower's apply (its proposers wait for the leader's, its reads
-                # for the read index): let a few commits gather, and leave the CPU to the leader's
-                # commit path meanwhile.
-                await asyncio.sleep(FOLLOWER_APPLY_DELAY_S)
             self._apply_wake.clear()
             async with self._machine_lock:
                 if self._seal_due or self._suspect:

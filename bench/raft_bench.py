@@ -5,8 +5,11 @@ store databases in one server instead: one WAL, so the three nodes' fsyncs queue
 
 Measures committed entries per second and commit latency with 1, 16 and 64 concurrent proposers
 (each proposal is a real command: committed through Raft, persisted in every store, applied into
-`pgraft.events` and the projections), the time to elect a new leader after kill -9 of the leader
-(several times), and each node's memory and idle CPU. Prints one JSON object as its last line.
+`pgraft.events` and the projections). Commit latency ends when the proposer has its outcome (the
+entry is committed and decided; the store write that makes it visible to SQL follows), as the HA
+layer is answered; ``visible`` repeats the measure for proposers that also wait for that write (as
+API commands do). Also the time to elect a new leader after kill -9 of the leader (several times),
+and each node's memory and idle CPU. Prints one JSON object as its last line.
 
     python bench/raft_bench.py --duration 10 --elections 5
 """
@@ -70,7 +73,7 @@ async def _worker(config: NodeConfig, conn: Connection) -> None:
     await node.start()
     loop = asyncio.get_running_loop()
 
-    async def load(proposers: int, duration: float) -> dict[str, Any]:
+    async def load(proposers: int, duration: float, visible: bool) -> dict[str, Any]:
         latencies: list[float] = []
         errors = 0
         deadline = time.monotonic() + duration
@@ -82,7 +85,7 @@ async def _worker(config: NodeConfig, conn: Connection) -> None:
                 counter += 1
                 started = time.perf_counter()
                 try:
-                    await node.propose(PatchConfig(changes={f"bench.p{k}": counter}))
+                    await node.propose(PatchConfig(changes={f"bench.p{k}": counter}), visible=visible)
                 except ProposalError:
                     errors += 1
                     await asyncio.sleep(0.01)
@@ -112,7 +115,7 @@ async def _worker(config: NodeConfig, conn: Connection) -> None:
             if kind == "status":
                 conn.send({"leader": node.role is Role.LEADER, "term": node.term, "applied": node.applied_index})
             elif kind == "load":
-                conn.send(await load(request[1], request[2]))
+                conn.send(await load(request[1], request[2], request[3]))
             elif kind == "stop":
                 break
     finally:
@@ -233,6 +236,14 @@ class Bench:
         return out
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the machine spent busy (all CPUs: user, system, interrupts; not idle, I/O wait
+    or time stolen by the hypervisor) since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="ram-bench-", dir="/tmp"))
     os.chmod(workdir, 0o755)
@@ -262,13 +273,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         after = bench.cpu_seconds()
         result["idle_cpu_percent_max"] = round(max((after[i] - before[i]) / args.idle_window * 100 for i in after), 2)
         result["idle_rss_mb_max"] = bench.rss_mb()
-        proposers: dict[str, Any] = {}
         rss = bench.rss_mb()
-        for count in args.proposers:
+
+        def load(count: int, visible: bool) -> dict[str, Any]:
             leader = bench.leader()
-            proposers[str(count)] = bench.ask(leader, "load", count, args.duration, timeout=args.duration + 120)
+            busy_before = machine_busy_s()
+            figures: dict[str, Any] = bench.ask(
+                leader, "load", count, args.duration, visible, timeout=args.duration + 120
+            )
+            # What one entry costs the whole machine: 3 node processes, 3 stores, the kernel.
+            busy = machine_busy_s() - busy_before
+            figures["cpu_ms_per_entry"] = round(busy * 1000 / figures["entries"], 3) if figures["entries"] else None
+            return figures
+
+        proposers: dict[str, Any] = {}
+        for count in args.proposers:
+            proposers[str(count)] = load(count, False)
             rss = max(rss, bench.rss_mb())
         result["proposers"] = proposers
+        visible: dict[str, Any] = {}
+        for count in args.visible_proposers:
+            visible[str(count)] = load(count, True)
+            rss = max(rss, bench.rss_mb())
+        result["visible"] = visible
         elections = []
         for _ in range(args.elections):
             leader = bench.leader()
@@ -295,6 +322,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per proposer count")
     parser.add_argument("--proposers", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument(
+        "--visible-proposers",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="also measure these proposer counts waiting until the leader's store has each entry "
+        "(visible to SQL, what API commands wait for)",
+    )
     parser.add_argument("--elections", type=int, default=5, help="kill -9 of the leader, this many times")
     parser.add_argument(
         "--stores",

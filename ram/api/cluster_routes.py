@@ -11,6 +11,7 @@ checks (``health_routes``) never take that round trip: load balancers poll them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ MAX_PAGE = 1000
 #: (marked stale): long enough for a leader round trip and a short apply backlog, short enough
 #: that ``ramctrl status`` on a partitioned node still answers at once.
 READ_BARRIER_TIMEOUT_S = 0.5
+#: How long an event page waits for this node's store to have what the node applied.
+STORE_CATCH_UP_TIMEOUT_S = 0.5
 _SKIP_BARRIER = ("ok", "true", "1", "yes")
 _DO_BARRIER = ("false", "0", "no")
 
@@ -254,6 +257,7 @@ async def get_events(
     ] = None,
 ) -> EventPage:
     selected = _check_types(types)
+    await _store_caught_up(ctx)
     if last is None:
         if before is not None:
             raise ApiError(400, "query parameter 'before' needs 'last' (e.g. ?last=20&before=1234)")
@@ -283,6 +287,14 @@ async def get_events(
     return EventPage(
         events=out, next_after=next_after, more=len(out) >= last, next_before=out[0].position if out else None
     )
+
+
+async def _store_caught_up(ctx: Ctx) -> None:
+    """Read-your-writes for event pages: everything this node applied is in its store too (a
+    command is answered when decided; its store write follows within a round trip). A store that
+    lags longer (it is down) does not hold the page back."""
+    with contextlib.suppress(ProposalError):
+        await ctx.node.wait_applied(ctx.node.decided_index, STORE_CATCH_UP_TIMEOUT_S)
 
 
 def _parse_last_event_id(value: str | None) -> tuple[int, int] | None:

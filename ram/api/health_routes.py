@@ -134,8 +134,8 @@ def _readiness(ctx: Ctx) -> Verdict:
     node = ctx.node
     if not node.leader_id:
         return Verdict(False, "no Raft leader known")
-    if node.applied_index < node.commit_index:
-        return Verdict(False, f"applied {node.applied_index} < commit {node.commit_index}")
+    if node.decided_index < node.commit_index:  # the in-memory state reads are served from
+        return Verdict(False, f"applied {node.decided_index} < commit {node.commit_index}")
     return Verdict(True)
 
 

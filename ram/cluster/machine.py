@@ -58,13 +58,22 @@ class _Placed:
     event: Event
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Decided:
-    """What a decided batch installs (``state``) and stores (``entries``)."""
+    """What a decided batch installs (``state``) and stores (``entries``, and the projection rows
+    that differ between ``before`` and ``state``: worked out when the batch is written, so once for
+    batches written together and never on the way to the proposer's answer)."""
 
+    before: ClusterState
     state: ClusterState
     entries: list[EntryEvents]
-    rows: str  # the projection rows it changes (JSON, ram.projections.rows)
+    rows: str | None = None  # JSON, ram.projections.rows
+
+    def projection_rows(self) -> str:
+        if self.rows is None:
+            self.rows = json.dumps(projection_changes(self.before, self.state))
+            self.before = self.state  # a batch kept until the next seal holds no older state
+        return self.rows
 
 
 class ClusterMachine:
@@ -90,14 +99,22 @@ class ClusterMachine:
                 state = fold(state, [_Placed(entry.index, ts, ev) for ev in events])
             stored_entries.append(EntryEvents(entry.index, entry.term, proposer, ts, events))
             results[entry.index] = tuple(events)
-        rows = json.dumps(projection_changes(self.state, state))
-        return DecidedBatch(entries[0].index, entries[-1].index, results, _Decided(state, stored_entries, rows))
+        return DecidedBatch(entries[0].index, entries[-1].index, results, _Decided(self.state, state, stored_entries))
+
+    def merge(self, batches: Sequence[DecidedBatch]) -> DecidedBatch:
+        decided = [_decided(b) for b in batches]
+        first, last = decided[0], decided[-1]
+        entries = [e for d in decided for e in d.entries]
+        # No results: their proposers were answered when the batches were decided.
+        return DecidedBatch(batches[0].first, batches[-1].last, {}, _Decided(first.before, last.state, entries))
 
     async def write(self, conn: asyncpg.Connection, batch: DecidedBatch) -> int:
         decided = batch.payload
         assert isinstance(decided, _Decided)
         return int(
-            await conn.fetchval(_APPLY, batch.first, batch.last, *batch_columns(decided.entries), decided.rows)
+            await conn.fetchval(
+                _APPLY, batch.first, batch.last, *batch_columns(decided.entries), decided.projection_rows()
+            )
         )
 
     def commit(self, batch: DecidedBatch) -> None:
@@ -173,6 +190,12 @@ class ClusterMachine:
         if not data:
             return ()
         return tuple(decode_event(t, v, p) for t, v, p in json.loads(data))
+
+
+def _decided(batch: DecidedBatch) -> _Decided:
+    payload = batch.payload
+    assert isinstance(payload, _Decided)
+    return payload
 
 
 def _decide_entry(state: ClusterState, entry: Entry) -> tuple[int, datetime, list[Event]]:

@@ -161,6 +161,10 @@ class ClusterNode:
         return self.raft.applied_index
 
     @property
+    def decided_index(self) -> int:
+        return self.raft.decided_index
+
+    @property
     def leader_since(self) -> float:
         return self.raft.leader_since
 
@@ -178,8 +182,13 @@ class ClusterNode:
 
     # ------------------------------------------------------------------------------- proposals
 
-    async def propose(self, command: Any, *, timeout: float | None = None) -> ApplyResult:
+    async def propose(self, command: Any, *, timeout: float | None = None, visible: bool = True) -> ApplyResult:
         """Commit ``command`` and wait until it is applied here; returns its events.
+
+        ``visible`` (the default): also wait until this node's store has the events, so that SQL
+        readers of ``pgraft`` (operators, the API's event pages) see them once this returns. The HA
+        layer, which only reads the in-memory state, passes False: it is answered once the command
+        is decided, before the store write.
 
         On a follower the command is forwarded to the leader. Raises
         :class:`~ram.consensus.runtime.errors.NoLeaderError` at once when no leader is known,
@@ -187,7 +196,7 @@ class ClusterNode:
         :class:`CommandRefused` when it committed but did not fit the state.
         """
         envelope = CommandEnvelope(command=command, proposer=self.config.node_id, ts=datetime.now(UTC))
-        applied = await self.raft.propose(encode_envelope(envelope), timeout=timeout)
+        applied = await self.raft.propose(encode_envelope(envelope), timeout=timeout, visible=visible)
         events = applied.result
         assert isinstance(events, tuple)  # ClusterMachine.decide gives every entry its events
         for event in events:
@@ -213,10 +222,11 @@ class ClusterNode:
                         cluster_id=self.config.cluster_id,
                         cluster_name=self.config.cluster_name,
                         members=tuple(self._initial_members()),
-                    )
+                    ),
+                    visible=False,
                 )
             if self.term == term and self.role is Role.LEADER:
-                await self.propose(RecordLeader(node_id=self.config.node_id))
+                await self.propose(RecordLeader(node_id=self.config.node_id), visible=False)
         except ProposalError as exc:
             log.info("could not record leadership term=%d error=%s", term, exc)
 
@@ -247,7 +257,7 @@ class ClusterNode:
 
     async def _promote(self, node_id: int) -> None:
         try:
-            await self.propose(PromoteLearner(node_id=node_id))
+            await self.propose(PromoteLearner(node_id=node_id), visible=False)
             log.info("learner promoted to voter node_id=%d", node_id)
         except ProposalError as exc:
             log.info("learner promotion deferred node_id=%d reason=%s", node_id, exc)

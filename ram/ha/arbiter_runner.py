@@ -213,7 +213,8 @@ class ArbiterRunner:
             self.view.revoke(name)
         try:
             result = await self.node.propose(
-                Arbitrate(events=tuple(events), based_on=inp.state.last_position, reason=decisions[0].why[:1000])
+                Arbitrate(events=tuple(events), based_on=inp.state.last_position, reason=decisions[0].why[:1000]),
+                visible=False,
             )
         except ProposalError as exc:
             log.warning("arbiter decision not committed error=%s", exc)

@@ -49,7 +49,7 @@ class FactReporter:
         deadline = time.monotonic() + self._retry_s
         while True:
             try:
-                await self._node.propose(ReportFact(event=event), timeout=self._proposal_timeout_s)
+                await self._node.propose(ReportFact(event=event), timeout=self._proposal_timeout_s, visible=False)
                 return
             except CommandRefused as exc:
                 log.info("fact refused type=%s error=%s", event.type, exc)

@@ -129,6 +129,14 @@ class KvMachine:
         self.written.append((batch.first, batch.last))
         return int(stored)
 
+    def merge(self, batches: Sequence[DecidedBatch]) -> DecidedBatch:
+        decided = [b.payload for b in batches]
+        assert all(isinstance(d, KvDecided) for d in decided)
+        sets = [s for d in decided for s in d.sets]  # type: ignore[union-attr]
+        last = decided[-1]
+        assert isinstance(last, KvDecided)
+        return DecidedBatch(batches[0].first, batches[-1].last, {}, KvDecided(last.items, sets))
+
     def commit(self, batch: DecidedBatch) -> None:
         decided = batch.payload
         assert isinstance(decided, KvDecided)

@@ -10,7 +10,8 @@ decides committed entries and stores what they yield. Applying is exactly-once a
 that module): the log is durable before anything is applied from it; an apply commits without its
 own fsync, and a store crash that loses some applies is found (the store's applied index is lower
 than what was written) and repaired by writing those batches again. A proposer is answered once its
-entry is committed, decided and written (visible in the store), never later than that.
+entry is committed and decided (its outcome is then final), before the write that makes it visible
+in the store; a caller that reads the store next asks to wait for that too (``visible=True``).
 
 When the store is down or slow, persisting fails; the node then sends nothing that would promise
 durability (no vote, no append acknowledgement), retries with backoff and resumes once the store is
@@ -113,6 +114,11 @@ MAX_QUEUED_ENTRIES = 20_000
 #: Entries decided and written together by the apply task, at most (one statement each).
 MAX_APPLY_BATCH = 2_000
 
+#: Event-loop turns a leader holds its commit broadcast for the next entries to join it (the apply
+#: task's decision, the proposer's next proposal): microseconds, against a write and a wake-up per
+#: follower.
+_HOLD_TURNS = 4
+
 #: Batches written without their own fsync since the last seal, at most: more, and the next one is
 #: sealed first (bounds what a store crash can make us write again, and the memory it takes).
 MAX_UNSEALED_BATCHES = 512
@@ -151,6 +157,40 @@ NoticeHandler = Callable[[int, Any], None]
 class _Pending:
     term: int
     future: asyncio.Future[ApplyResult]
+
+
+class _IndexWaiters:
+    """Coroutines waiting for an index (applied, written) to reach a given value."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+
+    async def wait(self, current: int, index: int, timeout: float, what: str) -> None:
+        if current >= index:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((index, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise ProposalTimeout(f"index {index} not {what} within {timeout:g} s") from None
+
+    def __bool__(self) -> bool:
+        """Somebody waits."""
+        return bool(self._waiting)
+
+    def release(self, current: int) -> None:
+        if not self._waiting:
+            return
+        still = []
+        for index, future in self._waiting:
+            if future.done():
+                continue
+            if current >= index:
+                future.set_result(None)
+            else:
+                still.append((index, future))
+        self._waiting = still
 
 
 @dataclass
@@ -218,7 +258,10 @@ class RaftNode:
         #: request id -> the peer asked: an answer counts only from that peer.
         self._forward_targets: dict[int, int] = {}
         self.core: RaftCore | None = None
-        #: The highest index decided, written and committed into the state machine.
+        #: The highest index decided and installed in the in-memory state machine (its proposer may
+        #: have the answer already).
+        self.decided_index = 0
+        #: The highest index also written to the store (visible to SQL there; at most ``decided_index``).
         self.applied_index = 0
         self.stats = RuntimeStats()
         self._wake = asyncio.Event()
@@ -226,7 +269,8 @@ class RaftNode:
         self._pending: dict[int, _Pending] = {}
         self._forwards: dict[int, asyncio.Future[ProposalOutcome]] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
-        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._decided_waiters = _IndexWaiters()
+        self._applied_waiters = _IndexWaiters()
         self._request_ids = itertools.count(1)
         self._last_leader = 0
         self._last_term = 0
@@ -236,6 +280,17 @@ class RaftNode:
         #: store turns out to have lost them), and when the first of them was written.
         self._unsealed: list[DecidedBatch] = []
         self._unsealed_since = 0.0
+        #: Batches decided and installed in memory but not written yet (the write task takes them
+        #: all at once), how many entries they hold, and when the first of them was decided.
+        self._unwritten: list[DecidedBatch] = []
+        self._unwritten_entries = 0
+        self._unwritten_since = 0.0
+        #: Somebody waits to see an entry in the store: write what is decided now.
+        self._write_now = False
+        self._write_wake = asyncio.Event()
+        self._write_progress = asyncio.Event()
+        #: Held by the write task while it writes or seals (a snapshot install waits for it).
+        self._write_lock = asyncio.Lock()
         #: Applied index at the last seal: everything up to it is durable in the store.
         self.sealed_index = 0
         #: A store error happened: before the next apply, seal and check what the store still has.
@@ -273,23 +328,23 @@ class RaftNode:
         async with self._store() as conn:
             if persisted.snapshot is not None:
                 await self.machine.restore(conn, persisted.snapshot)
-            self.applied_index = await self.machine.load(conn)
-        if persisted.snapshot is not None and self.applied_index < persisted.snapshot.index:
+            self.decided_index = await self.machine.load(conn)
+        if persisted.snapshot is not None and self.decided_index < persisted.snapshot.index:
             raise StoreInconsistent(
-                f"the store's applied index {self.applied_index} is behind its own snapshot at "
+                f"the store's applied index {self.decided_index} is behind its own snapshot at "
                 f"{persisted.snapshot.index} (was the store restored from an older backup?)"
             )
-        self.sealed_index = self._queued_index = self.applied_index
+        self.sealed_index = self.applied_index = self._queued_index = self.decided_index
         self._snapshot_index = persisted.snapshot.index if persisted.snapshot else 0
         hard_state = persisted.hard_state
-        if hard_state.commit < self.applied_index:
+        if hard_state.commit < self.decided_index:
             # The commit index is written with the log, lazily; what was applied was committed.
-            hard_state = type(hard_state)(hard_state.term, hard_state.vote, self.applied_index)
+            hard_state = type(hard_state)(hard_state.term, hard_state.vote, self.decided_index)
         persisted = PersistedState(
             hard_state=hard_state,
             snapshot=persisted.snapshot,
             entries=persisted.entries,
-            applied=self.applied_index,
+            applied=self.decided_index,
         )
         conf: ConfState | None = None
         fresh = persisted.hard_state.term == 0 and persisted.snapshot is None and not persisted.entries
@@ -309,12 +364,13 @@ class RaftNode:
             loop.create_task(self._ticker(), name="ram.raft.ticker"),
             loop.create_task(self._ready_loop(), name="ram.raft.ready"),
             loop.create_task(self._apply_loop(), name="ram.raft.apply"),
+            loop.create_task(self._write_loop(), name="ram.raft.write"),
         ]
         for task in self._tasks:
             task.add_done_callback(self._on_task_done)
         log.info(
             "node started node_id=%d name=%s term=%d applied=%d log_entries=%d bootstrap=%s",
-            settings.node_id, settings.name, persisted.hard_state.term, self.applied_index,
+            settings.node_id, settings.name, persisted.hard_state.term, self.decided_index,
             len(persisted.entries), bool(conf),
         )
 
@@ -332,6 +388,11 @@ class RaftNode:
             return
         if transfer and self.core is not None and self.core.role is Role.LEADER:
             await self._transfer_before_stop()
+        if self._unwritten and not self.failed.is_set():
+            # What is decided is in the durable log and would be applied again at the next start;
+            # writing it now makes that start quicker and the store current for whoever reads it.
+            with contextlib.suppress(ProposalError):
+                await self.wait_applied(self.decided_index, 2.0)
         self._stopping = True
         tasks = [*self._tasks, *self._background]
         for task in tasks:
@@ -438,17 +499,27 @@ class RaftNode:
             if pid != self.settings.node_id
         }
 
-    async def propose(self, data: bytes, *, timeout: float | None = None) -> ApplyResult:
+    async def propose(self, data: bytes, *, timeout: float | None = None, visible: bool = True) -> ApplyResult:
         """Commit ``data`` and wait until it is applied here; returns what the state machine made of it.
+
+        ``visible`` (the default): until this node's store has it too (``applied_index``), for a
+        caller that reads the store next. Without it, until it is decided and installed in the
+        in-memory state (``decided_index``): the outcome is final then (it is a function of the
+        committed log), and the store write follows within ``write_delay_s``.
 
         On a follower the proposal is forwarded to the leader. Raises :class:`NoLeaderError` at once
         when no leader is known, :class:`ProposalTimeout` when it does not commit in time and
         :class:`ProposalRefused` when the state machine would not take it.
         """
         timeout = timeout or self.settings.proposal_timeout_s
+        deadline = time.monotonic() + timeout
         if self.role is Role.LEADER:
-            return await self._propose_local(data, timeout, peer=None)
-        return await self._forward(data, timeout, read_only=False)
+            result = await self._propose_local(data, timeout, peer=None)
+        else:
+            result = await self._forward(data, timeout, read_only=False)
+        if visible:
+            await self.wait_applied(result.index, max(0.001, deadline - time.monotonic()))
+        return result
 
     async def _propose_local(self, data: bytes, timeout: float, *, peer: int | None) -> ApplyResult:
         core = self.core
@@ -477,7 +548,10 @@ class RaftNode:
         self._pending[index] = _Pending(term, future)
         self._wake.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            # Not wait_for(shield()): each of those wrappers costs an event-loop turn per proposal.
+            # A timeout cancels the future, which the apply task then skips.
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError:
             raise ProposalTimeout(
                 f"not committed within {timeout:g} s (entry {index} of term {term}); is a quorum reachable?"
@@ -519,7 +593,7 @@ class RaftNode:
             if outcome.leader_id and outcome.leader_id != leader:
                 raise NoLeaderError(outcome.error, outcome.leader_id, self.address_of(outcome.leader_id))
             raise ProposalError(outcome.error)
-        await self.wait_applied(outcome.index, timeout)
+        await self.wait_decided(outcome.index, timeout)
         if read_only:
             return ApplyResult(outcome.index, outcome.term, None)
         return ApplyResult(outcome.index, outcome.term, self.machine.decode_result(outcome.result))
@@ -604,14 +678,15 @@ class RaftNode:
 
     async def read_barrier(self, *, timeout: float | None = None) -> int:
         """Linearizable read point (ReadIndex): returns once this node has applied everything
-        committed before the call; reads of the state machine after it are up to date."""
+        committed before the call; reads of the state machine (and of its store) after it are up
+        to date."""
         timeout = timeout or self.settings.proposal_timeout_s
         if self.role is Role.LEADER:
             index = await self._read_index_local(timeout)
-            await self.wait_applied(index, timeout)
-            return index
-        result = await self._forward(b"", timeout, read_only=True)
-        return result.index
+        else:
+            index = (await self._forward(b"", timeout, read_only=True)).index
+        await self.wait_applied(index, timeout)  # the store too: readers may read it with SQL
+        return index
 
     async def _read_index_local(self, timeout: float) -> int:
         core = self.core
@@ -632,15 +707,17 @@ class RaftNode:
         finally:
             self._reads.pop(context, None)
 
+    async def wait_decided(self, index: int, timeout: float) -> None:
+        """Until the in-memory state has everything up to ``index``."""
+        await self._decided_waiters.wait(self.decided_index, index, timeout, "decided")
+
     async def wait_applied(self, index: int, timeout: float) -> None:
-        if self.applied_index >= index:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._applied_waiters.append((index, future))
-        try:
-            await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise ProposalTimeout(f"index {index} not applied within {timeout:g} s") from None
+        """Until the store has everything up to ``index`` (visible to SQL readers of the store); the
+        write task writes what is decided at once instead of gathering more."""
+        if self.applied_index < index:
+            self._write_now = True
+            self._write_wake.set()
+        await self._applied_waiters.wait(self.applied_index, index, timeout, "written to the store")
 
     # ------------------------------------------------------------------------------- inbound
 
@@ -727,7 +804,7 @@ class RaftNode:
             self.core.tick()
             if self._unsealed and loop.time() - self._unsealed_since >= self.settings.seal_interval_s:
                 self._seal_due = True
-                self._apply_wake.set()
+                self._write_wake.set()
             self._wake.set()
 
     async def _ready_loop(self) -> None:
@@ -736,12 +813,22 @@ class RaftNode:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            held: list[Message] = []
             while core.has_ready():
                 rd = core.ready()
                 # Which messages may leave before the write (a leader's appends) is decided by
                 # split_sends, shared with the simulator so that it checks this very order.
                 early, late = split_sends(rd)
-                self._send(early)
+                if held:
+                    early, held = [*held, *early], []
+                commit_only = rd.role is Role.LEADER and bool(rd.committed_entries) and not rd.entries
+                if commit_only and rd.snapshot is None and not late:
+                    # The leader only learned a commit: the appends that tell the followers go out
+                    # with the next Ready's (below), which the proposers just answered usually fill
+                    # with their next entries - one write and one wake-up per follower instead of two.
+                    held = early
+                else:
+                    self._send(early)
                 if rd.snapshot is not None:
                     await self._install_snapshot(rd)
                 await self._persist(rd)
@@ -751,6 +838,14 @@ class RaftNode:
                     await self._queue_apply(committed)
                 core.advance(rd)
                 self._after(rd)
+                if held:
+                    # A few turns of the event loop: the apply task decides, the proposers propose.
+                    for _ in range(_HOLD_TURNS):
+                        await asyncio.sleep(0)
+                        if core.has_ready():
+                            break
+            if held:
+                self._send(held)
 
     async def _queue_apply(self, entries: list[Entry]) -> None:
         """Hand committed entries (persisted here already) to the apply task: the Ready loop goes on
@@ -764,23 +859,56 @@ class RaftNode:
             await self._apply_progress.wait()
 
     async def _apply_loop(self) -> None:
-        """Apply committed entries in order, in batches as large as what queued up meanwhile; seal
-        when it is due or after a store error."""
+        """Decide and install committed entries in order, in batches as large as what queued up
+        meanwhile, and answer their proposers; the write task stores them."""
         while True:
             await self._apply_wake.wait()
             self._apply_wake.clear()
             async with self._machine_lock:
-                if self._seal_due or self._suspect:
-                    await self._seal()
                 while self._apply_queue:
                     entries: list[Entry] = []
                     while self._apply_queue and len(entries) < MAX_APPLY_BATCH:
                         entries.extend(self._apply_queue.popleft())
                     self._queued_entries -= len(entries)
-                    entries = [e for e in entries if e.index > self.applied_index]
+                    entries = [e for e in entries if e.index > self.decided_index]
                     if entries:
-                        await self._apply(entries)
+                        self._apply(entries)
                     self._apply_progress.set()
+                    while self._unwritten_entries >= MAX_QUEUED_ENTRIES:
+                        # The store is slow or down: deciding further would only pile up memory.
+                        self._write_progress.clear()
+                        await self._write_progress.wait()
+
+    async def _write_loop(self) -> None:
+        """Write decided batches to the store, together: at most ``write_delay_s`` after the first
+        of them was decided, at once when somebody waits to see one or MAX_APPLY_BATCH entries are
+        waiting. Seal when it is due or after a store error."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._unwritten and not self._write_now and self._unwritten_entries < MAX_APPLY_BATCH:
+                left = self._unwritten_since + self.settings.write_delay_s - loop.time()
+                if left > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(left):
+                            await self._write_wake.wait()
+                    self._write_wake.clear()
+                    continue
+            elif not self._unwritten and not self._seal_due and not self._suspect:
+                await self._write_wake.wait()
+                self._write_wake.clear()
+                continue
+            async with self._write_lock:
+                if self._seal_due or self._suspect:
+                    await self._seal()
+                if self._unwritten:
+                    await self._write_unwritten()
+
+    def _wake_writer(self) -> None:
+        """New decided batches: the write task starts its clock, or writes at once when due."""
+        if self._applied_waiters:
+            self._write_now = True
+        if self._write_now or self._unwritten_entries >= MAX_APPLY_BATCH or len(self._unwritten) == 1:
+            self._write_wake.set()
 
     def _send(self, messages: Sequence[Message]) -> None:
         for message in messages:
@@ -815,7 +943,7 @@ class RaftNode:
             except StoreUnavailable as exc:
                 self.stats.store_failures += 1
                 self._suspect = True
-                self._apply_wake.set()
+                self._write_wake.set()
                 log.warning("store write failed; not voting or acknowledging until it is back what=%s error=%s",
                             what, exc)
                 await asyncio.sleep(_STORE_RETRY.delay(attempt))
@@ -837,31 +965,22 @@ class RaftNode:
 
     # ----------------------------------------------------------------------------- applying
 
-    async def _apply(self, entries: Sequence[Entry]) -> None:
-        """Decide committed entries, write them (asynchronous commit), install them, answer proposers."""
-        batch: DecidedBatch | None = None
+    def _apply(self, entries: Sequence[Entry]) -> None:
+        """Decide committed entries, install them and answer their proposers; the write task stores
+        them next.
 
-        async def write() -> None:
-            nonlocal batch
-            if self._suspect or len(self._unsealed) >= MAX_UNSEALED_BATCHES:
-                await self._seal_once()
-            batch = self.machine.decide(entries)
-            async with self._store(self._applier) as conn:
-                stored = await self.machine.write(conn, batch)
-            if stored < batch.last:
-                self._suspect = True
-                raise StoreUnavailable(
-                    f"the store's applied index is {stored}, below {batch.first - 1} (store crash?); applying again"
-                )
-
-        await self._retry_store("apply", write)
-        assert batch is not None
-        if not self._unsealed:
-            self._unsealed_since = asyncio.get_running_loop().time()
-        self._unsealed.append(batch)
+        A committed entry's outcome is a pure function of the log, so the proposer learns it as soon
+        as it is decided: the write only makes it visible in SQL, and a write the store loses is
+        written again (seal) or, after a restart, applied again from the durable log."""
+        batch = self.machine.decide(entries)
         self.machine.commit(batch)
-        self.applied_index = batch.last
+        self.decided_index = batch.last
         self.stats.applied_entries += batch.last - batch.first + 1
+        if not self._unwritten:
+            self._unwritten_since = asyncio.get_running_loop().time()
+        self._unwritten.append(batch)
+        self._unwritten_entries += batch.last - batch.first + 1
+        self._wake_writer()
         for entry in entries:
             if entry.type is EntryType.CONF_CHANGE:
                 self._note_conf_change(entry)
@@ -877,7 +996,33 @@ class RaftNode:
                 pending.future.set_exception(
                     NoLeaderError(f"leadership changed; entry {index} was replaced by term {term}", self.leader_id)
                 )
-        self._wake_applied()
+        self._wake_decided()
+
+    async def _write_unwritten(self) -> None:
+        """Write every decided batch not written yet, as one (asynchronous commit)."""
+        batches, self._unwritten = self._unwritten, []
+        self._unwritten_entries = 0
+        self._write_now = False
+        batch = batches[0] if len(batches) == 1 else self.machine.merge(batches)
+
+        async def write() -> None:
+            if self._suspect or len(self._unsealed) >= MAX_UNSEALED_BATCHES:
+                await self._seal_once()
+            async with self._store(self._applier) as conn:
+                stored = await self.machine.write(conn, batch)
+            if stored < batch.last:
+                self._suspect = True
+                raise StoreUnavailable(
+                    f"the store's applied index is {stored}, below {batch.first - 1} (store crash?); applying again"
+                )
+
+        await self._retry_store("apply", write)
+        if not self._unsealed:
+            self._unsealed_since = asyncio.get_running_loop().time()
+        self._unsealed.append(batch)
+        self.applied_index = batch.last
+        self._write_progress.set()
+        self._applied_waiters.release(self.applied_index)
 
     async def _seal(self) -> None:
         await self._retry_store("seal", self._seal_once)
@@ -919,15 +1064,21 @@ class RaftNode:
             async with self._store() as conn:
                 await self.machine.restore(conn, snapshot)
                 applied = await self.machine.load(conn)
-            self.applied_index = self.sealed_index = applied
+            self.decided_index = self.applied_index = self.sealed_index = applied
             self._queued_index = max(self._queued_index, applied)
             self._unsealed.clear()
             self._snapshot_index = snapshot.index
             self.stats.snapshots_installed += 1
 
-        async with self._machine_lock:  # the apply task is between batches
+        async with self._machine_lock, self._write_lock:  # both tasks are between batches
+            # What was decided and not written yet is older than the snapshot, which brings the
+            # store up to it (from whatever the store has).
+            self._unwritten.clear()
+            self._unwritten_entries = 0
+            self._write_progress.set()
             await self._retry_store("snapshot", save)
-        self._wake_applied()
+        self._wake_decided()
+        self._applied_waiters.release(self.applied_index)
 
     def _after(self, rd: Ready) -> None:
         core = self.core
@@ -972,17 +1123,9 @@ class RaftNode:
             self._names[change.node_id] = spec.name
         self.transport.set_peers(self._peer_map())
 
-    def _wake_applied(self) -> None:
-        """The applied state moved on (a batch or a snapshot): release waiters, tell ``on_applied``."""
-        still = []
-        for index, future in self._applied_waiters:
-            if future.done():
-                continue
-            if self.applied_index >= index:
-                future.set_result(None)
-            else:
-                still.append((index, future))
-        self._applied_waiters = still
+    def _wake_decided(self) -> None:
+        """The in-memory state moved on (a batch or a snapshot): release waiters, tell ``on_applied``."""
+        self._decided_waiters.release(self.decided_index)
         if self._on_applied is not None:
             self._on_applied()
 

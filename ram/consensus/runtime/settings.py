@@ -43,6 +43,10 @@ class RuntimeSettings:
     #: at most this long after the last one, a small synchronous write seals them (and finds out
     #: whether a store crash lost some of them, so that they are applied again).
     seal_interval_s: float = 0.5
+    #: Decided entries are written to the store (one statement for all of them) at most this long
+    #: after the first of them was decided; at once when somebody waits to see one there. Their
+    #: proposers are answered when decided, before this write.
+    write_delay_s: float = 0.01
 
     @property
     def election_s(self) -> float:

@@ -7,12 +7,14 @@ in index order):
 1. :meth:`StateMachine.decide` says, in memory and without side effects, what the entries yield
    (the outcome of an entry is a pure function of the entries before it, so any node deciding the
    same log gets the same outcomes, now or after a restart);
-2. :meth:`StateMachine.write` stores the batch in ONE statement that also moves the store's applied
+2. :meth:`StateMachine.commit` makes the batch the current in-memory state, and the proposers get
+   their results: the outcome is final once decided, whatever happens to the store next;
+3. :meth:`StateMachine.write` stores the batch in ONE statement that also moves the store's applied
    index. The runtime calls it only after the log holding these entries is durable, and the machine
    may commit it with ``synchronous_commit = off``: the store's WAL is one sequence, so a crash can
-   only lose a suffix of such writes, never an earlier one, and never the log they came from;
-3. :meth:`StateMachine.commit` makes the batch the current in-memory state, and the proposers get
-   their results.
+   only lose a suffix of such writes, never an earlier one, and never the log they came from.
+   Batches decided close together are written together (:meth:`StateMachine.merge`); proposers
+   that asked to see their entry in the store (``visible``) are answered after the write.
 
 Exactly once, whatever crashes: ``write`` returns the store's applied index, and
 :meth:`StateMachine.seal`, a synchronous write the runtime issues at most ``seal_interval_s`` after
@@ -67,8 +69,14 @@ class StateMachine(Protocol):
         applies (then nothing was written). Entries at or below the applied index are skipped."""
         ...
 
+    def merge(self, batches: Sequence[DecidedBatch]) -> DecidedBatch:
+        """Consecutive decided (and committed) batches as one, for one write: what writing them
+        one after the other would store (its ``results`` may be empty: they were handed out)."""
+        ...
+
     def commit(self, batch: DecidedBatch) -> None:
-        """``batch`` is stored: make it the current in-memory state."""
+        """Make ``batch`` the current in-memory state (its write follows; the batch's payload must
+        not depend on the state it replaces)."""
         ...
 
     async def seal(self, conn: asyncpg.Connection) -> int:

@@ -43,6 +43,8 @@ class NodeCollector(Collector):
         yield _gauge("ram_raft_term", "Current Raft term.", node.term)
         yield _gauge("ram_raft_commit_index", "Highest Raft index known committed.", node.commit_index)
         yield _gauge("ram_raft_applied_index", "Highest Raft index applied to the store.", node.applied_index)
+        yield _gauge("ram_raft_decided_index", "Highest Raft index decided in memory (its proposer answered).",
+                     node.decided_index)
         yield _gauge("ram_raft_is_leader", "1 when this node leads Raft.", 1 if node.role is Role.LEADER else 0)
         yield _gauge("ram_raft_has_leader", "1 when this node knows a Raft leader.", 1 if node.leader_id else 0)
         yield _gauge("ram_raft_sealed_index", "Highest Raft index whose apply is known durable in the store.",

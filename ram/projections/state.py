@@ -34,7 +34,7 @@ Rules (the SQL must match them exactly):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
@@ -101,7 +101,7 @@ def replace(obj: _T, **changes: Any) -> _T:
     node, and the generic version dominated the apply path. Field names are checked, types are
     the caller's (the fold's) responsibility, as they were built from validated events."""
     names = _field_names(type(obj))
-    new = _copy(obj, names)
+    new = _copy(obj)
     for name, value in changes.items():
         if name not in names:
             raise TypeError(f"{type(obj).__name__} has no field {name!r}")
@@ -119,12 +119,23 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return names
 
 
-def _copy(obj: _T, names: tuple[str, ...]) -> _T:
-    """A shallow copy of a frozen slots dataclass (``copy.copy`` goes through pickle's slow path)."""
-    new = object.__new__(type(obj))
-    for name in names:
-        object.__setattr__(new, name, getattr(obj, name))
-    return new
+_COPIERS: dict[type, Callable[[Any], Any]] = {}
+
+
+def _copy(obj: _T) -> _T:
+    """A shallow copy of a frozen slots dataclass. ``copy.copy`` goes through pickle's slow path, and
+    a loop over the field names costs twice what a function written for the class does, which is
+    what this makes once per class (the way ``dataclasses`` writes ``__init__``): the fold copies
+    the state once per event, on every node."""
+    cls = type(obj)
+    copier = _COPIERS.get(cls)
+    if copier is None:
+        body = "".join(f"    _set(new, {name!r}, obj.{name})\n" for name in _field_names(cls))
+        source = f"def copy(obj):\n    new = _new(cls)\n{body}    return new\n"
+        namespace: dict[str, Any] = {"_new": object.__new__, "_set": object.__setattr__, "cls": cls}
+        exec(source, namespace)  # the names are the dataclass's own field names
+        copier = _COPIERS[cls] = namespace["copy"]
+    return copier(obj)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,7 +510,7 @@ def fold(state: ClusterState, events: Iterable[PlacedEvent]) -> ClusterState:
     for se in events:
         applied = _apply(state, se)
         if applied is state:
-            applied = _copy(state, _field_names(ClusterState))
+            applied = _copy(state)
         object.__setattr__(applied, "last_position", se.position)
         object.__setattr__(applied, "events_applied", state.events_applied + 1)
         state = applied

@@ -399,14 +399,16 @@ async def test_follower_cluster_read_is_at_least_as_new_as_a_committed_write(
     li, fi = api_cluster.index_of(leader), api_cluster.index_of(api_cluster.follower())
     follower = api_cluster.nodes[fi]
     reason = f"fresh read {time.time()}"
-    # Hold the follower's applied-index row: it receives and acknowledges nothing new it could apply,
-    # while the leader and the third node still commit. The follower lags, deterministically.
+    # Hold the follower's log: it can persist - so acknowledge and apply - nothing new, while the
+    # leader and the third node still commit. The follower lags, deterministically. (Holding its
+    # applied index row is not enough: a node decides committed entries in memory before its store
+    # write.)
     lock = await asyncpg.connect(api_cluster.dsns[fi])
     tx = lock.transaction()
     await tx.start()
     released = False
     try:
-        await lock.execute("SELECT applied_index FROM pgraft.applied FOR UPDATE")
+        await lock.execute("LOCK TABLE pgraft.log IN SHARE MODE")
         r = await client.post(api_cluster.url(li) + "/maintenance", json={"reason": reason})
         assert r.status_code == 200, r.text
         index = r.json()["write"]["index"]
@@ -579,10 +581,13 @@ async def test_metrics_parse_and_name_the_essentials(api_cluster: ApiCluster, cl
                      "ram_pg_role", "ram_pg_timeline", "ram_replication_lag_bytes", "ram_lease_remaining_seconds",
                      "ram_failovers", "ram_switchovers", "ram_member_healthy", "ram_primary_known",
                      "ram_synchronous_degraded", "ram_raft_has_leader", "ram_api_request_duration_seconds",
-                     "ram_raft_sealed_index", "ram_raft_store_failures", "ram_raft_reapplied_batches"):
+                     "ram_raft_sealed_index", "ram_raft_store_failures", "ram_raft_reapplied_batches",
+                     "ram_raft_decided_index"):
             assert name in families, name
         samples = {s.name: s for f in families.values() for s in f.samples if not s.labels}
         assert samples["ram_raft_term"].value >= 1
+        # The store never has more than the node decided in memory.
+        assert samples["ram_raft_decided_index"].value >= samples["ram_raft_applied_index"].value >= 1
         assert samples["ram_raft_reapplied_batches_total"].value == 0  # no store crash here
         outcomes = {s.labels["outcome"]: s.value for s in families["ram_failovers"].samples}
         assert outcomes == {"succeeded": 0.0, "failed": 0.0, "superseded": 0.0}

@@ -191,6 +191,7 @@ class KvCluster:
     pools: list[asyncpg.Pool]
     machines: list[KvMachine]
     nodes: list[RaftNode]
+    dsns: list[str] = field(default_factory=list)
 
     def new_node(self, i: int) -> RaftNode:
         """A new (not started) node ``i`` on its store, with a fresh machine."""
@@ -242,7 +243,7 @@ def cluster_settings(count: int) -> list[RuntimeSettings]:
 @pytest.fixture
 async def kv_cluster(pg_server: PostgresServer) -> AsyncIterator[KvCluster]:
     dsns = await create_store_databases(pg_server, 3)
-    cluster = KvCluster(cluster_settings(3), [], [KvMachine() for _ in dsns], [])
+    cluster = KvCluster(cluster_settings(3), [], [KvMachine() for _ in dsns], [], dsns)
     try:
         for dsn in dsns:
             pool = await open_store_pool(dsn)
@@ -358,6 +359,50 @@ async def test_restart_reloads_without_reapplying(kv_cluster: KvCluster) -> None
     assert after == {**items, "after": "restart"}
     assert machine.written and all(first > applied_before for first, _ in machine.written), machine.written
     assert node.stats.applied_entries == node.applied_index - applied_before
+
+
+async def test_answered_when_decided_and_written_together_after(kv_cluster: KvCluster) -> None:
+    """A proposer that does not ask to see its entry in the store is answered once it is decided,
+    even while the store write is stuck; entries decided meanwhile are then written as one batch,
+    and a proposer that asks for visibility (the default) waits for that write."""
+    leader = await kv_cluster.leader()
+    i = kv_cluster.nodes.index(leader)
+    machine = kv_cluster.machines[i]
+    await leader.propose(b"set warm=up")  # visible: everything before is in the store
+    base = leader.applied_index
+    lock = await asyncpg.connect(kv_cluster.dsns[i])
+    tx = lock.transaction()
+    await tx.start()
+    released = False
+    try:
+        # Writes of this node's store now wait for the row (the applied index every write moves).
+        await lock.execute("SELECT applied_index FROM kv_test.applied FOR UPDATE")
+        first = await asyncio.wait_for(leader.propose(b"set d=1", visible=False), 3.0)
+        # The write task took the first batch and is stuck writing it.
+        await wait_for(lambda: not leader._unwritten, 3.0, "the write task to take the first batch")
+        later = [await asyncio.wait_for(leader.propose(f"set m{k}={k}".encode(), visible=False), 3.0)
+                 for k in range(5)]
+        assert leader.decided_index >= later[-1].index > first.index > base
+        assert leader.applied_index == base  # nothing reached the store
+        assert machine.items["d"] == "1" and machine.items["m4"] == "4"  # the in-memory state has it all
+        assert (await kv_cluster.table(i))[0] == base
+        visible = asyncio.ensure_future(leader.propose(b"set e=2"))
+        await asyncio.sleep(0.3)
+        assert not visible.done(), "a visible proposal must wait for the store write"
+        written_before = len(machine.written)
+        await tx.rollback()
+        released = True
+        result = await asyncio.wait_for(visible, 5.0)
+        assert leader.applied_index >= result.index
+        stored_index, items = await kv_cluster.table(i)
+        assert stored_index >= result.index and items["d"] == "1" and items["m4"] == "4" and items["e"] == "2"
+        # The five entries decided while the first write was stuck went to the store in one write.
+        after = machine.written[written_before:]
+        assert any(lo <= later[0].index and later[-1].index <= hi for lo, hi in after), (after, later)
+    finally:
+        if not released:
+            await tx.rollback()
+        await lock.close()
 
 
 async def test_write_skips_applied_entries_and_refuses_gaps(store_dsn: str) -> None:

@@ -105,7 +105,10 @@ async def test_store_outage_stops_acks_then_recovers(pg_server: PostgresServer, 
             await own.start()
         else:
             await _close_database(own, "ram", closed=False)
-        await wait_for(lambda: nodes[2].applied_index >= leader.applied_index, timeout=20, what="catch-up")
+        # Every store has what the leader decided (node 1's store is compared below, and a store is
+        # written up to 10 ms after its node decided).
+        await wait_for(lambda: all(n.applied_index >= leader.decided_index for n in nodes), timeout=20,
+                       what="catch-up")
         assert nodes[2].state.dynamic_config.get("during") == 19
         assert await event_rows(pools[2]) == await event_rows(pools[0])
     finally:
@@ -145,7 +148,8 @@ async def test_restarted_node_catches_up_by_snapshot(pg_server: PostgresServer, 
             node.transport.set_peers(peers)
         nodes[lagging] = ClusterNode(configs[lagging], pools[lagging])
         await nodes[lagging].start()
-        await wait_for(lambda: nodes[lagging].applied_index >= leader.applied_index, timeout=20, what="snapshot")
+        await wait_for(lambda: nodes[lagging].applied_index >= leader.decided_index == leader.applied_index,
+                       timeout=20, what="snapshot")
         assert nodes[lagging].stats.snapshots_installed >= 1, "caught up by snapshot, not by log"
         reference = await event_rows(pools[nodes.index(leader)])
         assert await event_rows(pools[lagging]) == reference
@@ -195,7 +199,8 @@ async def test_new_member_joins_as_learner_and_is_promoted(pg_server: PostgresSe
             what="promotion to voter",
         )
         assert leader.core is not None and 4 in leader.core.conf.voters
-        await wait_for(lambda: nodes[3].applied_index >= leader.applied_index, what="joiner catch-up")
+        await wait_for(lambda: nodes[3].applied_index >= leader.decided_index == leader.applied_index,
+                       what="joiner catch-up")
         types = [row[2] for row in await event_rows(pools[3])]
         assert "member_added" in types and "learner_promoted" in types
         assert await event_rows(pools[3]) == await event_rows(pools[nodes.index(leader)])

@@ -1,9 +1,11 @@
-"""A Raft node: the pure core wrapped with the store, the TCP transport, timers and the apply loop.
+"""A Raft node: the pure core wrapped with the store, the TCP transport, timers and the write task.
 
 One asyncio task drives the core through its Ready contract (see :mod:`ram.consensus.types`):
-persist the log (one synchronous statement) → send → apply (one asynchronous statement) → advance.
-Everything that arrives while a batch is being persisted lands in the next batch, which is the group
-commit: under load one fsync carries many entries, with no per-entry round trip anywhere.
+persist the log (one synchronous statement) → send → decide the committed entries in memory and
+answer their proposers → advance. Everything that arrives while a batch is being persisted lands in
+the next batch, which is the group commit: under load one fsync carries many entries, with no
+per-entry round trip anywhere. A second task writes what was decided to the store, several batches
+in one asynchronous statement.
 
 What is replicated is the application's business: a :class:`~ram.consensus.runtime.statemachine.StateMachine`
 decides committed entries and stores what they yield. Applying is exactly-once across crashes (see
@@ -32,7 +34,6 @@ import itertools
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,15 +108,15 @@ _STORE_RETRY = Backoff(0.05, 1.0)
 #: without bound).
 MAX_REQUESTS_PER_PEER = 64
 
-#: Committed entries handed to the apply task and not applied yet, at most: more, and the Ready loop
-#: waits (a slow store must not make the queue grow without bound).
-MAX_QUEUED_ENTRIES = 20_000
+#: Entries decided and not written to the store yet, at most: more, and the Ready loop waits for the
+#: write task (a slow store must not make them grow without bound).
+MAX_UNWRITTEN_ENTRIES = 20_000
 
-#: Entries decided and written together by the apply task, at most (one statement each).
+#: Entries decided together, and written together, at most (one statement each).
 MAX_APPLY_BATCH = 2_000
 
-#: Event-loop turns a leader holds its commit broadcast for the next entries to join it (the apply
-#: task's decision, the proposer's next proposal): microseconds, against a write and a wake-up per
+#: Event-loop turns a leader holds its commit broadcast for the next entries to join it (the
+#: proposers answered just now propose again): microseconds, against a write and a wake-up per
 #: follower.
 _HOLD_TURNS = 4
 
@@ -227,7 +228,7 @@ class RaftNode:
         self._pool = pool
         self._rng = rng or random.Random()
         self._storage = RaftStorage(pool)
-        #: The apply task's own connection (applies, seals).
+        #: The write task's own connection (applies, seals).
         self._applier = StoreSession(pool, 5.0)
         #: Called after every applied batch or installed snapshot (the application wakes on it).
         self._on_applied = on_applied
@@ -296,15 +297,6 @@ class RaftNode:
         #: A store error happened: before the next apply, seal and check what the store still has.
         self._suspect = False
         self._seal_due = False
-        #: Committed entries waiting for the apply task (lists of consecutive entries, in order), how
-        #: many, and the highest index handed over.
-        self._apply_queue: deque[list[Entry]] = deque()
-        self._queued_entries = 0
-        self._queued_index = 0
-        self._apply_wake = asyncio.Event()
-        self._apply_progress = asyncio.Event()
-        #: Held by whoever changes the state machine (the apply task, a snapshot install).
-        self._machine_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         self._leader_changed = asyncio.Event()
         #: Set when a core loop died unexpectedly; the process must exit (fail-stop, never limp on).
@@ -334,7 +326,7 @@ class RaftNode:
                 f"the store's applied index {self.decided_index} is behind its own snapshot at "
                 f"{persisted.snapshot.index} (was the store restored from an older backup?)"
             )
-        self.sealed_index = self.applied_index = self._queued_index = self.decided_index
+        self.sealed_index = self.applied_index = self.decided_index
         self._snapshot_index = persisted.snapshot.index if persisted.snapshot else 0
         hard_state = persisted.hard_state
         if hard_state.commit < self.decided_index:
@@ -363,7 +355,6 @@ class RaftNode:
         self._tasks = [
             loop.create_task(self._ticker(), name="ram.raft.ticker"),
             loop.create_task(self._ready_loop(), name="ram.raft.ready"),
-            loop.create_task(self._apply_loop(), name="ram.raft.apply"),
             loop.create_task(self._write_loop(), name="ram.raft.write"),
         ]
         for task in self._tasks:
@@ -549,7 +540,7 @@ class RaftNode:
         self._wake.set()
         try:
             # Not wait_for(shield()): each of those wrappers costs an event-loop turn per proposal.
-            # A timeout cancels the future, which the apply task then skips.
+            # A timeout cancels the future, which _apply then skips.
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
@@ -833,13 +824,13 @@ class RaftNode:
                     await self._install_snapshot(rd)
                 await self._persist(rd)
                 self._send(late)
-                committed = [e for e in rd.committed_entries if e.index > self._queued_index]
+                committed = [e for e in rd.committed_entries if e.index > self.decided_index]
                 if committed:
-                    await self._queue_apply(committed)
+                    await self._apply_committed(committed)
                 core.advance(rd)
                 self._after(rd)
                 if held:
-                    # A few turns of the event loop: the apply task decides, the proposers propose.
+                    # A few turns of the event loop: the proposers answered just now propose again.
                     for _ in range(_HOLD_TURNS):
                         await asyncio.sleep(0)
                         if core.has_ready():
@@ -847,37 +838,15 @@ class RaftNode:
             if held:
                 self._send(held)
 
-    async def _queue_apply(self, entries: list[Entry]) -> None:
-        """Hand committed entries (persisted here already) to the apply task: the Ready loop goes on
-        persisting and acknowledging the next entries while these are decided and written."""
-        self._apply_queue.append(entries)
-        self._queued_entries += len(entries)
-        self._queued_index = entries[-1].index
-        self._apply_wake.set()
-        while self._queued_entries > MAX_QUEUED_ENTRIES:
-            self._apply_progress.clear()
-            await self._apply_progress.wait()
-
-    async def _apply_loop(self) -> None:
-        """Decide and install committed entries in order, in batches as large as what queued up
-        meanwhile, and answer their proposers; the write task stores them."""
-        while True:
-            await self._apply_wake.wait()
-            self._apply_wake.clear()
-            async with self._machine_lock:
-                while self._apply_queue:
-                    entries: list[Entry] = []
-                    while self._apply_queue and len(entries) < MAX_APPLY_BATCH:
-                        entries.extend(self._apply_queue.popleft())
-                    self._queued_entries -= len(entries)
-                    entries = [e for e in entries if e.index > self.decided_index]
-                    if entries:
-                        self._apply(entries)
-                    self._apply_progress.set()
-                    while self._unwritten_entries >= MAX_QUEUED_ENTRIES:
-                        # The store is slow or down: deciding further would only pile up memory.
-                        self._write_progress.clear()
-                        await self._write_progress.wait()
+    async def _apply_committed(self, entries: list[Entry]) -> None:
+        """Decide and install committed entries (persisted here already) and answer their proposers,
+        right in the Ready loop: deciding is in memory, and the store write is the write task's."""
+        for start in range(0, len(entries), MAX_APPLY_BATCH):
+            self._apply(entries[start : start + MAX_APPLY_BATCH])
+        while self._unwritten_entries >= MAX_UNWRITTEN_ENTRIES:
+            # The store is slow or down: deciding further would only pile up memory.
+            self._write_progress.clear()
+            await self._write_progress.wait()
 
     async def _write_loop(self) -> None:
         """Write decided batches to the store, together: at most ``write_delay_s`` after the first
@@ -1065,12 +1034,11 @@ class RaftNode:
                 await self.machine.restore(conn, snapshot)
                 applied = await self.machine.load(conn)
             self.decided_index = self.applied_index = self.sealed_index = applied
-            self._queued_index = max(self._queued_index, applied)
             self._unsealed.clear()
             self._snapshot_index = snapshot.index
             self.stats.snapshots_installed += 1
 
-        async with self._machine_lock, self._write_lock:  # both tasks are between batches
+        async with self._write_lock:  # the write task is between batches
             # What was decided and not written yet is older than the snapshot, which brings the
             # store up to it (from whatever the store has).
             self._unwritten.clear()

@@ -1,8 +1,7 @@
 """The contract between the Raft runtime and the application whose commands it replicates.
 
 The runtime drives Raft, keeps the log durable and hands committed entries to a
-:class:`StateMachine` on its apply task, in batches (everything committed that queued up meanwhile,
-in index order):
+:class:`StateMachine` in batches (everything one Ready commits, in index order):
 
 1. :meth:`StateMachine.decide` says, in memory and without side effects, what the entries yield
    (the outcome of an entry is a pure function of the entries before it, so any node deciding the

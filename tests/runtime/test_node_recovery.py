@@ -106,7 +106,7 @@ async def test_store_outage_stops_acks_then_recovers(pg_server: PostgresServer, 
         else:
             await _close_database(own, "ram", closed=False)
         # Every store has what the leader decided (node 1's store is compared below, and a store is
-        # written up to 10 ms after its node decided).
+        # written up to 50 ms after its node decided).
         await wait_for(lambda: all(n.applied_index >= leader.decided_index for n in nodes), timeout=20,
                        what="catch-up")
         assert nodes[2].state.dynamic_config.get("during") == 19

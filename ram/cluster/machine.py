@@ -26,6 +26,7 @@ from ram.eventstore.commands import (
     MEMBERSHIP_COMMANDS,
     AddMember,
     CommandDecodeError,
+    CommandEnvelope,
     PromoteLearner,
     RemoveMember,
     decide,
@@ -38,6 +39,9 @@ from ram.projections.sql import load_state
 from ram.projections.state import ClusterState, fold
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
+
+#: Admitted proposals whose decoding is kept for their decision, at most.
+_MAX_ADMITTED = 4096
 
 _APPLY = (
     "SELECT pgraft.apply_committed($1, $2, $3::bigint[], $4::integer[], $5::text[], $6::integer[], "
@@ -81,6 +85,10 @@ class ClusterMachine:
 
     def __init__(self) -> None:
         self.state = ClusterState.empty()
+        #: Envelopes this node decoded when it admitted a proposal, by their bytes: deciding the
+        #: committed entry reuses the decoding (the same bytes decode to the same envelope) instead
+        #: of validating the command a second time on the leader.
+        self._admitted: dict[bytes, CommandEnvelope] = {}
 
     # ------------------------------------------------------------------------------- applying
 
@@ -93,8 +101,9 @@ class ClusterMachine:
         state = self.state
         stored_entries: list[EntryEvents] = []
         results: dict[int, tuple[Event, ...]] = {}
+        admitted = self._admitted
         for entry in entries:
-            proposer, ts, events = _decide_entry(state, entry)
+            proposer, ts, events = _decide_entry(state, entry, admitted.pop(entry.data, None) if admitted else None)
             if events:
                 state = fold(state, [_Placed(entry.index, ts, ev) for ev in events])
             stored_entries.append(EntryEvents(entry.index, entry.term, proposer, ts, events))
@@ -167,6 +176,9 @@ class ClusterMachine:
             envelope = decode_envelope(data)
         except CommandDecodeError as exc:
             raise ProposalRefused(str(exc)) from None
+        if len(self._admitted) >= _MAX_ADMITTED:
+            self._admitted.clear()  # proposals that never committed (a lost leadership)
+        self._admitted[data] = envelope
         if peer is not None and (refusal := forwarded_refusal(self.state, peer, envelope)) is not None:
             raise ProposalRefused(f"refused: {refusal}")
         command = envelope.command
@@ -198,19 +210,23 @@ def _decided(batch: DecidedBatch) -> _Decided:
     return payload
 
 
-def _decide_entry(state: ClusterState, entry: Entry) -> tuple[int, datetime, list[Event]]:
-    data = entry.data
-    if entry.type is EntryType.CONF_CHANGE:
+def _decide_entry(
+    state: ClusterState, entry: Entry, envelope: CommandEnvelope | None
+) -> tuple[int, datetime, list[Event]]:
+    """The events of one committed entry; ``envelope``: its data decoded already (when admitted here)."""
+    if envelope is None or entry.type is not EntryType.NORMAL:
+        data = entry.data
+        if entry.type is EntryType.CONF_CHANGE:
+            try:
+                data = ConfChange.decode(entry.data).context
+            except ValueError as exc:
+                return 0, _EPOCH, [CommandRejected(command="conf_change", reason=str(exc))]
+        if not data:
+            return 0, _EPOCH, []
         try:
-            data = ConfChange.decode(entry.data).context
-        except ValueError as exc:
-            return 0, _EPOCH, [CommandRejected(command="conf_change", reason=str(exc))]
-    if not data:
-        return 0, _EPOCH, []
-    try:
-        envelope = decode_envelope(data)
-    except CommandDecodeError as exc:
-        return 0, _EPOCH, [CommandRejected(command="unknown", reason=str(exc))]
+            envelope = decode_envelope(data)
+        except CommandDecodeError as exc:
+            return 0, _EPOCH, [CommandRejected(command="unknown", reason=str(exc))]
     return envelope.proposer, envelope.ts, decide(state, envelope.command, envelope.ts, entry.term)
 
 

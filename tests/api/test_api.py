@@ -252,7 +252,7 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
 async def test_bad_input_gets_a_4xx_json_error_naming_the_problem(
     api_cluster: ApiCluster, client: httpx.AsyncClient
 ) -> None:
-    before = [n.applied_index for n in api_cluster.nodes]
+    before = [n.decided_index for n in api_cluster.nodes]
     for method, path, kwargs, status, mentions in BAD_REQUESTS:
         r = await client.request(method, api_cluster.url(1) + path, **kwargs)
         message = _error(r, status)
@@ -260,8 +260,8 @@ async def test_bad_input_gets_a_4xx_json_error_naming_the_problem(
     # HEAD gets the status without a body.
     r = await client.head(api_cluster.url(1) + "/replica?lag=12XB")
     assert r.status_code == 400 and r.content == b""
-    # Nothing was written by any of them.
-    assert [n.applied_index for n in api_cluster.nodes] == before
+    # Nothing was written by any of them (nothing was even decided).
+    assert [n.decided_index for n in api_cluster.nodes] == before
 
 
 # ----------------------------------------------------------------------------------- events
@@ -471,7 +471,7 @@ async def test_a_503_names_the_leader_api(
     li, fi = api_cluster.index_of(leader), api_cluster.index_of(api_cluster.follower())
     follower, leader_url = api_cluster.nodes[fi], api_cluster.url(li)
     lid, raft = leader.config.node_id, leader.config.raft.listen
-    before = [n.applied_index for n in api_cluster.nodes]
+    before = [n.decided_index for n in api_cluster.nodes]
 
     async def moved(command: object, *, timeout: float | None = None) -> ApplyResult:
         raise NoLeaderError(f"not the leader; the leader is node {lid} at {raft}", lid, raft)
@@ -497,7 +497,7 @@ async def test_a_503_names_the_leader_api(
     r = await client.post(leader_url + "/maintenance", json={})
     _error(r, 503)
     assert "leader_api" not in r.json() and "location" not in r.headers
-    assert [n.applied_index for n in api_cluster.nodes] == before
+    assert [n.decided_index for n in api_cluster.nodes] == before
 
 
 # ----------------------------------------------------------------------------------- health

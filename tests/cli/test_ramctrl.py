@@ -140,7 +140,7 @@ async def test_config_edit_sends_only_changes(api_cluster: ApiCluster, editor: P
 
 async def test_config_edit_invalid_sends_nothing(api_cluster: ApiCluster, editor: Path) -> None:
     before = await _get(api_cluster, "/config")
-    applied = api_cluster.nodes[0].applied_index
+    decided = api_cluster.nodes[0].decided_index
     for content, needle in [
         ("key: [unclosed\n", "not valid YAML"),
         ("- a\n- list\n", "must be a mapping"),
@@ -155,7 +155,7 @@ async def test_config_edit_invalid_sends_nothing(api_cluster: ApiCluster, editor
     assert run.exit_code == 1 and "editor" in one_error_line(run)
     await api_cluster.barrier()
     assert await _get(api_cluster, "/config") == before
-    assert api_cluster.nodes[0].applied_index == applied  # no entry was proposed
+    assert api_cluster.nodes[0].decided_index == decided  # no entry was proposed
 
 
 async def test_events_table_type_and_paging(api_cluster: ApiCluster) -> None:

@@ -820,6 +820,11 @@ class RaftNode:
                     held = early
                 else:
                     self._send(early)
+                    if early and rd.entries:
+                        # One turn of the event loop first: the transport's writers put the appends
+                        # on the wire before the log write wakes the store (the followers' writes,
+                        # not ours, are what the commit waits for).
+                        await asyncio.sleep(0)
                 if rd.snapshot is not None:
                     await self._install_snapshot(rd)
                 await self._persist(rd)

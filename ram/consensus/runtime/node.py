@@ -161,7 +161,7 @@ class _Pending:
 
 
 class _IndexWaiters:
-    """Coroutines waiting for an index (applied, written) to reach a given value."""
+    """Coroutines waiting for an index (decided, applied) to reach a given value."""
 
     def __init__(self) -> None:
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -17,12 +18,28 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from ram.postgres.server import PostgresServer
 
+#: Ports tests listen on: below the kernel's ephemeral range (32768-60999 here), which outbound
+#: connections draw from - a port the kernel picked for us could be taken by one of the suite's
+#: many client connections between the check and the server's bind (CI saw it once).
+_LISTEN_PORTS = range(20_000, 32_768)
+_handed_out: set[int] = set()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now, outside the ephemeral range, not handed out before
+    in this test run."""
+    for _ in range(1000):
+        port = random.choice(_LISTEN_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_LISTEN_PORTS} on {host}")
 
 
 def make_tempdir(prefix: str) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -35,16 +34,12 @@ from ram.consensus.runtime.framing import (
     read_one_frame,
 )
 from ram.consensus.runtime.transport import PeerAddress, PeerStats, Transport
+from tests.conftest import free_port
 
 CLUSTER = "test-cluster"
 LOCAL = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (the kernel picks it)."""
-    with socket.socket() as sock:
-        sock.bind((LOCAL, 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:

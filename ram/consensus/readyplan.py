@@ -18,13 +18,20 @@ requests waited for it), so this only holds back a leader that won alone (a sing
 Everything else waits for the write: vote replies depend on the durable vote, append
 acknowledgements on the durable entries, and a Ready that installs a snapshot replaces the log
 that any message would describe.
+
+Commit announcements (:class:`HeldAnnouncements`): when a leader learns a commit it tells the
+followers with an empty append, which each follower answers. Under load the next entries follow
+at once and their appends carry the same commit index, so the runtime holds an announcement for a
+moment and drops it when an append to the same follower supersedes it: two frames per follower and
+commit instead of four. Holding is a delay and dropping a loss, both of which Raft tolerates; what
+is held leaves anyway when the moment is over.
 """
 
 from __future__ import annotations
 
 from ram.consensus.types import Message, MessageType, Ready, Role
 
-__all__ = ["EARLY_TYPES", "split_sends"]
+__all__ = ["EARLY_TYPES", "HeldAnnouncements", "split_sends"]
 
 EARLY_TYPES: frozenset[MessageType] = frozenset(
     {MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT, MessageType.TIMEOUT_NOW}
@@ -41,3 +48,41 @@ def split_sends(rd: Ready) -> tuple[list[Message], list[Message]]:
     for m in rd.messages:
         (early if m.type in EARLY_TYPES else late).append(m)
     return early, late
+
+
+class HeldAnnouncements:
+    """A leader's commit announcements (appends without entries) waiting for a moment, newest per
+    follower, so that the next appends can carry them instead."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: dict[int, Message] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._held)
+
+    def hold(self, messages: list[Message]) -> list[Message]:
+        """Keep the announcements among ``messages`` (a newer one replaces an older one to the same
+        follower, whose commit index it includes); return the rest, to send now."""
+        now: list[Message] = []
+        for m in messages:
+            if m.type is MessageType.APPEND and not m.entries:
+                self._held[m.to] = m
+            else:
+                now.append(m)
+        return now
+
+    def supersede(self, messages: list[Message]) -> None:
+        """``messages`` leave now: an append among them carries its follower's held announcement
+        (an append always carries the leader's commit index), which is dropped."""
+        if self._held:
+            for m in messages:
+                if m.type is MessageType.APPEND:
+                    self._held.pop(m.to, None)
+
+    def release(self) -> list[Message]:
+        """Everything still held, to send now."""
+        out = list(self._held.values())
+        self._held.clear()
+        return out

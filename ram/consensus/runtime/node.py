@@ -44,7 +44,7 @@ import msgspec
 from ram.addresses import parse_address
 from ram.backoff import Backoff
 from ram.consensus.core import ConfChangeInProgress, NotLeader, ProposalDropped, RaftCore
-from ram.consensus.readyplan import split_sends
+from ram.consensus.readyplan import HeldAnnouncements, split_sends
 from ram.consensus.runtime.codec import (
     ForwardedProposal,
     PayloadDecoder,
@@ -115,10 +115,11 @@ MAX_UNWRITTEN_ENTRIES = 20_000
 #: Entries decided together, and written together, at most (one statement each).
 MAX_APPLY_BATCH = 2_000
 
-#: Event-loop turns a leader holds its commit broadcast for the next entries to join it (the
-#: proposers answered just now propose again): microseconds, against a write and a wake-up per
-#: follower.
-_HOLD_TURNS = 4
+#: Seconds a leader holds a commit announcement (an empty append) for the next entries' appends to
+#: carry instead (the proposers answered just now propose again, usually well within it): half the
+#: frames, wake-ups and acknowledgements per commit, for followers that learn an idle commit this
+#: much later. See ``readyplan.HeldAnnouncements``.
+_COMMIT_HOLD_S = 0.002
 
 #: Batches written without their own fsync since the last seal, at most: more, and the next one is
 #: sealed first (bounds what a store crash can make us write again, and the memory it takes).
@@ -801,30 +802,38 @@ class RaftNode:
     async def _ready_loop(self) -> None:
         core = self.core
         assert core is not None
+        loop = asyncio.get_running_loop()
+        held = HeldAnnouncements()
+        held_until = 0.0
         while True:
-            await self._wake.wait()
+            if held:
+                left = held_until - loop.time()
+                if left > 0 and not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(left):
+                            await self._wake.wait()
+                if not self._wake.is_set() or loop.time() >= held_until:
+                    self._send(held.release())
+                    continue
+            else:
+                await self._wake.wait()
             self._wake.clear()
-            held: list[Message] = []
             while core.has_ready():
                 rd = core.ready()
                 # Which messages may leave before the write (a leader's appends) is decided by
                 # split_sends, shared with the simulator so that it checks this very order.
                 early, late = split_sends(rd)
-                if held:
-                    early, held = [*held, *early], []
-                commit_only = rd.role is Role.LEADER and bool(rd.committed_entries) and not rd.entries
-                if commit_only and rd.snapshot is None and not late:
-                    # The leader only learned a commit: the appends that tell the followers go out
-                    # with the next Ready's (below), which the proposers just answered usually fill
-                    # with their next entries - one write and one wake-up per follower instead of two.
-                    held = early
+                if rd.role is Role.LEADER and rd.committed_entries and not rd.entries and not late:
+                    # The leader only learned a commit: its announcements wait for the next appends
+                    # (which carry the commit index) or for _COMMIT_HOLD_S, whichever comes first.
+                    if not held:
+                        held_until = loop.time() + _COMMIT_HOLD_S
+                    early = held.hold(early)
                 else:
-                    self._send(early)
-                    if early and rd.entries:
-                        # One turn of the event loop first: the transport's writers put the appends
-                        # on the wire before the log write wakes the store (the followers' writes,
-                        # not ours, are what the commit waits for).
-                        await asyncio.sleep(0)
+                    held.supersede(early)
+                # An idle connection takes them at once: the appends are on the wire before our own
+                # log write starts (the followers' writes, not ours, are what the commit waits for).
+                self._send(early)
                 if rd.snapshot is not None:
                     await self._install_snapshot(rd)
                 await self._persist(rd)
@@ -834,14 +843,8 @@ class RaftNode:
                     await self._apply_committed(committed)
                 core.advance(rd)
                 self._after(rd)
-                if held:
-                    # A few turns of the event loop: the proposers answered just now propose again.
-                    for _ in range(_HOLD_TURNS):
-                        await asyncio.sleep(0)
-                        if core.has_ready():
-                            break
-            if held:
-                self._send(held)
+                if held and loop.time() >= held_until:
+                    self._send(held.release())
 
     async def _apply_committed(self, entries: list[Entry]) -> None:
         """Decide and install committed entries (persisted here already) and answer their proposers,

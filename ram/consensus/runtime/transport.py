@@ -24,7 +24,9 @@ Shape
   authenticated; more are closed at once), the whole handshake (TLS included) within
   ``handshake_timeout``, handshake frames of at most 4 KiB, data frames of at most
   ``max_frame_bytes`` (only from an authenticated peer), and one task per connection.
-* **Pipelining and batching**: :meth:`Transport.send` only enqueues and never waits; a per-peer writer
+* **Pipelining and batching**: :meth:`Transport.send` never waits. When the connection is idle (no
+  queue, nothing unsent in the socket's buffer) the frame goes straight to the socket, so a commit
+  does not wait for a writer task to be scheduled; otherwise it is queued and a per-peer writer
   task drains the queue, coalescing everything queued (up to ``batch_max_bytes``) into one
   ``write`` and one ``drain``. Under load this turns thousands of small frames into a few syscalls.
 * **Bounded memory**: each peer's queue is capped by frame count and by bytes. A full queue drops the
@@ -459,7 +461,8 @@ class Transport:
     # ------------------------------------------------------------------ sending
 
     def send(self, peer_id: int, payload: bytes) -> bool:
-        """Queue ``payload`` for ``peer_id``; never blocks, never waits for the peer.
+        """Send ``payload`` to ``peer_id`` now if the connection is idle, else queue it; never blocks,
+        never waits for the peer.
 
         Returns False (and counts the drop) when the peer is unknown, the payload is over the frame
         limit, or the peer's queue is full by frame count or by bytes. A True return means queued,
@@ -483,6 +486,17 @@ class Transport:
         if len(peer.queue) >= self._queue_max_frames or peer.queued_bytes + cost > self._queue_max_bytes:
             peer.dropped += 1
             return False
+        conn = peer.conn
+        if conn is not None and not peer.queue and not conn.lost:
+            transport = conn.writer.transport
+            if transport.get_write_buffer_size() == 0 and not transport.is_closing():
+                # Nothing waits before it and the socket keeps up: straight onto the wire, without
+                # waking the writer task (one task switch less on every commit's path). Anything
+                # the kernel does not take stays in the transport's buffer, which the writer task
+                # drains before its next batch, so order holds and the byte bound still applies.
+                transport.write(HEADER.pack(size) + payload)
+                peer.sent += 1
+                return True
         peer.queue.append(payload)
         peer.queued_bytes += cost
         peer.wake.set()

@@ -10,9 +10,10 @@ import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
@@ -40,6 +41,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError(f"no free port in {_LISTEN_PORTS} on {host}")
+
+
+@contextlib.asynccontextmanager
+async def holding(dsn: str, lock_sql: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Run ``lock_sql`` in a transaction of a session of its own and keep its locks until the
+    yielded ``release()`` is awaited (or the block ends)."""
+    conn = await asyncpg.connect(dsn)
+    tx = conn.transaction()
+    await tx.start()
+    released = False
+
+    async def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            await tx.rollback()
+
+    try:
+        await conn.execute(lock_sql)
+        yield release
+    finally:
+        await release()
+        await conn.close()
 
 
 def make_tempdir(prefix: str) -> Path:

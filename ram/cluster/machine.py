@@ -176,9 +176,6 @@ class ClusterMachine:
             envelope = decode_envelope(data)
         except CommandDecodeError as exc:
             raise ProposalRefused(str(exc)) from None
-        if len(self._admitted) >= _MAX_ADMITTED:
-            self._admitted.clear()  # proposals that never committed (a lost leadership)
-        self._admitted[data] = envelope
         if peer is not None and (refusal := forwarded_refusal(self.state, peer, envelope)) is not None:
             raise ProposalRefused(f"refused: {refusal}")
         command = envelope.command
@@ -186,6 +183,9 @@ class ClusterMachine:
             return _conf_change_for(command, data)
         # Also membership commands that do not fit: committed as a plain entry, so that every node
         # records the same rejection when it applies it.
+        if len(self._admitted) >= _MAX_ADMITTED:
+            self._admitted.clear()  # proposals that never committed (a lost leadership)
+        self._admitted[data] = envelope
         return None
 
     def member_address(self, node_id: int) -> PeerSpec | None:

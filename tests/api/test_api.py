@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,7 +20,7 @@ from ram.consensus.runtime.errors import NoLeaderError, ProposalTimeout
 from ram.consensus.types import Role
 from ram.projections.sql import load_state
 from tests.api.conftest import ADMIN, ApiCluster, test_security
-from tests.conftest import free_port
+from tests.conftest import free_port, holding
 
 
 def _error(r: httpx.Response, status: int) -> str:
@@ -403,52 +402,44 @@ async def test_follower_cluster_read_is_at_least_as_new_as_a_committed_write(
     # leader and the third node still commit. The follower lags, deterministically. (Holding its
     # applied index row is not enough: a node decides committed entries in memory before its store
     # write.)
-    lock = await asyncpg.connect(api_cluster.dsns[fi])
-    tx = lock.transaction()
-    await tx.start()
-    released = False
     try:
-        await lock.execute("LOCK TABLE pgraft.log IN SHARE MODE")
-        r = await client.post(api_cluster.url(li) + "/maintenance", json={"reason": reason})
-        assert r.status_code == 200, r.text
-        index = r.json()["write"]["index"]
-        assert follower.applied_index < index
+        async with holding(api_cluster.dsns[fi], "LOCK TABLE pgraft.log IN SHARE MODE") as release:
+            r = await client.post(api_cluster.url(li) + "/maintenance", json={"reason": reason})
+            assert r.status_code == 200, r.text
+            index = r.json()["write"]["index"]
+            assert follower.applied_index < index
 
-        # ?stale=ok: at once, this node's own (older) state, marked as such.
-        started = time.monotonic()
-        body = (await client.get(api_cluster.url(fi) + "/cluster", params={"stale": "ok"})).json()
-        assert time.monotonic() - started < 0.4
-        assert body["stale"] is True and "stale=ok" in body["stale_reason"] and body["read_index"] is None
-        assert body["applied_index"] < index and body["maintenance_reason"] != reason
+            # ?stale=ok: at once, this node's own (older) state, marked as such.
+            started = time.monotonic()
+            body = (await client.get(api_cluster.url(fi) + "/cluster", params={"stale": "ok"})).json()
+            assert time.monotonic() - started < 0.4
+            assert body["stale"] is True and "stale=ok" in body["stale_reason"] and body["read_index"] is None
+            assert body["applied_index"] < index and body["maintenance_reason"] != reason
 
-        # Default, the follower still can not apply: it answers anyway (a cut-off node must), marked stale.
-        body = (await client.get(api_cluster.url(fi) + "/cluster")).json()
-        assert body["stale"] is True and "read barrier" in body["stale_reason"], body
-        assert body["applied_index"] < index
-        member = (await client.get(api_cluster.url(fi) + "/members/" + leader.config.name)).json()
-        assert member["stale"] is True and member["applied_index"] < index and member["node"] == follower.config.name
+            # Default, the follower still can not apply: it answers anyway (a cut-off node must), marked stale.
+            body = (await client.get(api_cluster.url(fi) + "/cluster")).json()
+            assert body["stale"] is True and "read barrier" in body["stale_reason"], body
+            assert body["applied_index"] < index
+            member = (await client.get(api_cluster.url(fi) + "/members/" + leader.config.name)).json()
+            assert member["stale"] is True and member["applied_index"] < index
+            assert member["node"] == follower.config.name
 
-        # Default, and the follower catches up while the request waits: the answer includes the write.
-        async def release() -> None:
-            nonlocal released
-            await asyncio.sleep(0.1)
-            await tx.rollback()
-            released = True
+            # Default, and the follower catches up while the request waits: the answer includes the write.
+            async def release_soon() -> None:
+                await asyncio.sleep(0.1)
+                await release()
 
-        releasing = asyncio.get_running_loop().create_task(release())
-        r = await client.get(api_cluster.url(fi) + "/cluster")
-        await releasing
-        body = r.json()
-        assert r.status_code == 200 and body["stale"] is False and body["stale_reason"] == "", body
-        assert body["read_index"] >= index and body["applied_index"] >= index
-        assert body["maintenance"] is True and body["maintenance_reason"] == reason
-        assert body["node"] == follower.config.name
-        member = (await client.get(api_cluster.url(fi) + "/members/" + leader.config.name)).json()
-        assert member["stale"] is False and member["read_index"] >= index and member["is_raft_leader"] is True
+            releasing = asyncio.get_running_loop().create_task(release_soon())
+            r = await client.get(api_cluster.url(fi) + "/cluster")
+            await releasing
+            body = r.json()
+            assert r.status_code == 200 and body["stale"] is False and body["stale_reason"] == "", body
+            assert body["read_index"] >= index and body["applied_index"] >= index
+            assert body["maintenance"] is True and body["maintenance_reason"] == reason
+            assert body["node"] == follower.config.name
+            member = (await client.get(api_cluster.url(fi) + "/members/" + leader.config.name)).json()
+            assert member["stale"] is False and member["read_index"] >= index and member["is_raft_leader"] is True
     finally:
-        if not released:
-            await tx.rollback()
-        await lock.close()
         assert (await client.delete(api_cluster.url(li) + "/maintenance")).status_code == 200
         await api_cluster.barrier()
 

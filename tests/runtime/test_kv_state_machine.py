@@ -25,7 +25,7 @@ from ram.consensus.runtime.storage import open_store_pool
 from ram.consensus.runtime.transport import PeerAuth
 from ram.consensus.types import ConfChange, ConfState, Entry, EntryType, MessageType, Role, Snapshot
 from ram.postgres.server import PostgresServer
-from tests.conftest import free_port
+from tests.conftest import free_port, holding
 from tests.runtime.helpers import create_store_databases, drop_databases
 
 # ------------------------------------------------------------------------------ the machine
@@ -200,7 +200,14 @@ class KvCluster:
         return RaftNode(self.settings[i], self.pools[i], self.machines[i], auth=PeerAuth(secret=SECRET))
 
     async def leader(self, timeout: float = 10.0) -> RaftNode:
-        await wait_for(lambda: len([n for n in self.nodes if n.role is Role.LEADER]) == 1, timeout, "a leader")
+        """The leader, once every node knows it (a follower that has not heard from it yet answers a
+        forwarded proposal with NoLeaderError)."""
+
+        def known() -> bool:
+            leaders = [n for n in self.nodes if n.role is Role.LEADER]
+            return len(leaders) == 1 and all(n.leader_id == leaders[0].node_id for n in self.nodes)
+
+        await wait_for(known, timeout, "a leader every node knows")
         return next(n for n in self.nodes if n.role is Role.LEADER)
 
     async def table(self, i: int) -> tuple[int, dict[str, str]]:
@@ -402,13 +409,8 @@ async def test_answered_when_decided_and_written_together_after(kv_cluster: KvCl
     machine = kv_cluster.machines[i]
     await leader.propose(b"set warm=up")  # visible: everything before is in the store
     base = leader.applied_index
-    lock = await asyncpg.connect(kv_cluster.dsns[i])
-    tx = lock.transaction()
-    await tx.start()
-    released = False
-    try:
-        # Writes of this node's store now wait for the row (the applied index every write moves).
-        await lock.execute("SELECT applied_index FROM kv_test.applied FOR UPDATE")
+    # Writes of this node's store wait for the row (the applied index every write moves).
+    async with holding(kv_cluster.dsns[i], "SELECT applied_index FROM kv_test.applied FOR UPDATE") as release:
         first = await asyncio.wait_for(leader.propose(b"set d=1", visible=False), 3.0)
         # Well past write_delay_s (and the seal interval): the write task is stuck on the row now,
         # writing the first batch or sealing; what is decided from here on waits for it.
@@ -424,8 +426,7 @@ async def test_answered_when_decided_and_written_together_after(kv_cluster: KvCl
         await asyncio.sleep(0.3)
         assert not visible.done(), "a visible proposal must wait for the store write"
         written_before = len(machine.written)
-        await tx.rollback()
-        released = True
+        await release()
         result = await asyncio.wait_for(visible, 5.0)
         assert leader.applied_index >= result.index
         stored_index, items = await kv_cluster.table(i)
@@ -433,10 +434,6 @@ async def test_answered_when_decided_and_written_together_after(kv_cluster: KvCl
         # The five entries decided while the first write was stuck went to the store in one write.
         after = machine.written[written_before:]
         assert any(lo <= later[0].index and later[-1].index <= hi for lo, hi in after), (after, later)
-    finally:
-        if not released:
-            await tx.rollback()
-        await lock.close()
 
 
 async def test_write_skips_applied_entries_and_refuses_gaps(store_dsn: str) -> None:

@@ -117,7 +117,14 @@ async def test_lag_is_measured_and_honoured_by_health_checks(e2e: E2ECluster) ->
     replicas = [m["name"] for m in c["members"] if m["name"] != c["primary"]]
     for n in replicas:
         assert await _code(e2e, n, "/replica?lag=1GB") == 200, n
-    doc = await e2e.cluster()
+
+    async def streaming() -> dict[str, Any] | None:
+        # A replica restarted just before (the previous test restarts every member) is healthy as
+        # soon as it runs, and streams once its WAL receiver has reconnected.
+        doc = await e2e.cluster()
+        return doc if all(m["streaming"] is True for m in doc["members"] if m["name"] in replicas) else None
+
+    doc = await _until("every replica streaming", 30, streaming)
     for m in doc["members"]:
         if m["name"] in replicas:
             assert isinstance(m["lag_bytes"], int) and m["streaming"] is True, m

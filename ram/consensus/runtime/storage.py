@@ -3,7 +3,8 @@
 Durability is the whole job: a :class:`~ram.consensus.types.Ready` batch (snapshot, entries that
 may replace a conflicting suffix, hard state) is written in ONE transaction with
 ``synchronous_commit = on`` (forced on the pool's connections, whatever the store's default), in one
-round trip whatever its size (``pgraft.save_log``). The caller's Ready
+round trip whatever its size: ``pgraft.save_log`` in general, a plain insert for the common case of
+entries right after the last one written with term and vote unchanged. The caller's Ready
 loop gives group commit for free: everything that arrived while one batch was being flushed is in
 the next Ready, so the next flush carries it all.
 
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 
 from ram.consensus.types import ConfState, Entry, EntryType, HardState, PersistedState, Snapshot
+
+log = logging.getLogger("ram.storage")
 
 
 class StoreUnavailable(RuntimeError):
@@ -31,6 +35,16 @@ class StoreIdentityMismatch(RuntimeError):
 
 
 _SAVE_LOG = "SELECT pgraft.save_log($1::bigint[], $2::bigint[], $3::smallint[], $4::bytea[], $5, $6, $7)"
+
+# The common case, entries right after the last one written and no new term or vote: a plain insert
+# (scalar parameters for one entry, arrays for more) that moves the commit index along. It skips the
+# function call, the conflicting-suffix delete and the array encoding of ``save_log``.
+_COMMIT_ALONG = "WITH hs AS (UPDATE pgraft.hard_state SET commit_index = $5 WHERE commit_index < $5) "
+_APPEND_ONE = _COMMIT_ALONG + "INSERT INTO pgraft.log (idx, term, entry_type, data) VALUES ($1, $2, $3, $4)"
+_APPEND_MANY = (
+    _COMMIT_ALONG + "INSERT INTO pgraft.log (idx, term, entry_type, data) "
+    "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::smallint[], $4::bytea[])"
+)
 
 _UPSERT_SNAPSHOT = """
 INSERT INTO pgraft.snapshot (id, idx, term, voters, learners, data, created_at)
@@ -151,6 +165,10 @@ class RaftStorage:
         self._timeout = timeout
         #: The Ready loop's connection for log writes (the hot path).
         self._writer = StoreSession(pool, timeout)
+        #: The last index in ``pgraft.log`` and the stored term and vote, as of our last load or
+        #: write; None when unknown (before loading, after a write whose outcome we did not learn).
+        self._last_index: int | None = None
+        self._term_vote: tuple[int, int] | None = None
 
     async def close(self) -> None:
         await self._writer.close()
@@ -197,6 +215,9 @@ class RaftStorage:
         entries = [
             Entry(index=r["idx"], term=r["term"], type=EntryType(r["entry_type"]), data=bytes(r["data"])) for r in rows
         ]
+        # Rows at or below the snapshot may remain (compaction is lazy); appends start above it.
+        self._last_index = entries[-1].index if entries else after
+        self._term_vote = (hard_state.term, hard_state.vote) if hs_row else None
         return PersistedState(hard_state=hard_state, snapshot=snapshot, entries=entries)
 
     async def save(
@@ -210,6 +231,56 @@ class RaftStorage:
         if hard_state is None and not entries and snapshot is None:
             return
         hs = hard_state
+        try:
+            async with self._writer.use() as conn:
+                if (
+                    snapshot is None
+                    and entries
+                    and entries[0].index == self._last_index_plus_one()
+                    and (hs is None or (hs.term, hs.vote) == self._term_vote)
+                ):
+                    try:
+                        await self._append(conn, entries, hs.commit if hs else 0)
+                    except asyncpg.UniqueViolationError:
+                        # The log holds more than we knew (a bug if it ever happens): the general
+                        # statement replaces the conflicting suffix, as it would have anyway.
+                        log.warning("log append found index %d taken; replacing the suffix", entries[0].index)
+                        await self._save_ready(conn, hs, entries, snapshot)
+                else:
+                    await self._save_ready(conn, hs, entries, snapshot)
+        except STORE_ERRORS as exc:
+            self._last_index = self._term_vote = None  # committed or not: read the log as it is next time
+            raise StoreUnavailable(f"store unavailable: {exc}") from exc
+        if entries:
+            self._last_index = entries[-1].index
+        elif snapshot is not None:
+            self._last_index = snapshot.index
+        if hs is not None:
+            self._term_vote = (hs.term, hs.vote)
+
+    def _last_index_plus_one(self) -> int | None:
+        return None if self._last_index is None else self._last_index + 1
+
+    async def _append(self, conn: asyncpg.Connection, entries: Sequence[Entry], commit: int) -> None:
+        """Entries right after the last one written, term and vote unchanged: a plain insert."""
+        if len(entries) == 1:
+            e = entries[0]
+            await conn.execute(_APPEND_ONE, e.index, e.term, int(e.type), e.data, commit, timeout=self._timeout)
+            return
+        await conn.execute(
+            _APPEND_MANY,
+            [e.index for e in entries],
+            [e.term for e in entries],
+            [int(e.type) for e in entries],
+            [e.data for e in entries],
+            commit,
+            timeout=self._timeout,
+        )
+
+    async def _save_ready(
+        self, conn: asyncpg.Connection, hs: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+    ) -> None:
+        """Any Ready: entries may replace a conflicting suffix, a snapshot replaces the whole log."""
         log_args = (
             [e.index for e in entries],
             [e.term for e in entries],
@@ -219,19 +290,15 @@ class RaftStorage:
             hs.vote if hs else None,
             hs.commit if hs else None,
         )
-        try:
-            async with self._writer.use() as conn:
-                if snapshot is None:
-                    # The hot path: one statement, one round trip, one fsync.
-                    await conn.execute(_SAVE_LOG, *log_args, timeout=self._timeout)
-                    return
-                async with conn.transaction():
-                    # An installed snapshot replaces the whole log: the core restarts its log at it.
-                    await self._write_snapshot(conn, snapshot)
-                    await conn.execute("DELETE FROM pgraft.log")
-                    await conn.execute(_SAVE_LOG, *log_args, timeout=self._timeout)
-        except STORE_ERRORS as exc:
-            raise StoreUnavailable(f"store unavailable: {exc}") from exc
+        if snapshot is None:
+            # One statement, one round trip, one fsync.
+            await conn.execute(_SAVE_LOG, *log_args, timeout=self._timeout)
+            return
+        async with conn.transaction():
+            # An installed snapshot replaces the whole log: the core restarts its log at it.
+            await self._write_snapshot(conn, snapshot)
+            await conn.execute("DELETE FROM pgraft.log")
+            await conn.execute(_SAVE_LOG, *log_args, timeout=self._timeout)
 
     async def compact(self, snapshot: Snapshot) -> None:
         """Record a locally taken snapshot and drop the log it covers (events stay forever)."""

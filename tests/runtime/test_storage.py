@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
+from ram.consensus.runtime import storage as storage_module
 from ram.consensus.runtime.storage import RaftStorage, open_store_pool
 from ram.consensus.types import ConfState, Entry, EntryType, HardState, Snapshot
 from ram.postgres.server import PostgresServer
@@ -36,7 +38,8 @@ async def rows(pool: asyncpg.Pool) -> tuple[list[tuple[int, int, bytes]], tuple[
     return log, (tuple(hs) if hs else None)  # type: ignore[return-value]
 
 
-async def test_appends_replacements_and_hard_state(store: asyncpg.Pool) -> None:
+async def test_appends_replacements_and_hard_state(store: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage_module, "COMMIT_WRITE_INTERVAL_S", 0.0)  # the commit index on every append
     storage = RaftStorage(store)
     try:
         loaded = await storage.load()
@@ -68,6 +71,28 @@ async def test_appends_replacements_and_hard_state(store: asyncpg.Pool) -> None:
         assert [r[0] for r in (await rows(store))[0]] == list(range(1, 10))
     finally:
         await again.close()
+
+
+async def test_commit_index_goes_along_at_most_every_interval(
+    store: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage_module, "COMMIT_WRITE_INTERVAL_S", 1.0)  # longer than a loaded CI machine takes
+    storage = RaftStorage(store)
+    try:
+        await storage.load()
+        await storage.save(hard_state=HardState(1, 1, 0), entries=entries(1, 1), snapshot=None)
+        await storage.save(hard_state=HardState(1, 1, 1), entries=entries(2, 2), snapshot=None)
+        assert (await rows(store))[1] == (1, 1, 1)
+        # Right after: the entry is written, the commit index waits for the interval to pass.
+        await storage.save(hard_state=HardState(1, 1, 2), entries=entries(3, 3), snapshot=None)
+        log, hs = await rows(store)
+        assert [r[0] for r in log] == [1, 2, 3] and hs == (1, 1, 1)
+        await asyncio.sleep(1.0)
+        await storage.save(hard_state=HardState(1, 1, 3), entries=entries(4, 5), snapshot=None)
+        log, hs = await rows(store)
+        assert [r[0] for r in log] == [1, 2, 3, 4, 5] and hs == (1, 1, 3)
+    finally:
+        await storage.close()
 
 
 async def test_a_log_longer_than_known_is_replaced_not_refused(store: asyncpg.Pool) -> None:

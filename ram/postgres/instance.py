@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 _SLOW_START_S = 10.0
 #: A fenced server gets this long to exit after its SIGQUITs before what is left is SIGKILLed.
 _FENCE_KILL_AFTER_S = 1.0
+#: After a start was cancelled, a stop waits this long for the postmaster it may have launched to
+#: show itself (postmaster.pid) before it concludes that nothing runs.
+_LAUNCH_GRACE_S = 3.0
 
 StopMode = Literal["smart", "fast", "immediate"]
 
@@ -85,6 +88,9 @@ class ManagedInstance:
             log_file=spec.logfile,
         )
         self._lock = asyncio.Lock()
+        #: A start was cancelled after pg_ctl may have launched a postmaster: pg_ctl puts it in a
+        #: session of its own, so killing pg_ctl does not stop it, and it may come up later.
+        self._launch_interrupted = False
 
     # -- facts ---------------------------------------------------------------------------------
 
@@ -191,8 +197,12 @@ class ManagedInstance:
         standby = (self.spec.data_dir / conffiles.STANDBY_SIGNAL).exists()
         try:
             await self._server.start(until_ready=not standby)
+        except asyncio.CancelledError:
+            self._launch_interrupted = True
+            raise
         except PostgresCommandError as exc:
             raise self._with_log(exc, offset) from exc
+        self._launch_interrupted = False
         took = time.monotonic() - started
         if took > _SLOW_START_S:
             # Rare multi-second starts are worth their own account in our log.
@@ -214,7 +224,7 @@ class ManagedInstance:
 
     async def stop_unlocked(self, mode: StopMode, timeout: float | None) -> StopResult:
         """:meth:`stop` for callers already holding the lifecycle lock."""
-        if not await self.is_running():
+        if not await self.is_running() and not await self._launched_after_all():
             return StopResult(False, None)
         messages: list[str] = []
         timeout = self.spec.timeouts.stop if timeout is None else timeout
@@ -225,6 +235,20 @@ class ManagedInstance:
             except PostgresCommandError as exc:
                 messages.append(exc.message)
         return await self._stop_hard(self.spec.timeouts.stop_immediate, messages)
+
+    async def _launched_after_all(self) -> bool:
+        """After a cancelled start: whether the postmaster it launched shows up within
+        :data:`_LAUNCH_GRACE_S` (else nothing was launched, or it already died)."""
+        if not self._launch_interrupted:
+            return False
+        self._launch_interrupted = False
+        deadline = time.monotonic() + _LAUNCH_GRACE_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if await self.is_running():
+                log.info("a postmaster launched by a cancelled start came up; stopping it")
+                return True
+        return False
 
     async def _pg_ctl_stop(self, mode: StopMode, timeout: float) -> None:
         await run_command(

@@ -227,6 +227,23 @@ async def test_stop_falls_back_to_immediate_when_fast_hangs(make_node: MakeNode)
     assert (await node.status()).in_recovery is False
 
 
+async def test_stop_after_a_cancelled_start_leaves_no_postmaster(make_node: MakeNode) -> None:
+    """pg_ctl puts the postmaster in a session of its own: a start cancelled (RAM shutting down) just
+    after pg_ctl launched it left a postmaster that came up after the stop had found nothing running
+    (seen in CI: `ram cluster down` left one behind). The stop now waits for it and stops it."""
+    node = make_node("cancelled")
+    await node.initdb_primary(start=False)
+    for delay in (0.005, 0.02, 0.05, 0.1, 0.2):
+        start = asyncio.create_task(node.start())
+        await asyncio.sleep(delay)
+        start.cancel()
+        with contextlib.suppress(asyncio.CancelledError, PostgresCommandError):
+            await start
+        await node.stop("fast")
+        await asyncio.sleep(1.0)  # a postmaster the stop missed would be up by now
+        assert not await node.is_running(), f"a postmaster survived a start cancelled after {delay} s"
+
+
 async def test_fence_ends_an_open_transaction_at_once(make_node: MakeNode) -> None:
     """The fence is signals, not a subprocess: it returns quickly, the open transaction can not
     commit, nothing of it survives the restart, and a second fence finds nothing to do."""

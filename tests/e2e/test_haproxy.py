@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ import asyncpg
 import pytest
 
 from ram import localcluster as lc
+from tests.conftest import free_port
 from tests.e2e.cluster import E2ECluster, Writer
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -54,12 +54,6 @@ listen reads
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def haproxy_config(info: lc.ClusterInfo, write_port: int, read_port: int) -> str:
     servers = "\n".join(
         f"    server {m.name} {m.host}:{m.pg_port} check port {m.api_url.rsplit(':', 1)[1]}" for m in info.members
@@ -71,7 +65,7 @@ class HAProxy:
     def __init__(self, e2e: E2ECluster) -> None:
         self.dir = e2e.root / "haproxy"
         self.dir.mkdir(exist_ok=True)
-        self.write_port, self.read_port = _free_port(), _free_port()
+        self.write_port, self.read_port = free_port(), free_port()
         self.cfg = self.dir / "haproxy.cfg"
         self.cfg.write_text(haproxy_config(e2e.info, self.write_port, self.read_port))
         # The same password as the members', for the proxy's address too.

@@ -54,17 +54,22 @@ class HeldAnnouncements:
     """A leader's commit announcements (appends without entries) waiting for a moment, newest per
     follower, so that the next appends can carry them instead."""
 
-    __slots__ = ("_held",)
+    __slots__ = ("_held", "until")
 
     def __init__(self) -> None:
         self._held: dict[int, Message] = {}
+        #: When what is held must leave: ``hold``'s deadline for the first of them.
+        self.until = 0.0
 
     def __bool__(self) -> bool:
         return bool(self._held)
 
-    def hold(self, messages: list[Message]) -> list[Message]:
+    def hold(self, messages: list[Message], until: float) -> list[Message]:
         """Keep the announcements among ``messages`` (a newer one replaces an older one to the same
-        follower, whose commit index it includes); return the rest, to send now."""
+        follower, whose commit index it includes) until ``until`` at the latest, unless something
+        is held already (its deadline stands); return the rest, to send now."""
+        if not self._held:
+            self.until = until
         now: list[Message] = []
         for m in messages:
             if m.type is MessageType.APPEND and not m.entries:

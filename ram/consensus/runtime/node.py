@@ -804,15 +804,14 @@ class RaftNode:
         assert core is not None
         loop = asyncio.get_running_loop()
         held = HeldAnnouncements()
-        held_until = 0.0
         while True:
             if held:
-                left = held_until - loop.time()
+                left = held.until - loop.time()
                 if left > 0 and not self._wake.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(left):
                             await self._wake.wait()
-                if not self._wake.is_set() or loop.time() >= held_until:
+                if not self._wake.is_set() or loop.time() >= held.until:
                     self._send(held.release())
                     continue
             else:
@@ -826,9 +825,7 @@ class RaftNode:
                 if rd.role is Role.LEADER and rd.committed_entries and not rd.entries and not late:
                     # The leader only learned a commit: its announcements wait for the next appends
                     # (which carry the commit index) or for _COMMIT_HOLD_S, whichever comes first.
-                    if not held:
-                        held_until = loop.time() + _COMMIT_HOLD_S
-                    early = held.hold(early)
+                    early = held.hold(early, until=loop.time() + _COMMIT_HOLD_S)
                 else:
                     held.supersede(early)
                 # An idle connection takes them at once: the appends are on the wire before our own
@@ -843,7 +840,7 @@ class RaftNode:
                     await self._apply_committed(committed)
                 core.advance(rd)
                 self._after(rd)
-                if held and loop.time() >= held_until:
+                if held and loop.time() >= held.until:
                     self._send(held.release())
 
     async def _apply_committed(self, entries: list[Entry]) -> None:

@@ -253,7 +253,8 @@ class RaftStorage:
                 if (
                     snapshot is None
                     and entries
-                    and entries[0].index == self._last_index_plus_one()
+                    and self._last_index is not None
+                    and entries[0].index == self._last_index + 1
                     and (hs is None or (hs.term, hs.vote) == self._term_vote)
                 ):
                     try:
@@ -274,9 +275,6 @@ class RaftStorage:
             self._last_index = snapshot.index
         if hs is not None:
             self._term_vote = (hs.term, hs.vote)
-
-    def _last_index_plus_one(self) -> int | None:
-        return None if self._last_index is None else self._last_index + 1
 
     async def _append(self, conn: asyncpg.Connection, entries: Sequence[Entry], commit: int) -> None:
         """Entries right after the last one written, term and vote unchanged: a plain insert."""

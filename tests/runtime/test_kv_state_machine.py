@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from ram.consensus.runtime.codec import RaftPayload, decode_payload
-from ram.consensus.runtime.errors import ProposalError, ProposalRefused
+from ram.consensus.runtime.errors import ProposalError, ProposalRefused, ProposalTimeout
 from ram.consensus.runtime.node import RaftNode
 from ram.consensus.runtime.settings import PeerSpec, RuntimeSettings
 from ram.consensus.runtime.statemachine import DecidedBatch
@@ -491,3 +491,19 @@ async def test_write_skips_applied_entries_and_refuses_gaps(store_dsn: str) -> N
         assert (await table())[1]["a"] == "newer"
     finally:
         await conn.close()
+
+
+async def test_proposal_without_a_quorum_times_out_on_time(kv_cluster: KvCluster) -> None:
+    """Proposal timeouts are expired by the ticker (no timer per proposal): without a quorum a
+    proposal fails with ProposalTimeout after its timeout, not much later, and leaves nothing pending."""
+    leader = await kv_cluster.leader()
+    await leader.propose(b"set before=1")
+    # Both at once: the leader must still lead when it proposes (check-quorum steps it down an
+    # election timeout later; the proposal then waits for its deadline all the same).
+    await asyncio.gather(*(n.stop(transfer=False) for n in kv_cluster.nodes if n is not leader))
+    started = time.monotonic()
+    with pytest.raises(ProposalTimeout, match=r"not committed within 0\.3 s"):
+        await leader.propose(b"set lost=1", timeout=0.3, visible=False)
+    took = time.monotonic() - started
+    assert 0.3 <= took < 0.3 + 0.5, took
+    assert not leader._pending

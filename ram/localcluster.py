@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 
 from ram.eventstore import schema
+from ram.postgres import proctree
 from ram.postgres.commands import default_owner
 from ram.postgres.server import PostgresServer
 from ram.security import new_token, read_token_file, tokens_file_text, write_private
@@ -535,6 +536,28 @@ def kill_member(member: MemberInfo, *, ram: bool = True, postgres: bool = True) 
     while any(pid_alive(pid) for _, pid in targets) and time.monotonic() < deadline:
         time.sleep(0.02)
     return targets
+
+
+def stop_left_postgres(
+    members: list[MemberInfo], *, timeout: float = 30.0, poll: float = 0.05
+) -> list[tuple[MemberInfo, int]]:
+    """Stop the PostgreSQL of every member whose node is gone but left it running; returns them.
+
+    A node stops its PostgreSQL on the way out. One that did not get there (killed after
+    :func:`stop_nodes`' timeout, crashed, killed on purpose) leaves the postmaster running, and a
+    cluster that was told to go down must not keep serving. All are asked at once: fast shutdown
+    (SIGINT), immediate (SIGQUIT to the tree) after ``timeout``, SIGKILL of what is left last."""
+    left = [(m, pid) for m in members if not ram_pid(m) and (pid := postmaster_pid(m)) is not None]
+    for _, pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    while any(proctree.alive(pid) for _, pid in left) and time.monotonic() < deadline:
+        time.sleep(poll)
+    for _, pid in left:
+        if proctree.alive(pid):
+            proctree.reap(proctree.quit_tree(pid), 10.0)
+    return left
 
 
 def stop_node(member: MemberInfo, *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> bool:

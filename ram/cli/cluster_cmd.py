@@ -20,6 +20,7 @@ from ram.localcluster import (
     plan,
     prepare,
     start_node,
+    stop_left_postgres,
     stop_nodes,
     store_server,
     sync_settings,
@@ -223,6 +224,8 @@ def cluster_down(directory: Path, purge: bool, force: bool) -> None:
             raise UserError("not confirmed; nothing was stopped or deleted")
     for member in stop_nodes(info.members):
         click.echo(f"stopped {member.name} (pid {member.pid})")
+    for member, pid in stop_left_postgres(info.members):
+        click.echo(f"stopped {member.name}'s PostgreSQL (pid {pid}), which its node left running")
     for member in info.members:
         member.pid = None
     info.save()

@@ -6,8 +6,9 @@ The WAL writer of a dedicated store is frozen (SIGSTOP) so that the last apply i
 written when every store process is killed (-9); the log writes before it are synchronous (the
 committing backend flushes them itself), so exactly the apply tail is lost, as after a power cut.
 
-Checked both ways the node finds out - the periodic seal of an idle node, and the next proposal -
-and that afterwards the log and what was applied from it agree: every committed position is in
+Checked both ways the node finds out - the periodic seal of an idle node, and the next proposal -,
+that a node restarted on such a store seals what it finds before it counts it as sealed, and that
+afterwards the log and what was applied from it agree: every committed position is in
 ``pgraft.events`` exactly once, the projections equal the node's state, the applied index is the
 node's.
 """
@@ -169,6 +170,62 @@ async def test_store_crash_between_commit_and_durable_apply() -> None:
         assert node.applied_index >= result.index
         await _assert_consistent(node, server)
         assert node.state.dynamic_config["crash.after"] is True
+    finally:
+        if node is not None:
+            await node.stop(transfer=False)
+        if pool is not None:
+            await pool.close()
+        with contextlib.suppress(Exception):
+            await server.stop("immediate", 10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_restart_seals_unflushed_applies_before_counting_them() -> None:
+    """A node stops with its last applies committed but not flushed (no seal at stop), a new run
+    starts on the store and the store crashes right after: what the new run counted as sealed must
+    have survived. Before the fix it took the store's applied index as sealed without a seal, the
+    crash lost the tail, and the node fail-stopped on "applied index below the last seal"."""
+    base = make_tempdir("ram-crash-restart-")
+    settings = dict(STORE_SETTINGS, wal_writer_delay="10s", wal_writer_flush_after="1GB")
+    server = PostgresServer(datadir=base / "data", port=free_port(), listen_addresses="127.0.0.1", settings=settings)
+    pool: asyncpg.Pool | None = None
+    node: ClusterNode | None = None
+    try:
+        await server.init()
+        await server.start()
+        admin = await asyncpg.connect(server.dsn())
+        await admin.execute("CREATE DATABASE ram")
+        await admin.close()
+        await asyncio.to_thread(schema.upgrade, server.dsn("ram"))
+        (config,) = cluster_configs([server.dsn("ram")], base)
+        pool = await open_store_pool(server.dsn("ram"))
+        node = ClusterNode(config, pool)
+        node.raft.settings = dataclasses.replace(node.raft.settings, seal_interval_s=3600.0)
+        await node.start()
+        await wait_for(lambda: node is not None and node.role is Role.LEADER and node.state.cluster_id is not None,
+                       what="a bootstrapped single-node cluster")
+        await node.propose(PatchConfig(changes={"restart.before": 1}))
+        walwriter = await _freeze_walwriter(server)
+        try:
+            for k in range(5):
+                await node.propose(PatchConfig(changes={f"restart.k{k}": k}))  # waits for the apply write
+            applied = node.applied_index
+            await node.stop(transfer=False)
+            node = ClusterNode(config, pool)
+            await node.start()  # the new run; nothing else writes before the crash
+            assert node.applied_index == applied
+            postmaster = server.postmaster_pid()
+            assert postmaster is not None
+            _crash(server)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(walwriter, signal.SIGCONT)
+        await _restart(server, postmaster)
+        durable, _, _ = await _durable(server)
+        assert durable == applied, f"the store lost applies the new run counted as sealed ({durable} < {applied})"
+        result = await node.propose(PatchConfig(changes={"restart.after": True}), timeout=30)
+        assert not node.failed.is_set() and node.applied_index >= result.index
+        await _assert_consistent(node, server)
     finally:
         if node is not None:
             await node.stop(transfer=False)

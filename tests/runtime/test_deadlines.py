@@ -39,3 +39,16 @@ async def test_answered_futures_do_not_pile_up() -> None:
         assert len(deadlines) <= max(_Deadlines.SWEEP_AT, 2 * len(pending)) + 1
     deadlines.expire(10**9)
     assert all(isinstance(f.exception(), TimeoutError) for f in pending)
+
+
+async def test_after_close_every_wait_fails_at_once() -> None:
+    """A stopped node's ticker expires nothing any more: waits still queued, and later ones, fail."""
+    loop = asyncio.get_running_loop()
+    deadlines = _Deadlines()
+    queued: asyncio.Future[None] = loop.create_future()
+    deadlines.add(loop.time() + 60, queued, lambda: TimeoutError("late"))
+    deadlines.close(lambda: RuntimeError("stopped"))
+    assert str(queued.exception()) == "stopped" and len(deadlines) == 0
+    later: asyncio.Future[None] = loop.create_future()
+    deadlines.add(loop.time() + 60, later, lambda: TimeoutError("late"))
+    assert str(later.exception()) == "stopped"

@@ -507,3 +507,18 @@ async def test_proposal_without_a_quorum_times_out_on_time(kv_cluster: KvCluster
     took = time.monotonic() - started
     assert 0.3 <= took < 0.3 + 0.5, took
     assert not leader._pending
+
+
+async def test_a_stopped_node_refuses_proposals_and_waits_at_once(kv_cluster: KvCluster) -> None:
+    """Timeouts are the ticker's: once a node stopped (and its ticker with it), a proposal or a wait
+    on it fails at once instead of waiting for a deadline nobody expires."""
+    leader = await kv_cluster.leader()
+    await leader.propose(b"set before=1")
+    follower = next(n for n in kv_cluster.nodes if n is not leader)
+    await follower.stop(transfer=False)
+    started = time.monotonic()
+    with pytest.raises(ProposalError):
+        await follower.wait_applied(follower.applied_index + 100, 30.0)
+    with pytest.raises(ProposalError):
+        await follower.propose(b"set after=1", timeout=30.0)
+    assert time.monotonic() - started < 5.0

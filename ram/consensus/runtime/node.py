@@ -178,12 +178,18 @@ class _Deadlines:
         self._heap: list[tuple[float, int, asyncio.Future[Any], Callable[[], Exception]]] = []
         self._seq = itertools.count()
         self._sweep_at = self.SWEEP_AT
+        #: Set by :meth:`close`: no ticker expires deadlines any more, so waits fail at once.
+        self._closed: Callable[[], Exception] | None = None
 
     def __len__(self) -> int:
         return len(self._heap)
 
     def add(self, when: float, future: asyncio.Future[Any], error: Callable[[], Exception]) -> None:
         """Fail ``future`` with ``error()`` at loop time ``when`` unless it is done by then."""
+        if self._closed is not None:
+            if not future.done():
+                future.set_exception(self._closed())
+            return
         heap = self._heap
         heapq.heappush(heap, (when, next(self._seq), future, error))
         if len(heap) >= self._sweep_at:
@@ -195,6 +201,15 @@ class _Deadlines:
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, future, error = heapq.heappop(heap)
+            if not future.done():
+                future.set_exception(error())
+
+    def close(self, error: Callable[[], Exception]) -> None:
+        """The ticker is gone (the node stopped): fail every wait now, and every later one at once,
+        with ``error()`` - a wait nobody expires would hang for ever."""
+        self._closed = error
+        heap, self._heap = self._heap, []
+        for _, _, future, _ in heap:
             if not future.done():
                 future.set_exception(error())
 
@@ -446,6 +461,7 @@ class RaftNode:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._deadlines.close(lambda: ProposalError("node is shutting down"))
         await self.transport.stop()
         await self._applier.close()
         await self._storage.close()

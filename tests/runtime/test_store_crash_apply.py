@@ -21,10 +21,12 @@ import dataclasses
 import os
 import shutil
 import signal
+from collections.abc import AsyncIterator
 
 import asyncpg
 
 from ram.cluster.node import ClusterNode
+from ram.config import NodeConfig
 from ram.consensus.runtime.storage import open_store_pool
 from ram.consensus.types import Role
 from ram.eventstore import schema
@@ -129,12 +131,37 @@ async def _assert_consistent(node: ClusterNode, server: PostgresServer) -> None:
         await conn.close()
 
 
-async def test_store_crash_between_commit_and_durable_apply() -> None:
-    base = make_tempdir("ram-crash-apply-")
+@dataclasses.dataclass
+class _Rig:
+    """One single-node cluster on a store of its own whose WAL writer waits 10 s (so that an
+    apply's commit stays in the WAL buffers until a synchronous commit flushes it)."""
+
+    server: PostgresServer
+    config: NodeConfig
+    pool: asyncpg.Pool
+    node: ClusterNode
+
+    async def new_node(self) -> ClusterNode:
+        return await _start_node(self.config, self.pool)
+
+
+async def _start_node(config: NodeConfig, pool: asyncpg.Pool) -> ClusterNode:
+    """A node on the store, started; the timed seal is off (a crash must find the last apply
+    unsealed) - a test turns it on where it wants it."""
+    node = ClusterNode(config, pool)
+    node.raft.settings = dataclasses.replace(node.raft.settings, seal_interval_s=3600.0)
+    await node.start()
+    return node
+
+
+@contextlib.asynccontextmanager
+async def _single_node_rig(prefix: str) -> AsyncIterator[_Rig]:
+    base = make_tempdir(prefix)
     settings = dict(STORE_SETTINGS, wal_writer_delay="10s", wal_writer_flush_after="1GB")
     server = PostgresServer(datadir=base / "data", port=free_port(), listen_addresses="127.0.0.1", settings=settings)
     pool: asyncpg.Pool | None = None
-    node: ClusterNode | None = None
+    rig: _Rig | None = None
+    first: ClusterNode | None = None
     try:
         await server.init()
         await server.start()
@@ -144,12 +171,25 @@ async def test_store_crash_between_commit_and_durable_apply() -> None:
         await asyncio.to_thread(schema.upgrade, server.dsn("ram"))
         (config,) = cluster_configs([server.dsn("ram")], base)
         pool = await open_store_pool(server.dsn("ram"))
-        node = ClusterNode(config, pool)
-        # No timed seal in the way: the crash must find the last apply unsealed.
-        node.raft.settings = dataclasses.replace(node.raft.settings, seal_interval_s=3600.0)
-        await node.start()
-        await wait_for(lambda: node is not None and node.role is Role.LEADER and node.state.cluster_id is not None,
+        first = node = await _start_node(config, pool)
+        await wait_for(lambda: node.role is Role.LEADER and node.state.cluster_id is not None,
                        what="a bootstrapped single-node cluster")
+        rig = _Rig(server, config, pool, node)
+        yield rig
+    finally:
+        current = rig.node if rig is not None else first
+        if current is not None:
+            await current.stop(transfer=False)
+        if pool is not None:
+            await pool.close()
+        with contextlib.suppress(Exception):
+            await server.stop("immediate", 10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_store_crash_between_commit_and_durable_apply() -> None:
+    async with _single_node_rig("ram-crash-apply-") as rig:
+        node, server = rig.node, rig.server
         counter = [0]
 
         # 1. Found by the seal of an idle node.
@@ -170,14 +210,6 @@ async def test_store_crash_between_commit_and_durable_apply() -> None:
         assert node.applied_index >= result.index
         await _assert_consistent(node, server)
         assert node.state.dynamic_config["crash.after"] is True
-    finally:
-        if node is not None:
-            await node.stop(transfer=False)
-        if pool is not None:
-            await pool.close()
-        with contextlib.suppress(Exception):
-            await server.stop("immediate", 10)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_restart_seals_unflushed_applies_before_counting_them() -> None:
@@ -185,25 +217,8 @@ async def test_restart_seals_unflushed_applies_before_counting_them() -> None:
     starts on the store and the store crashes right after: what the new run counted as sealed must
     have survived. Before the fix it took the store's applied index as sealed without a seal, the
     crash lost the tail, and the node fail-stopped on "applied index below the last seal"."""
-    base = make_tempdir("ram-crash-restart-")
-    settings = dict(STORE_SETTINGS, wal_writer_delay="10s", wal_writer_flush_after="1GB")
-    server = PostgresServer(datadir=base / "data", port=free_port(), listen_addresses="127.0.0.1", settings=settings)
-    pool: asyncpg.Pool | None = None
-    node: ClusterNode | None = None
-    try:
-        await server.init()
-        await server.start()
-        admin = await asyncpg.connect(server.dsn())
-        await admin.execute("CREATE DATABASE ram")
-        await admin.close()
-        await asyncio.to_thread(schema.upgrade, server.dsn("ram"))
-        (config,) = cluster_configs([server.dsn("ram")], base)
-        pool = await open_store_pool(server.dsn("ram"))
-        node = ClusterNode(config, pool)
-        node.raft.settings = dataclasses.replace(node.raft.settings, seal_interval_s=3600.0)
-        await node.start()
-        await wait_for(lambda: node is not None and node.role is Role.LEADER and node.state.cluster_id is not None,
-                       what="a bootstrapped single-node cluster")
+    async with _single_node_rig("ram-crash-restart-") as rig:
+        node, server = rig.node, rig.server
         await node.propose(PatchConfig(changes={"restart.before": 1}))
         walwriter = await _freeze_walwriter(server)
         try:
@@ -211,8 +226,7 @@ async def test_restart_seals_unflushed_applies_before_counting_them() -> None:
                 await node.propose(PatchConfig(changes={f"restart.k{k}": k}))  # waits for the apply write
             applied = node.applied_index
             await node.stop(transfer=False)
-            node = ClusterNode(config, pool)
-            await node.start()  # the new run; nothing else writes before the crash
+            rig.node = node = await rig.new_node()  # the new run; nothing else writes before the crash
             assert node.applied_index == applied
             postmaster = server.postmaster_pid()
             assert postmaster is not None
@@ -226,11 +240,3 @@ async def test_restart_seals_unflushed_applies_before_counting_them() -> None:
         result = await node.propose(PatchConfig(changes={"restart.after": True}), timeout=30)
         assert not node.failed.is_set() and node.applied_index >= result.index
         await _assert_consistent(node, server)
-    finally:
-        if node is not None:
-            await node.stop(transfer=False)
-        if pool is not None:
-            await pool.close()
-        with contextlib.suppress(Exception):
-            await server.stop("immediate", 10)
-        shutil.rmtree(base, ignore_errors=True)

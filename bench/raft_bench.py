@@ -66,11 +66,13 @@ async def _worker(config: NodeConfig, conn: Connection) -> None:
     from ram.consensus.runtime.storage import open_store_pool
     from ram.consensus.types import Role
     from ram.eventstore.commands import PatchConfig
+    from ram.gctuning import tune_collector
 
     assert config.store.dsn is not None
     pool = await open_store_pool(config.store.dsn, size=config.store.pool_size)
     node = ClusterNode(config, pool)
     await node.start()
+    tune_collector()  # as `ram node run` does once it runs
     loop = asyncio.get_running_loop()
 
     async def load(proposers: int, duration: float, visible: bool) -> dict[str, Any]:

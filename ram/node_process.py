@@ -17,6 +17,7 @@ from ram.cluster.node import ClusterNode
 from ram.config import NodeConfig, api_address, parse_address
 from ram.consensus.runtime.storage import open_store_pool
 from ram.eventstore import schema
+from ram.gctuning import tune_collector
 from ram.ha.controller import HAController
 from ram.postgres.server import PostgresServer
 
@@ -84,6 +85,7 @@ async def run_node(config: NodeConfig) -> None:
         api_host, api_port = parse_address(api_address(config))
         api = await api_module.serve(api_module.create_app(node, store_dsn=dsn, pool=pool, ha=ha), api_host, api_port)
         log.info("api listening url=%s", api.url)
+        tune_collector()  # everything loaded at start stays: the collector stops walking it
         stop_wait = asyncio.ensure_future(stop.wait())
         fail_wait = asyncio.ensure_future(node.failed.wait())
         await asyncio.wait({stop_wait, fail_wait}, return_when=asyncio.FIRST_COMPLETED)

@@ -9,6 +9,8 @@ import faulthandler
 import importlib
 import logging
 import signal
+import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -95,15 +97,49 @@ async def run_node(config: NodeConfig) -> None:
             raise NodeFailed("the Raft node failed; see the log above")
         log.info("stop requested; shutting down")
     finally:
+        # Each step is timed: whoever stops us may not wait for ever (`ram cluster down` SIGKILLs
+        # after 30 s), and a log that names the slow step is how such a stop gets explained.
         if api is not None:
-            await api.stop()
+            async with _shutdown_step("api"):
+                await api.stop()
         if ha is not None:
-            await ha.stop()
-        await node.stop(transfer=True)
-        await pool.close()
+            async with _shutdown_step("ha"):
+                await ha.stop()
+        async with _shutdown_step("raft"):
+            await node.stop(transfer=True)
+        async with _shutdown_step("store-pool"):
+            await _close_pool(pool)
         if server is not None:
-            with contextlib.suppress(Exception):
-                await server.stop()
+            async with _shutdown_step("embedded-store"):
+                with contextlib.suppress(Exception):
+                    await server.stop()
+
+
+#: A shutdown step slower than this is logged as a warning.
+_SLOW_STEP_S = 5.0
+#: How long the store pool may wait for its connections to come back before they are cut.
+_POOL_CLOSE_S = 10.0
+
+
+@contextlib.asynccontextmanager
+async def _shutdown_step(step: str) -> AsyncIterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        took = time.monotonic() - started
+        log.log(logging.WARNING if took > _SLOW_STEP_S else logging.INFO,
+                "shutdown step done step=%s took_s=%.2f", step, took)
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    """Close the store pool gracefully; a connection still held (a request or task that did not
+    end) must not keep the process from exiting, so after a while all are terminated."""
+    try:
+        await asyncio.wait_for(pool.close(), _POOL_CLOSE_S)
+    except TimeoutError:
+        log.warning("store pool connections still in use after %g s; terminating them", _POOL_CLOSE_S)
+        pool.terminate()
 
 
 def _dump_tasks() -> None:

@@ -156,8 +156,11 @@ class HAController:
         self.node.raft.listen(MemberReport, None)
         self.node.on_applied = None
         was_running = self.pg.status is not None and self.pg.status.running
+        started = time.monotonic()
         with contextlib.suppress(Exception):
-            await self.instance.stop("fast")
+            stopped = await self.instance.stop("fast")
+            log.info("postgres stopped with the node member=%s was_running=%s mode=%s took_s=%.2f",
+                     self.me, stopped.was_running, stopped.mode, time.monotonic() - started)
         if was_running:
             # PostgreSQL stops with RAM: on_stop runs (and is waited for, within its timeout) before
             # the facts reporter that records it goes away.

@@ -230,3 +230,39 @@ async def test_wrong_cluster_id_is_refused(procs: ProcessCluster, tmp_path: Path
         assert not transport.stats()[2].connected
     finally:
         await transport.stop()
+
+
+async def test_sigterm_stops_every_node_cleanly_and_logs_each_shutdown_step(procs: ProcessCluster) -> None:
+    for i in range(3):
+        procs.start(i)
+    await procs.wait_agreed_leader([0, 1, 2])
+    started = time.monotonic()
+    exits = []
+    for i in list(procs.procs):
+        proc = procs.procs.pop(i)
+        proc.terminate()
+        exits.append(proc.wait(timeout=30))
+    assert exits == [0, 0, 0]
+    assert time.monotonic() - started < 20
+    for i in range(3):
+        log = (procs.workdir / f"node{i + 1}.log").read_text()
+        # What a slow stop would be explained by: each step and how long it took.
+        for step in ("api", "raft", "store-pool"):
+            assert f"shutdown step done step={step} took_s=" in log, (step, log[-3000:])
+
+
+async def test_store_pool_close_does_not_wait_for_ever_on_a_held_connection(
+    pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ram import node_process
+
+    monkeypatch.setattr(node_process, "_POOL_CLOSE_S", 0.5)
+    pool = await asyncpg.create_pool(pg_server.dsn(), min_size=1, max_size=2)
+    assert pool is not None
+    held = await pool.acquire()  # a task that never gives its connection back
+    started = time.monotonic()
+    await node_process._close_pool(pool)
+    assert time.monotonic() - started < 3
+    assert pool.is_closing()
+    with pytest.raises(asyncpg.InterfaceError):  # cut, not handed back for further use
+        await held.fetchval("SELECT 1")

@@ -246,6 +246,13 @@ def machine_busy_s() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_steal_s() -> float:
+    """CPU seconds the hypervisor gave to others while this machine wanted them (all CPUs), since
+    boot: on a shared host, the figures of a run with much of it are not comparable."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7] / os.sysconf("SC_CLK_TCK") if len(fields) > 7 else 0.0
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="ram-bench-", dir="/tmp"))
     os.chmod(workdir, 0o755)
@@ -279,13 +286,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         def load(count: int, visible: bool) -> dict[str, Any]:
             leader = bench.leader()
-            busy_before = machine_busy_s()
+            busy_before, steal_before, started = machine_busy_s(), machine_steal_s(), time.monotonic()
+            nodes_before = bench.cpu_seconds()
             figures: dict[str, Any] = bench.ask(
                 leader, "load", count, args.duration, visible, timeout=args.duration + 120
             )
             # What one entry costs the whole machine: 3 node processes, 3 stores, the kernel.
             busy = machine_busy_s() - busy_before
-            figures["cpu_ms_per_entry"] = round(busy * 1000 / figures["entries"], 3) if figures["entries"] else None
+            steal = machine_steal_s() - steal_before
+            wall = (time.monotonic() - started) * (os.cpu_count() or 1)
+            figures["cpu_steal_percent"] = round(steal * 100 / wall, 1)
+            nodes_after = bench.cpu_seconds()
+            entries = figures["entries"]
+            figures["cpu_ms_per_entry"] = round(busy * 1000 / entries, 3) if entries else None
+            # ... and each node process's share of it, the leader first.
+            figures["node_cpu_ms_per_entry"] = [
+                round((nodes_after[i] - nodes_before[i]) * 1000 / entries, 3) if entries else None
+                for i in sorted(nodes_after, key=lambda i: i != leader)
+            ]
             return figures
 
         proposers: dict[str, Any] = {}

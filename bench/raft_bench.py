@@ -112,12 +112,14 @@ async def _worker(config: NodeConfig, conn: Connection) -> None:
 
     try:
         while True:
+            # (sequence number, kind, arguments...); the answer carries the sequence number back.
             request = await loop.run_in_executor(None, conn.recv)
-            kind = request[0]
+            seq, kind = request[0], request[1]
             if kind == "status":
-                conn.send({"leader": node.role is Role.LEADER, "term": node.term, "applied": node.applied_index})
+                status = {"leader": node.role is Role.LEADER, "term": node.term, "applied": node.applied_index}
+                conn.send((seq, status))
             elif kind == "load":
-                conn.send(await load(request[1], request[2], request[3]))
+                conn.send((seq, await load(request[2], request[3], request[4])))
             elif kind == "stop":
                 break
     finally:
@@ -137,6 +139,8 @@ class Bench:
         self.configs: list[dict[str, Any]] = []
         self.procs: dict[int, tuple[mp.process.BaseProcess, Connection]] = {}
         self.ctx = mp.get_context("spawn")
+        #: Numbers the requests to the nodes (answers carry it back).
+        self.sequence = 0
 
     async def setup(self) -> None:
         from ram.eventstore import schema
@@ -185,11 +189,18 @@ class Bench:
         self.procs[i] = (proc, parent)
 
     def ask(self, i: int, *request: Any, timeout: float = 120) -> Any:
+        """Send a request to node ``i`` and return its answer. An answer that comes after its
+        request timed out is skipped (by its sequence number), never taken for a later one's."""
         _, pipe = self.procs[i]
-        pipe.send(request)
-        if not pipe.poll(timeout):
-            raise TimeoutError(f"node {i + 1} did not answer {request[0]!r}")
-        return pipe.recv()
+        self.sequence += 1
+        seq = self.sequence
+        pipe.send((seq, *request))
+        deadline = time.monotonic() + timeout
+        while pipe.poll(max(0.0, deadline - time.monotonic())):
+            answered, answer = pipe.recv()
+            if answered == seq:
+                return answer
+        raise TimeoutError(f"node {i + 1} did not answer {request[0]!r}")
 
     def kill(self, i: int) -> None:
         proc, pipe = self.procs.pop(i)

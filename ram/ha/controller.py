@@ -55,6 +55,13 @@ def _stopping() -> bool:
 
 log = logging.getLogger("ram.ha")
 
+#: How long PostgreSQL's clean (fast) shutdown may take when the node itself stops, before it becomes
+#: an immediate one. A fast shutdown waits for the standbys to confirm the last WAL, so a frozen or
+#: cut-off standby holds it for wal_sender_timeout (60 s), longer than those stopping us wait
+#: (`ram cluster down` 30 s, the systemd unit 60 s) before they SIGKILL the node mid-shutdown and
+#: leave PostgreSQL to itself. Planned operations (switchover, restart) keep the longer bound.
+SHUTDOWN_FAST_STOP_S = 15.0
+
 #: How long a fact (health, following, fenced, ...) is retried while it can not be committed.
 _FACT_RETRY_S = 30.0
 
@@ -158,7 +165,7 @@ class HAController:
         was_running = self.pg.status is not None and self.pg.status.running
         started = time.monotonic()
         with contextlib.suppress(Exception):
-            stopped = await self.instance.stop("fast")
+            stopped = await self.instance.stop("fast", timeout=SHUTDOWN_FAST_STOP_S)
             log.info("postgres stopped with the node member=%s was_running=%s mode=%s took_s=%.2f",
                      self.me, stopped.was_running, stopped.mode, time.monotonic() - started)
         if was_running:

@@ -56,10 +56,12 @@ def _stopping() -> bool:
 log = logging.getLogger("ram.ha")
 
 #: How long PostgreSQL's clean (fast) shutdown may take when the node itself stops, before it becomes
-#: an immediate one. A fast shutdown waits for the standbys to confirm the last WAL, so a frozen or
-#: cut-off standby holds it for wal_sender_timeout (60 s), longer than those stopping us wait
-#: (`ram cluster down` 30 s, the systemd unit 60 s) before they SIGKILL the node mid-shutdown and
-#: leave PostgreSQL to itself. Planned operations (switchover, restart) keep the longer bound.
+#: an immediate one. A fast shutdown waits for its shutdown checkpoint (a restartpoint on a replica),
+#: which a stalled disk can hold for as long as it stalls; with the general 60 s bound the node would
+#: outlast those stopping it (`ram cluster down` 30 s, the systemd unit 60 s), which SIGKILL it
+#: mid-shutdown and leave PostgreSQL to itself. A primary's PostgreSQL goes sooner anyway: once the
+#: node stops renewing its lease, the fence guard kills it. Planned operations (switchover,
+#: restart) keep the longer bound.
 SHUTDOWN_FAST_STOP_S = 15.0
 
 #: How long a fact (health, following, fenced, ...) is retried while it can not be committed.

@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 
 from ram import localcluster as lc
+from ram.postgres import proctree
 from tests.conftest import make_tempdir
 
 
@@ -96,6 +97,11 @@ class E2ECluster:
         with contextlib.suppress(OSError, ValueError, IndexError):
             return int((Path(member.pg_data_dir) / "postmaster.pid").read_text().split()[0])
         return None
+
+    def instance_pids(self, name: str) -> list[int]:
+        """The postmaster of ``name`` and its children (every process of that PostgreSQL)."""
+        pm = self.postmaster_pid(self.member(name))
+        return [] if pm is None else [pm, *proctree.children(pm)]
 
     def _kill_postmaster(self, member: lc.MemberInfo) -> None:
         pid = self.postmaster_pid(member)

@@ -13,7 +13,6 @@ from pathlib import Path
 from ram import localcluster as lc
 from ram.ha.controller import SHUTDOWN_FAST_STOP_S
 from tests.e2e.cluster import E2ECluster
-from tests.e2e.test_sync import _instance_pids
 
 #: What `ram cluster down` waits before SIGKILL (the systemd unit allows 60 s).
 _SUPERVISOR_PATIENCE_S = 30.0
@@ -42,7 +41,7 @@ async def test_sigterm_ends_the_node_in_time_although_its_postgres_clean_shutdow
         assert replica.pid is not None
         postmaster = e2e.postmaster_pid(replica)
         assert postmaster is not None
-        frozen = _checkpointer(_instance_pids(e2e, replica.name))
+        frozen = _checkpointer(e2e.instance_pids(replica.name))
         os.kill(frozen, signal.SIGSTOP)
         started = time.monotonic()
         os.kill(replica.pid, signal.SIGTERM)

@@ -9,7 +9,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -61,21 +60,6 @@ async def test_sync_node_loss_loses_no_acknowledged_write(sync_cluster: E2EClust
     assert len(writer.acked) > 20
 
 
-def _instance_pids(e2e: E2ECluster, name: str) -> list[int]:
-    """The postmaster of ``name`` and its children (every process of that PostgreSQL)."""
-    pm = e2e.postmaster_pid(e2e.member(name))
-    if pm is None:
-        return []
-    pids = [pm]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                ppid = next(ln for ln in (entry / "status").read_text().splitlines() if ln.startswith("PPid:"))
-                if int(ppid.split()[1]) == pm:
-                    pids.append(int(entry.name))
-    return pids
-
-
 async def test_no_healthy_standby_degrades_to_async_unless_strict(sync_cluster: E2ECluster) -> None:
     """Both replicas' PostgreSQL frozen (their nodes and the Raft quorum stay up): without strict,
     the primary drops to asynchronous replication, records it, and writes go on; with strict, writes
@@ -89,7 +73,7 @@ async def test_no_healthy_standby_degrades_to_async_unless_strict(sync_cluster: 
     primary = c["primary"]
     replicas = [m["name"] for m in c["members"] if m["name"] != primary]
     since = c["applied_index"]
-    frozen = [pid for name in replicas for pid in _instance_pids(e2e, name)]
+    frozen = [pid for name in replicas for pid in e2e.instance_pids(name)]
     assert frozen
     # Straight to the primary: a multi-host client would hang connecting to a frozen server first.
     strict = bool(getattr(e2e, "strict", False))

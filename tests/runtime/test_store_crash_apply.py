@@ -62,18 +62,25 @@ async def _connect(server: PostgresServer) -> asyncpg.Connection:
     raise AssertionError("the store did not come back within 30 s")
 
 
-async def _freeze_walwriter(server: PostgresServer) -> int:
+@contextlib.asynccontextmanager
+async def _walwriter_frozen(server: PostgresServer) -> AsyncIterator[None]:
+    """The store's WAL writer stopped (SIGSTOP) inside the block: asynchronous commits stay unflushed."""
     conn = await _connect(server)
     try:
         pid = int(await conn.fetchval("SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'"))
     finally:
         await conn.close()
     os.kill(pid, signal.SIGSTOP)
-    return pid
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
-def _crash(server: PostgresServer) -> None:
-    """kill -9 of the postmaster and every process of the store: what is in shared memory is gone."""
+def _crash(server: PostgresServer) -> int:
+    """kill -9 of the postmaster and every process of the store: what is in shared memory is gone.
+    Returns the killed postmaster's pid (for :func:`_restart`)."""
     postmaster = server.postmaster_pid()
     assert postmaster is not None
     tree = [postmaster, *proctree.children(postmaster)]
@@ -81,6 +88,7 @@ def _crash(server: PostgresServer) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proctree.reap(tree, kill_after=5.0)
+    return postmaster
 
 
 async def _restart(server: PostgresServer, postmaster: int) -> None:
@@ -96,18 +104,12 @@ async def _restart(server: PostgresServer, postmaster: int) -> None:
 async def _propose_until_lost(node: ClusterNode, server: PostgresServer, counter: list[int]) -> int:
     """Propose with the WAL writer frozen, crash the store, restart it; returns the applied index the
     node had. The store's applied index is then lower (the last apply was not written)."""
-    walwriter = await _freeze_walwriter(server)
-    try:
+    async with _walwriter_frozen(server):
         for _ in range(5):
             counter[0] += 1
             await node.propose(PatchConfig(changes={f"crash.k{counter[0] % 3}": counter[0]}))
         applied = node.applied_index
-        postmaster = server.postmaster_pid()
-        assert postmaster is not None
-        _crash(server)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(walwriter, signal.SIGCONT)
+        postmaster = _crash(server)
     await _restart(server, postmaster)
     durable, _, _ = await _durable(server)
     assert durable < applied, "the store kept every apply: this test did not crash between commit and apply"
@@ -220,20 +222,14 @@ async def test_restart_seals_unflushed_applies_before_counting_them() -> None:
     async with _single_node_rig("ram-crash-restart-") as rig:
         node, server = rig.node, rig.server
         await node.propose(PatchConfig(changes={"restart.before": 1}))
-        walwriter = await _freeze_walwriter(server)
-        try:
+        async with _walwriter_frozen(server):
             for k in range(5):
                 await node.propose(PatchConfig(changes={f"restart.k{k}": k}))  # waits for the apply write
             applied = node.applied_index
             await node.stop(transfer=False)
             rig.node = node = await rig.new_node()  # the new run; nothing else writes before the crash
             assert node.applied_index == applied
-            postmaster = server.postmaster_pid()
-            assert postmaster is not None
-            _crash(server)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(walwriter, signal.SIGCONT)
+            postmaster = _crash(server)
         await _restart(server, postmaster)
         durable, _, _ = await _durable(server)
         assert durable == applied, f"the store lost applies the new run counted as sealed ({durable} < {applied})"

@@ -13,10 +13,11 @@ from pydantic import JsonValue
 from ram.api.auth import identity_of
 from ram.api.context import ApiContext, Ctx
 from ram.api.errors import ApiError, error_responses
+from ram.api.freshness import Stale, fresh_read, read_fields
 from ram.api.schemas import (
     AddMemberRequest,
-    ConfigOut,
     ConfigPatchOut,
+    ConfigReadOut,
     FailoverRequest,
     MaintenanceOut,
     MaintenanceRequest,
@@ -136,9 +137,16 @@ def _config_out(ctx: ApiContext) -> dict[str, Any]:
     }
 
 
-@get("/config", summary="Dynamic configuration", tags=["config"], sync_to_thread=False)
-def get_config(ctx: Ctx) -> ConfigOut:
-    return ConfigOut(**_config_out(ctx))
+@get(
+    "/config",
+    summary="Dynamic configuration",
+    description="Read like `GET /cluster`: confirmed current by a Raft read barrier unless `?stale=ok`.",
+    tags=["config"],
+    responses=error_responses(400),
+)
+async def get_config(ctx: Ctx, stale: Stale = None) -> ConfigReadOut:
+    freshness = await fresh_read(ctx, stale)
+    return ConfigReadOut(**_config_out(ctx), **read_fields(ctx, freshness))
 
 
 def validate_patch(

@@ -1,20 +1,16 @@
 """Read endpoints: the cluster as this node's projection shows it, members, events, history.
 
-``/cluster`` and ``/members/{name}`` are read-your-cluster fresh by default: a Raft read barrier
-(ReadIndex through the leader) first makes sure this node has applied everything committed before the
-request, so a follower never shows a state older than a write that was already acknowledged. When the
-barrier can not complete (no leader, partitioned, store stuck) the node still answers from its own
-state, marked ``stale`` with the reason: an operator of a cut-off node needs an answer most. Health
-checks (``health_routes``) never take that round trip: load balancers poll them.
+Each read is read-your-cluster fresh by default (``ram.api.freshness``): a Raft read barrier first
+makes sure this node has applied everything committed before the request, and the answer says how
+current it is (``stale``, ``read_index``). The live event stream is not: it follows what this node
+applies.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
@@ -24,6 +20,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ram.api.context import Ctx
 from ram.api.errors import ApiError, error_responses
+from ram.api.freshness import READ_BARRIER_TIMEOUT_S, Stale, fresh_read, read_fields
 from ram.api.schemas import (
     ClusterOut,
     EventOut,
@@ -43,24 +40,8 @@ from ram.ha.live import LocalLive, MemberLive
 
 KEEPALIVE_S = 15.0
 MAX_PAGE = 1000
-#: Longest a fresh read waits for the Raft read barrier before answering from the local state
-#: (marked stale): long enough for a leader round trip and a short apply backlog, short enough
-#: that ``ramctrl status`` on a partitioned node still answers at once.
-READ_BARRIER_TIMEOUT_S = 0.5
 #: How long an event page waits for this node's store to have what the node applied.
 STORE_CATCH_UP_TIMEOUT_S = 0.5
-_SKIP_BARRIER = ("ok", "true", "1", "yes")
-_DO_BARRIER = ("false", "0", "no")
-
-Stale = Annotated[
-    str | None,
-    QueryParameter(
-        name="stale",
-        required=False,
-        description="`ok`: answer from this node's applied state at once, without a Raft read barrier "
-        "(the answer is then marked stale). Default: confirm the state is current first.",
-    ),
-]
 
 Types = Annotated[
     list[str] | None,
@@ -92,60 +73,6 @@ def event_out(stored: StoredEvent) -> EventOut:
         ts=stored.ts,
         payload=payload,
     )
-
-
-@dataclass(frozen=True)
-class Freshness:
-    """How current a read is: ``read_index`` is the barrier's commit index when it completed."""
-
-    stale: bool
-    reason: str = ""
-    read_index: int | None = None
-
-
-def _skip_barrier(value: str | None) -> bool:
-    if value is None:
-        return False
-    text = value.strip().lower()
-    if text in _SKIP_BARRIER:
-        return True
-    if text in _DO_BARRIER or not text:
-        return False
-    raise ApiError(
-        400,
-        f"query parameter 'stale': expected 'ok' (answer without a Raft read barrier) or 'false' (the default); "
-        f"got {value[:40]!r}",
-    )
-
-
-async def fresh_read(ctx: Ctx, stale: str | None) -> Freshness:
-    """Wait (briefly) until this node has applied everything committed before now.
-
-    Never fails the request: without a leader or a quorum the caller serves its own state, marked.
-    """
-    if _skip_barrier(stale):
-        return Freshness(stale=True, reason="not checked: stale=ok skips the Raft read barrier")
-    try:
-        async with asyncio.timeout(READ_BARRIER_TIMEOUT_S):
-            index = await ctx.node.read_barrier(timeout=READ_BARRIER_TIMEOUT_S)
-    except TimeoutError:
-        return Freshness(
-            stale=True, reason=f"Raft read barrier not complete within {READ_BARRIER_TIMEOUT_S:g} s"
-        )
-    except ProposalError as exc:
-        return Freshness(stale=True, reason=f"Raft read barrier failed: {' '.join(str(exc).split())}")
-    return Freshness(stale=False, read_index=index)
-
-
-def _read_fields(ctx: Ctx, freshness: Freshness) -> dict[str, Any]:
-    """What every fresh read says about itself: who answered, how far it had applied, how current."""
-    return {
-        "applied_index": ctx.node.applied_index,
-        "node": ctx.name,
-        "stale": freshness.stale,
-        "stale_reason": freshness.reason,
-        "read_index": freshness.read_index,
-    }
 
 
 def _live(ctx: Ctx) -> tuple[dict[str, MemberLive] | None, LocalLive | None]:
@@ -193,7 +120,7 @@ async def get_cluster(ctx: Ctx, stale: Stale = None) -> ClusterOut:
         maintenance_reason=state.maintenance_reason,
         pending_restart=_pending_restart(ctx, live),
         commit_index=node.commit_index,
-        **_read_fields(ctx, freshness),
+        **read_fields(ctx, freshness),
     )
 
 
@@ -214,7 +141,7 @@ async def get_member(ctx: Ctx, name: FromPath[str], stale: Stale = None) -> Memb
     out = member_out(node, state, member, *_live(ctx))
     return MemberReadOut(
         **out.model_dump(),
-        **_read_fields(ctx, freshness),
+        **read_fields(ctx, freshness),
     )
 
 
@@ -229,7 +156,9 @@ async def get_member(ctx: Ctx, name: FromPath[str], stale: Stale = None) -> Memb
     "`?last=N&before=next_before` while `more` is true, and follow on from the newest with "
     "`after=next_after` (or `/events/stream?after=next_after`).\n\n"
     "`type` (repeatable) filters both. `last` can not be combined with `after` or `limit`, and `before` "
-    "needs `last`.",
+    "needs `last`.\n\n"
+    "Read like `GET /cluster`: confirmed current by a Raft read barrier unless `?stale=ok`, so a page "
+    "includes every event of a write acknowledged before the request, on any node.",
     tags=["events"],
     responses=error_responses(400),
 )
@@ -255,8 +184,10 @@ async def get_events(
             description="With `last`: only events before this position (page back with `next_before`).",
         ),
     ] = None,
+    stale: Stale = None,
 ) -> EventPage:
     selected = _check_types(types)
+    freshness = await fresh_read(ctx, stale)
     await _store_caught_up(ctx)
     if last is None:
         if before is not None:
@@ -269,6 +200,7 @@ async def get_events(
             next_after=out[-1].position if out else after,
             more=len(out) >= limit,
             next_before=out[0].position if out else None,
+            **read_fields(ctx, freshness),
         )
     given = request.query_params
     for other in ("after", "limit"):
@@ -285,7 +217,11 @@ async def get_events(
     bound = max(0, before - 1) if before is not None else 0
     next_after = out[-1].position if out else bound
     return EventPage(
-        events=out, next_after=next_after, more=len(out) >= last, next_before=out[0].position if out else None
+        events=out,
+        next_after=next_after,
+        more=len(out) >= last,
+        next_before=out[0].position if out else None,
+        **read_fields(ctx, freshness),
     )
 
 
@@ -383,8 +319,15 @@ def events_stream(
     return ServerSentEvent(_event_stream(ctx, sub, skip_through))
 
 
-@get("/history", summary="Failovers, switchovers and timelines", tags=["cluster"], sync_to_thread=False)
-def get_history(ctx: Ctx) -> HistoryOut:
+@get(
+    "/history",
+    summary="Failovers, switchovers and timelines",
+    description="Read like `GET /cluster`: confirmed current by a Raft read barrier unless `?stale=ok`.",
+    tags=["cluster"],
+    responses=error_responses(400),
+)
+async def get_history(ctx: Ctx, stale: Stale = None) -> HistoryOut:
+    freshness = await fresh_read(ctx, stale)
     state = ctx.node.state
     return HistoryOut(
         operations=[
@@ -412,6 +355,7 @@ def get_history(ctx: Ctx) -> HistoryOut:
             TimelineOut(timeline=t.timeline, primary=t.primary, lsn=t.lsn, position=t.position, at=t.at)
             for t in state.timeline_history
         ],
+        **read_fields(ctx, freshness),
     )
 
 

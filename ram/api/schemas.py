@@ -112,7 +112,19 @@ _STALE = (
 )
 
 
-class ClusterOut(_Response):
+class ReadFreshness(_Response):
+    """How current a read of the replicated state is (``ram.api.freshness``)."""
+
+    applied_index: int = Field(description="How far this node has applied the Raft log (the state's position).")
+    node: str = Field(description="The member answering this request.")
+    stale: bool = Field(description=_STALE)
+    stale_reason: str = Field(description="Why the state is not confirmed current; empty when it is.")
+    read_index: int | None = Field(
+        description="Commit index the Raft read barrier confirmed (the state includes it); null when stale."
+    )
+
+
+class ClusterOut(ReadFreshness):
     cluster_id: str | None
     cluster_name: str | None
     members: list[MemberOut]
@@ -125,26 +137,11 @@ class ClusterOut(_Response):
     maintenance: bool
     maintenance_reason: str
     pending_restart: list[str]
-    applied_index: int = Field(description="How far this node has applied the Raft log (the state's position).")
     commit_index: int
-    node: str = Field(description="The member answering this request.")
-    stale: bool = Field(description=_STALE)
-    stale_reason: str = Field(description="Why the state is not confirmed current; empty when it is.")
-    read_index: int | None = Field(
-        description="Commit index the Raft read barrier confirmed (the state includes it); null when stale."
-    )
 
 
-class MemberReadOut(MemberOut):
+class MemberReadOut(MemberOut, ReadFreshness):
     """``GET /members/{name}``: the member, and how current this node's view of it is."""
-
-    applied_index: int = Field(description="How far this node has applied the Raft log (the state's position).")
-    node: str = Field(description="The member answering this request.")
-    stale: bool = Field(description=_STALE)
-    stale_reason: str = Field(description="Why the state is not confirmed current; empty when it is.")
-    read_index: int | None = Field(
-        description="Commit index the Raft read barrier confirmed (the state includes it); null when stale."
-    )
 
 
 # ------------------------------------------------------------------------------------- events
@@ -163,7 +160,7 @@ class EventOut(_Response):
     )
 
 
-class EventPage(_Response):
+class EventPage(ReadFreshness):
     events: list[EventOut]
     next_after: int = Field(description="Pass as ?after= to read the next (newer) page.")
     more: bool = Field(
@@ -211,7 +208,7 @@ class OperationOut(_Response):
     lsn: int | None
 
 
-class HistoryOut(_Response):
+class HistoryOut(ReadFreshness):
     operations: list[OperationOut]
     timelines: list[TimelineOut]
 
@@ -254,6 +251,10 @@ class ConfigOut(_Response):
     pending_restart_members: dict[str, list[str]] = Field(
         default_factory=dict, description="Member -> parameters it runs with a value pending a restart (measured)."
     )
+
+
+class ConfigReadOut(ConfigOut, ReadFreshness):
+    """``GET /config``: the configuration, and how current this node's view of it is."""
 
 
 class ConfigPatchOut(ConfigOut):

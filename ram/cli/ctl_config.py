@@ -19,7 +19,7 @@ from ram.cli.ctl_config_parse import (
 )
 from ram.cli.ctl_context import client, confirm, force_option, json_option, print_json
 from ram.cli.ctl_http import ApiClient, CtlError
-from ram.cli.ctl_table import render_pairs
+from ram.cli.ctl_table import render_pairs, stale_note
 
 
 def _show(config: Mapping[str, Any]) -> str:
@@ -82,6 +82,9 @@ def config_show(as_json: bool) -> None:
     click.echo(_show(body.get("config") or {}))
     if body.get("pending_restart"):
         click.echo("Pending restart: " + ", ".join(body["pending_restart"]))
+    note = stale_note(body)
+    if note:
+        click.echo(note)
 
 
 @config.command("set")

@@ -20,7 +20,7 @@ import httpx
 
 from ram.cli.ctl_context import client, json_option, print_json
 from ram.cli.ctl_http import ApiClient, CtlError
-from ram.cli.ctl_table import format_lsn, format_time, one_line_json, render_table, summarize
+from ram.cli.ctl_table import format_lsn, format_time, one_line_json, render_table, stale_note, summarize
 
 #: The server sends a keepalive every 15 s; silence for this long means the connection is dead.
 STREAM_READ_TIMEOUT_S = 45.0
@@ -194,6 +194,9 @@ def events(as_json: bool, types: tuple[str, ...], last: int | None, before: int 
             _follow(api, {"after": start, **type_params}, as_json)
         except KeyboardInterrupt:
             return
+    note = None if as_json else stale_note(page)
+    if note:  # on stderr: the events on stdout stay one per line for scripts
+        click.echo(note, err=True)
     if not items:
         if not as_json:
             where = f" after position {after}" if after else f" before position {before}" if before is not None else ""
@@ -238,6 +241,9 @@ def render_history(history: Mapping[str, Any]) -> str:
         parts.append(render_table(["TL", "Primary", "Start LSN", "Pos", "At"], rows))
     else:
         parts.append("No timelines recorded.")
+    note = stale_note(history)
+    if note:
+        parts.append(note)
     return "\n\n".join(parts)
 
 

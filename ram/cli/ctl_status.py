@@ -12,7 +12,7 @@ import click
 from ram.cli.ctl_context import Settings, client, json_option, print_json
 from ram.cli.ctl_http import ApiClient, CtlError, normalize_url
 from ram.cli.ctl_http import leader_api as leader_url
-from ram.cli.ctl_table import render_table
+from ram.cli.ctl_table import render_table, stale_note
 
 
 def _role(member: Mapping[str, Any]) -> str:
@@ -102,11 +102,9 @@ def render_status(cluster: Mapping[str, Any]) -> str:
         lines.append(f"Synchronous mode: {sync['mode']}, num_sync {sync.get('num_sync')}, standbys: {standbys}")
     if cluster.get("pending_restart"):
         lines.append("Pending restart: " + ", ".join(cluster["pending_restart"]))
-    if cluster.get("stale"):
-        # A partitioned or lagging node still answers; say plainly that this may be old news.
-        reason = cluster.get("stale_reason") or "not confirmed by the Raft leader"
-        node, applied = cluster.get("node", "?"), cluster.get("applied_index", "?")
-        lines.append(f"Stale: {node}'s own view, applied up to position {applied}; it may be behind ({reason})")
+    note = stale_note(cluster)
+    if note:
+        lines.append(note)
     return "\n".join(lines)
 
 

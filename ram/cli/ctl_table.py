@@ -82,3 +82,15 @@ def render_pairs(pairs: Sequence[tuple[str, str]]) -> str:
     """``key  value`` lines with the values aligned (config, single objects)."""
     width = max((len(k) for k, _ in pairs), default=0)
     return "\n".join(f"{k.ljust(width)}  {v}".rstrip() for k, v in pairs)
+
+
+def stale_note(body: Mapping[str, Any]) -> str | None:
+    """One line saying a read is this node's own view, not confirmed by the Raft leader (``stale``
+    in every read of ``/cluster``, ``/members``, ``/config``, ``/history``, ``/events``); None when
+    the answer was confirmed current. A partitioned or lagging node still answers: say plainly that
+    this may be old news."""
+    if not body.get("stale"):
+        return None
+    reason = body.get("stale_reason") or "not confirmed by the Raft leader"
+    node, applied = body.get("node", "?"), body.get("applied_index", "?")
+    return f"Stale: {node}'s own view, applied up to position {applied}; it may be behind ({reason})"

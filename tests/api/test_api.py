@@ -70,7 +70,9 @@ async def test_member_found_and_unknown(api_cluster: ApiCluster, client: httpx.A
 
 async def test_history_empty_without_ha(api_cluster: ApiCluster, client: httpx.AsyncClient) -> None:
     r = await client.get(api_cluster.url(2) + "/history")
-    assert r.status_code == 200 and r.json() == {"operations": [], "timelines": []}
+    body = r.json()
+    assert r.status_code == 200 and body["operations"] == [] and body["timelines"] == [], body
+    assert body["stale"] is False and body["node"] == api_cluster.nodes[2].config.name
 
 
 # ----------------------------------------------------------------------------------- writes
@@ -327,7 +329,10 @@ async def test_events_last_reads_the_newest_and_pages_back(
     typed = (await client.get(url + "/events", params={"last": 1, "type": "dynamic_config_changed"})).json()
     assert [list(e["payload"]["changes"]) for e in typed["events"]] == [["postgresql.parameters.tail.probe2"]]
     nothing = (await client.get(url + "/events", params={"last": 5, "before": 1})).json()
-    assert nothing == {"events": [], "next_after": 0, "more": False, "next_before": None}
+    assert {k: nothing[k] for k in ("events", "next_after", "more", "next_before")} == {
+        "events": [], "next_after": 0, "more": False, "next_before": None
+    }
+    assert nothing["stale"] is False
 
 
 async def _next_event(lines: AsyncIterator[str]) -> dict[str, str]:
@@ -441,6 +446,54 @@ async def test_follower_cluster_read_is_at_least_as_new_as_a_committed_write(
             assert member["stale"] is False and member["read_index"] >= index and member["is_raft_leader"] is True
     finally:
         assert (await client.delete(api_cluster.url(li) + "/maintenance")).status_code == 200
+        await api_cluster.barrier()
+
+
+async def test_follower_config_history_and_event_reads_include_a_committed_write(
+    api_cluster: ApiCluster, client: httpx.AsyncClient
+) -> None:
+    """GET /config, /history and /events pass the same read barrier as /cluster: a follower that
+    lags answers marked stale, and once it catches up the answer includes the leader's write."""
+    leader = await api_cluster.settled()
+    li, fi = api_cluster.index_of(leader), api_cluster.index_of(api_cluster.follower())
+    follower_url = api_cluster.url(fi)
+    key = f"postgresql.parameters.ram.fresh_{int(time.time() * 1000)}"
+    try:
+        async with holding(api_cluster.dsns[fi], "LOCK TABLE pgraft.log IN SHARE MODE") as release:
+            r = await client.patch(api_cluster.url(li) + "/config", json={key: "on"})
+            assert r.status_code == 200, r.text
+            index = r.json()["write"]["index"]
+            assert api_cluster.nodes[fi].applied_index < index
+
+            for path in ("/config", "/history", "/events?last=5"):
+                sep = "&" if "?" in path else "?"
+                body = (await client.get(follower_url + path + sep + "stale=ok")).json()
+                assert body["stale"] is True and "stale=ok" in body["stale_reason"], (path, body)
+                assert body["read_index"] is None and body["applied_index"] < index, (path, body)
+                # The barrier can not complete while the follower can not apply: served anyway, marked.
+                body = (await client.get(follower_url + path)).json()
+                assert body["stale"] is True and "read barrier" in body["stale_reason"], (path, body)
+                assert body["node"] == api_cluster.nodes[fi].config.name
+            assert key not in (await client.get(follower_url + "/config")).json()["config"]
+
+            async def release_soon() -> None:
+                await asyncio.sleep(0.1)
+                await release()
+
+            releasing = asyncio.get_running_loop().create_task(release_soon())
+            config = (await client.get(follower_url + "/config")).json()
+            await releasing
+        assert config["stale"] is False and config["read_index"] >= index, config
+        assert config["config"].get(key) == "on"
+        page = (await client.get(follower_url + "/events", params={"after": index - 1, "limit": 10})).json()
+        assert page["stale"] is False and page["read_index"] >= index
+        assert [e["position"] for e in page["events"]][:1] == [index], page
+        history = (await client.get(follower_url + "/history")).json()
+        assert history["stale"] is False and history["applied_index"] >= index
+        r = await client.get(follower_url + "/history", params={"stale": "maybe"})
+        assert r.status_code == 400 and "'stale'" in r.json()["error"]
+    finally:
+        assert (await client.patch(api_cluster.url(li) + "/config", json={key: None})).status_code == 200
         await api_cluster.barrier()
 
 

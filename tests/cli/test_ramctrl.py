@@ -11,12 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
+from ram.cli.ctl_events import render_history
 from ram.cli.ctl_status import render_status
+from ram.cli.ctl_table import stale_note
 from ram.cluster.node import ApplyResult
 from ram.consensus.runtime.errors import NoLeaderError
 from tests.api.conftest import ADMIN, ApiCluster
 from tests.cli.conftest import ctl, ctl_process, one_error_line
-from tests.conftest import free_port
+from tests.conftest import free_port, holding
 
 #: Probe keys: custom PostgreSQL parameters (``prefix.name``), which dynamic configuration accepts.
 P = "postgresql.parameters."
@@ -259,7 +261,38 @@ async def test_events_follow_starts_after_the_newest_shown(api_cluster: ApiClust
 async def test_history_empty(api_cluster: ApiCluster) -> None:
     run = await ctl(api_cluster, "history")
     assert run.exit_code == 0 and "No failovers or switchovers recorded." in run.stdout
-    assert json.loads((await ctl(api_cluster, "history", "--json")).stdout) == {"operations": [], "timelines": []}
+    body = json.loads((await ctl(api_cluster, "history", "--json")).stdout)
+    assert body["operations"] == [] and body["timelines"] == [] and body["stale"] is False
+
+
+async def test_config_history_and_events_say_when_the_answer_may_be_stale(api_cluster: ApiCluster) -> None:
+    """The same 'Stale:' line as status, from what the node says of its own read."""
+    for path in ("/config", "/history", "/events"):
+        body = await _get(api_cluster, path + "?stale=ok")
+        assert body["stale"] is True, (path, body)
+        assert (stale_note(body) or "").startswith(f"Stale: {body['node']}'s own view, applied up to position ")
+        assert stale_note(await _get(api_cluster, path)) is None, path
+    assert render_history(await _get(api_cluster, "/history?stale=ok")).splitlines()[-1].startswith("Stale: ")
+    assert "Stale" not in (await ctl(api_cluster, "config", "show")).stdout
+    assert "Stale" not in (await ctl(api_cluster, "history")).stdout
+
+    # A follower that can not apply (its log held) answers with its own, older view, and says so.
+    leader = await api_cluster.settled()
+    li, fi = api_cluster.index_of(leader), api_cluster.index_of(api_cluster.follower())
+    name, key = api_cluster.nodes[fi].config.name, "postgresql.parameters.ram.stale_probe"
+    try:
+        async with holding(api_cluster.dsns[fi], "LOCK TABLE pgraft.log IN SHARE MODE"):
+            assert (await ctl(api_cluster, "config", "set", f"{key}=1", apis=[api_cluster.url(li)])).exit_code == 0
+            shown = {}
+            for args in (("config", "show"), ("history",)):
+                run = shown[args[0]] = await ctl(None, *args, apis=[api_cluster.url(fi)])
+                assert run.exit_code == 0 and f"Stale: {name}'s own view" in run.stdout, (args, run)
+            assert key not in shown["config"].stdout  # the older view indeed
+            run = await ctl(None, "events", "--last", "3", apis=[api_cluster.url(fi)])
+            assert run.exit_code == 0 and f"Stale: {name}'s own view" in run.stderr, run
+    finally:
+        assert (await ctl(api_cluster, "config", "set", f"{key}=null", apis=[api_cluster.url(li)])).exit_code == 0
+        await api_cluster.barrier()
 
 
 async def test_dsn(api_cluster: ApiCluster) -> None:

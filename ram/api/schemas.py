@@ -97,6 +97,11 @@ class MemberOut(_Response):
     is_learner: bool = Field(description="A non-voting Raft learner that is still catching up.")
     is_raft_leader: bool
     sync_standby: bool
+    lease_s: float | None = Field(
+        default=None,
+        description="The primary lease length this member committed (its ha.lease_s, announced when longer than "
+        "2 s or changed); null: never announced, so it uses at most 2 s.",
+    )
 
 
 class SyncOut(_Response):

@@ -130,6 +130,7 @@ def member_out(
         **({} if "lsn" in measured else {"lsn": member.lsn}),
         following=member.following,
         fenced=member.fenced,
+        lease_s=member.lease_s,
         tags=MemberTagsOut(
             nofailover=tags.nofailover,
             noloadbalance=tags.noloadbalance,

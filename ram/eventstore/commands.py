@@ -29,6 +29,7 @@ from ram.eventstore.events import (
     MemberActionRequested,
     MemberAdded,
     MemberHealthChanged,
+    MemberLeaseAnnounced,
     MemberRemoved,
     MemberSpec,
     MemberTags,
@@ -136,7 +137,7 @@ class RequestSwitchover(_Command):
 FactEvent = Annotated[
     Union[  # noqa: UP007
         MemberHealthChanged, ReplicaFollowing, ReplicaRejoined, NodeFenced, SynchronousStandbysChanged,
-        MemberActionCompleted, CallbackRan,
+        MemberActionCompleted, CallbackRan, MemberLeaseAnnounced,
     ],
     Field(discriminator="type"),
 ]

@@ -65,6 +65,7 @@ __all__ = [
     "MemberActionRequested",
     "MemberAdded",
     "MemberHealthChanged",
+    "MemberLeaseAnnounced",
     "MemberRemoved",
     "MemberSpec",
     "MemberTags",
@@ -419,6 +420,18 @@ class NodeFenced(_EventBase):
     lease_expired_at_ms: NonNegInt | None = None
 
 
+class MemberLeaseAnnounced(_EventBase):
+    """A node's primary lease length (its ``ha.lease_s``), committed so that every later Raft leader
+    knows how long a lease of this member may last (``ram.ha.lease``: a new leader presumes the
+    longest committed lease, at least 2 s, for grants it never saw). A node announces a lease
+    longer than 2 s before it uses it, and a shorter one only after its previous process's leases
+    have run out."""
+
+    type: Literal["member_lease_announced"] = "member_lease_announced"
+    name: Name
+    lease_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)]
+
+
 class CommandRejected(_EventBase):
     """The apply loop refused a committed command (recorded so every node agrees it did nothing)."""
 
@@ -490,6 +503,7 @@ Event: TypeAlias = Annotated[
         MemberActionRequested,
         MemberActionCompleted,
         CallbackRan,
+        MemberLeaseAnnounced,
     ],
     Field(discriminator="type"),
 ]

@@ -110,8 +110,11 @@ class ArbiterRunner:
             self.leader_term = node.term
             self._arbiter_since = now
             self.streaming.reset()
-            self.view.on_became_leader(now, steady_holder(state))
-            log.info("arbiter active term=%d steady_holder=%s", node.term, steady_holder(state))
+            self.view.on_became_leader(now, steady_holder(state), (m.lease_s for m in state.members.values()))
+            log.info(
+                "arbiter active term=%d steady_holder=%s presumed_wait_s=%.2f",
+                node.term, steady_holder(state), self.view.presumed_wait,
+            )
         return True
 
     # ------------------------------------------------------------------------ deciding

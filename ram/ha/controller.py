@@ -28,7 +28,13 @@ from typing import Any
 from ram.cluster.node import ClusterNode
 from ram.config import NodeConfig
 from ram.eventstore.commands import FactEvent
-from ram.eventstore.events import MemberActionCompleted, NodeFenced, ReplicaFollowing, ReplicaRejoined
+from ram.eventstore.events import (
+    MemberActionCompleted,
+    MemberLeaseAnnounced,
+    NodeFenced,
+    ReplicaFollowing,
+    ReplicaRejoined,
+)
 from ram.ha import keeper as k
 from ram.ha.arbiter_runner import ArbiterRunner
 from ram.ha.callbacks import HOOKS, CallbackRunner, Hook
@@ -216,6 +222,9 @@ class HAController:
         if isinstance(event, MemberActionCompleted):
             member = state.members.get(self.me)
             return member is not None and member.pending_action == event.action
+        if isinstance(event, MemberLeaseAnnounced):
+            member = state.members.get(self.me)
+            return member is not None and member.lease_s != event.lease_s
         return True
 
     # ------------------------------------------------------------------------------- keeper

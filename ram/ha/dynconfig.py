@@ -16,8 +16,9 @@ A key is one of:
 The lease timing (``lease_s``, ``clock_drift``, ``safety_margin_s``, ``fence_duration_s``) is NOT
 dynamic (:data:`NODE_ONLY_HA_KEYS`): the safety argument of :mod:`ram.ha.lease` needs the holder and
 the arbiter to agree on when a lease ends, and nodes apply a committed change at different moments;
-these stay in every node's file (same values everywhere, changed with a rolling restart). Anything
-else is refused with the list of what is allowed.
+these stay in every node's file (changed with a rolling restart; a node's ``lease_s`` is committed
+by the node itself, ``member_lease_announced``, so a new Raft leader knows it). Anything else is
+refused with the list of what is allowed.
 """
 
 from __future__ import annotations
@@ -151,8 +152,9 @@ def reference_markdown() -> str:
         lines.append(f"| `{s.key}` | {s.type} | {s.allowed} | {s.default} | {s.applies} | {s.description} |")
     lines.append("")
     lines.append(
-        "Not dynamic (set them in every node's `[ha]` section, identical everywhere, and restart the nodes one "
-        "by one): " + ", ".join(f"`{k}`" for k in NODE_ONLY_HA_KEYS) + "."
+        "Not dynamic (set them in every node's `[ha]` section and restart the nodes one by one; they need not "
+        "be identical - each node commits its `lease_s` when longer than 2 s or changed, and a new Raft leader "
+        "presumes the longest): " + ", ".join(f"`{k}`" for k in NODE_ONLY_HA_KEYS) + "."
     )
     return "\n".join(lines) + "\n"
 

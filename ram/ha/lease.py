@@ -32,10 +32,21 @@ Protocol
 
 ``lease`` on the arbiter's side is the longer of its own ``lease_s`` and the holder's: every renewal
 request announces the holder's ``lease_s`` (:func:`announced_lease`), and a holder that announced
-none — a node of an older release, or any holder of a previous leader's grants — counts as
-:data:`UNANNOUNCED_LEASE_S`. Lease settings are meant to be equal on every node, but they are not
-dynamic: nodes are restarted one by one to change them, and a rolling upgrade mixes releases with
-different defaults; in between, the argument below still holds for every pair.
+none (a node of an older release) counts as :data:`UNANNOUNCED_LEASE_S`. Lease settings are meant to
+be equal on every node, but they are not dynamic: nodes are restarted one by one to change them, and
+a rolling upgrade mixes releases with different defaults; in between, the argument below still
+holds for every pair. ``clock_drift`` and ``fence_duration_s`` are each node's own bounds (on its
+own clock, on its own fencing) and ``safety_margin_s`` is slack the arbiter adds, so they need not
+agree across nodes.
+
+*Committed lease lengths.* The one number another node must know is the length of a lease it never
+granted (the new-leader case below). So a holder uses a lease longer than
+:data:`UNANNOUNCED_LEASE_S` only once its length is committed (``member_lease_announced``, the
+member's ``lease_s`` in the cluster state): its lease is :func:`effective_lease` of its own setting
+and what its applied state says, taken when it sends the request (so every entry it relied on was
+committed before that send). A node announces a longer lease at once and a shorter one only
+:func:`lowering_delay` after it started, when every lease of its previous process has run out
+(:func:`lease_to_announce`).
 
 Claim: no real instant exists at which P may still accept writes and L considers P's lease expired.
 ========================================================================================
@@ -55,8 +66,11 @@ only help: P uses the latest acknowledged ``t_sent``, and every acknowledged ``t
 at some ``g >= s``; L uses its latest ``t_granted``.
 
 *A new leader (no grant record).* Let L' learn of its election at real ``u`` (``leader_since =
-C_L'(u)``); it does not know the lease length of its predecessors' grants, so it presumes
-:data:`UNANNOUNCED_LEASE_S` (or its own ``lease_s`` when longer) for them. Any grant by a leader
+C_L'(u)``); it does not know the lease length of its predecessors' grants, so it presumes the
+longest a holder may use (:func:`presumed_lease`: the longest committed ``lease_s`` of any member,
+:data:`UNANNOUNCED_LEASE_S`, and its own ``lease_s``). That covers every such grant: a holder's
+lease is at most :data:`UNANNOUNCED_LEASE_S` or a length committed before it sent the request
+(``s < u``, below), and L' builds its view after applying every entry committed before its term. Any grant by a leader
 of an older term T was preceded by a quorum of acks to a heartbeat
 round that L started after receiving the request, so the request was sent at ``s < a_v`` where
 ``a_v`` is the ack of some voter ``v`` that also voted for L' (two quorums intersect). A voter that
@@ -121,6 +135,7 @@ timer acts even while other HA work is in progress.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ram.ha.settings import HASettings
@@ -133,6 +148,10 @@ __all__ = [
     "HolderLease",
     "RenewToken",
     "announced_lease",
+    "effective_lease",
+    "lease_to_announce",
+    "lowering_delay",
+    "presumed_lease",
 ]
 
 #: Key of a presumed grant to an unknown holder (new leader, non-steady state).
@@ -141,6 +160,44 @@ WILDCARD = "*"
 #: The lease of a holder that announced none: a node of a release before the announcement (whose
 #: default was 2 s), or a grant of a previous leader (whose holder's lease this leader never heard).
 UNANNOUNCED_LEASE_S = 2.0
+
+
+def effective_lease(own_lease_s: float, committed_lease_s: float | None) -> float:
+    """The lease a holder may use: its own ``lease_s``, but longer than :data:`UNANNOUNCED_LEASE_S`
+    only as far as its committed length (``Member.lease_s``) allows, which every later leader knows."""
+    return min(own_lease_s, max(UNANNOUNCED_LEASE_S, committed_lease_s or 0.0))
+
+
+def presumed_lease(committed_leases: Iterable[float | None], own_lease_s: float) -> float:
+    """How long a grant a new leader never saw may last: the longest lease any holder may use."""
+    return max([UNANNOUNCED_LEASE_S, own_lease_s, *(c for c in committed_leases if c is not None)])
+
+
+def lowering_delay(committed_lease_s: float, settings: HASettings) -> float:
+    """Own-clock seconds after a node's start before it may commit a shorter lease than
+    ``committed_lease_s``: every lease its previous process held (at most that long, sent before
+    this start) has run out by then, by the arbiter's own rule."""
+    return committed_lease_s * (1 + settings.clock_drift) + settings.safety_margin_s
+
+
+def lease_to_announce(
+    own_lease_s: float, committed_lease_s: float | None, seconds_since_start: float, settings: HASettings
+) -> float | None:
+    """The lease length this node should commit now, or None.
+
+    Longer than committed (or nothing committed and longer than :data:`UNANNOUNCED_LEASE_S`): at
+    once; the holder keeps to the committed length until the announcement is applied. Shorter:
+    only after :func:`lowering_delay`, since a new leader must keep presuming the longer lease
+    while a lease of this member's previous process may last."""
+    if committed_lease_s is None:
+        return own_lease_s if own_lease_s > UNANNOUNCED_LEASE_S else None
+    if own_lease_s == committed_lease_s:
+        return None
+    if own_lease_s > committed_lease_s:
+        return own_lease_s
+    if seconds_since_start >= lowering_delay(committed_lease_s, settings):
+        return own_lease_s
+    return None
 
 
 def announced_lease(value: float) -> float:
@@ -153,11 +210,13 @@ def announced_lease(value: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class RenewToken:
-    """One renewal request: ``seq`` orders them, ``t_sent`` is the holder's clock before sending."""
+    """One renewal request: ``seq`` orders them, ``t_sent`` is the holder's clock before sending,
+    ``lease_s`` the lease it may use (:func:`effective_lease` as of the send)."""
 
     seq: int
     t_sent: float
     epoch: int
+    lease_s: float
 
 
 class HolderLease:
@@ -170,18 +229,20 @@ class HolderLease:
         self._valid_until: float | None = None
         self._last_sent: float | None = None
 
-    def on_renew_sent(self, now: float) -> RenewToken:
+    def on_renew_sent(self, now: float, committed_lease_s: float | None = None) -> RenewToken:
+        """A request is about to be sent; ``committed_lease_s``: this member's committed lease
+        length as applied now (None: none committed)."""
         if self._last_sent is not None and now < self._last_sent:
             raise ValueError(f"monotonic clock went backwards: {now} < {self._last_sent}")
         self._seq += 1
         self._last_sent = now
-        return RenewToken(self._seq, now, self._epoch)
+        return RenewToken(self._seq, now, self._epoch, effective_lease(self._settings.lease_s, committed_lease_s))
 
     def on_renew_ok(self, token: RenewToken) -> None:
         """The leader granted ``token``; a late or duplicated answer never shortens the lease."""
         if token.epoch != self._epoch or token.seq > self._seq:
             return  # issued before a release, or not ours
-        until = token.t_sent + self._settings.lease_s
+        until = token.t_sent + token.lease_s
         if self._valid_until is None or until > self._valid_until:
             self._valid_until = until
 
@@ -196,7 +257,8 @@ class HolderLease:
 
     @property
     def lease_s(self) -> float:
-        """This holder's lease length, announced with every renewal request."""
+        """This holder's own lease setting, announced with every renewal request (at least what it
+        uses, :func:`effective_lease`)."""
         return self._settings.lease_s
 
     def fence_at(self) -> float | None:
@@ -230,6 +292,7 @@ class ArbiterLeaseView:
     def __init__(self, settings: HASettings) -> None:
         self._settings = settings
         self._leader_since: float | None = None
+        self._presumed_lease = max(UNANNOUNCED_LEASE_S, settings.lease_s)
         #: Holder (or WILDCARD) -> leader-clock instant its latest grant expires.
         self._expiry: dict[str, float] = {}
         self._revoked: dict[str, int | None] = {}
@@ -241,10 +304,15 @@ class ArbiterLeaseView:
     @property
     def presumed_wait(self) -> float:
         """How long a grant presumed at the election lasts: its holder's lease is not known here."""
-        return self._settings.arbiter_wait_for(UNANNOUNCED_LEASE_S)
+        return self._settings.arbiter_wait_for(self._presumed_lease)
 
-    def on_became_leader(self, now: float, steady_holder: str | None = None) -> None:
-        """Start a fresh view, presuming a grant at ``now`` to ``steady_holder`` or to anyone (None)."""
+    def on_became_leader(
+        self, now: float, steady_holder: str | None = None, committed_leases: Iterable[float | None] = ()
+    ) -> None:
+        """Start a fresh view, presuming a grant at ``now`` to ``steady_holder`` or to anyone (None)
+        of the longest lease a holder may use (``committed_leases``: every member's committed
+        ``lease_s``, from the state applied through the first entry of this term)."""
+        self._presumed_lease = presumed_lease(committed_leases, self._settings.lease_s)
         self._leader_since = now
         self._expiry = {steady_holder if steady_holder is not None else WILDCARD: now + self.presumed_wait}
         self._revoked = {}

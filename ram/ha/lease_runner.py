@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 
 from ram.cluster.node import ClusterNode
-from ram.eventstore.events import NodeFenced
+from ram.eventstore.events import MemberLeaseAnnounced, NodeFenced
 from ram.ha import keeper as k
 from ram.ha.facts import FactReporter
 from ram.ha.fence_guard_client import FenceGuardProcess
-from ram.ha.lease import HolderLease
+from ram.ha.lease import HolderLease, lease_to_announce
 from ram.ha.local import LocalFacts
 from ram.ha.settings import HASettings
 from ram.ha.wire import LeaseRequest
@@ -31,6 +31,8 @@ log = logging.getLogger("ram.ha")
 _FENCE_WATCH_S = 0.02
 #: While a promotion waits for its lease, ask again this often (not at the renewal interval).
 _PROMOTE_RETRY_S = 0.05
+#: An announcement of this node's lease length not applied after this long is proposed again.
+_ANNOUNCE_RETRY_S = 5.0
 
 
 class LeaseRunner:
@@ -59,9 +61,37 @@ class LeaseRunner:
         self._guard_fence_at: float | None = None
         #: Set on every committed change: a candidate asks for its lease at once.
         self.wake = asyncio.Event()
+        #: Leases of this member's previous process were all sent before this instant.
+        self._started_at = time.monotonic()
+        self._announcing: tuple[float, float] | None = None  # (lease_s, when proposed)
 
     def holds(self, now: float) -> bool:
         return self.holder.holds(now)
+
+    def announce_lease(self, now: float) -> None:
+        """Commit this node's lease length when the committed one differs (``ram.ha.lease``: a
+        longer lease is used only once committed; a shorter one is committed only once the previous
+        process's leases have run out)."""
+        if self.me not in self.node.state.members:
+            return
+        value = lease_to_announce(
+            self.holder.lease_s, self.committed_lease(), now - self._started_at, self._settings()
+        )
+        if value is None:
+            self._announcing = None
+            return
+        if self._announcing is not None:
+            asked, at = self._announcing
+            if asked == value and now - at < _ANNOUNCE_RETRY_S:
+                return
+        self._announcing = (value, now)
+        log.info("announcing lease member=%s lease_s=%g committed_lease_s=%s", self.me, value, self.committed_lease())
+        self.facts.report(MemberLeaseAnnounced(name=self.me, lease_s=value))
+
+    def committed_lease(self) -> float | None:
+        """This member's committed lease length as applied here (None: none committed)."""
+        member = self.node.state.members.get(self.me)
+        return None if member is None else member.lease_s
 
     async def renew_loop(self) -> None:
         """Renew every ``renew_interval_s`` while the keeper wants the lease. A node that wants it
@@ -72,9 +102,10 @@ class LeaseRunner:
             started = time.monotonic()
             wait = interval
             try:
+                self.announce_lease(started)
                 if k.wants_lease(self._keeper_input(started)):
                     held = self.holder.holds(started)
-                    token = self.holder.on_renew_sent(started)
+                    token = self.holder.on_renew_sent(started, self.committed_lease())
                     answer = await self.node.raft.ask_leader(
                         LeaseRequest(request_id=0, lease_s=self.holder.lease_s), timeout=interval * 2
                     )

@@ -85,6 +85,7 @@ def _member_row(m: Member) -> dict[str, Any]:
         "rejoin_method": m.rejoin_method,
         "pending_action": m.pending_action,
         "pending_action_position": m.pending_action_position,
+        "lease_s": m.lease_s,
     }
 
 

@@ -80,6 +80,7 @@ async def _load(conn: asyncpg.Connection) -> ClusterState:
             rejoin_method=r["rejoin_method"],
             pending_action=r.get("pending_action"),  # columns of revision 0004
             pending_action_position=r.get("pending_action_position"),
+            lease_s=r.get("lease_s"),  # column of revision 0008
         )
     timelines = tuple(
         TimelineRecord(

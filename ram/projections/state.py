@@ -57,6 +57,7 @@ from ram.eventstore.events import (
     MemberActionRequested,
     MemberAdded,
     MemberHealthChanged,
+    MemberLeaseAnnounced,
     MemberRemoved,
     MemberTags,
     MemberTagsChanged,
@@ -167,6 +168,9 @@ class Member:
     # An operator's restart / reinit request not yet carried out (and the position it was asked at).
     pending_action: Literal["restart", "reinit"] | None = None
     pending_action_position: int | None = None
+    #: The primary lease length this member announced (``member_lease_announced``); None: never
+    #: announced, so it uses at most 2 s (``ram.ha.lease.UNANNOUNCED_LEASE_S``).
+    lease_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,6 +497,8 @@ def _apply(state: ClusterState, se: PlacedEvent) -> ClusterState:
             return replace(state, dynamic_config=config, pending_restart=tuple(sorted(set(ev.pending_restart))))
         case NodeFenced():
             return _update_member(state, ev.name, fenced=True, fence_reason=ev.reason)
+        case MemberLeaseAnnounced():
+            return _update_member(state, ev.name, lease_s=ev.lease_s)
         case CommandRejected() | CallbackRan():
             return state
         case MemberActionRequested():

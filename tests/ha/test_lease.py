@@ -12,7 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ram.ha.lease import UNANNOUNCED_LEASE_S, WILDCARD, ArbiterLeaseView, HolderLease, RenewToken, announced_lease
+from ram.ha.lease import (
+    UNANNOUNCED_LEASE_S,
+    WILDCARD,
+    ArbiterLeaseView,
+    HolderLease,
+    RenewToken,
+    announced_lease,
+    effective_lease,
+    lease_to_announce,
+    lowering_delay,
+    presumed_lease,
+)
 from ram.ha.settings import HASettings
 
 S = HASettings()
@@ -209,16 +220,24 @@ def _check(
     cp: Clock,
     leaders: list[tuple[Clock, float, float, str | None]],
     reqs: list[tuple[float, float, float, bool]],
+    *,
+    leader_settings: list[HASettings] | None = None,
+    committed: float | None = None,
+    leaders_know_committed: bool = True,
 ) -> None:
     """``leaders``: (clock, elected_at_real, deposed_at_real, steady_holder); requests sent in
-    [elected, deposed) go to that leader. Checks every interval between events exactly."""
+    [elected, deposed) go to that leader. Checks every interval between events exactly. ``s`` is
+    the holder's settings, ``leader_settings`` each leader's (default: ``s``), ``committed`` the
+    holder's committed lease length (known to every leader from the start, unless
+    ``leaders_know_committed`` is False: the checker's own sanity test)."""
+    known = [committed] if leaders_know_committed else []
     holder = HolderLease(s)
     views = []
-    for clock, elected, _deposed, steady in leaders:
-        v = ArbiterLeaseView(s)
+    for i, (clock, elected, _deposed, steady) in enumerate(leaders):
+        v = ArbiterLeaseView(leader_settings[i] if leader_settings else s)
         views.append(v)
         if elected == 0.0:
-            v.on_became_leader(clock.at(0.0), steady_holder=steady)
+            v.on_became_leader(clock.at(0.0), steady_holder=steady, committed_leases=known)
     events: list[tuple[float, int, str, object]] = []
     for i, (_clock, elected, _, _) in enumerate(leaders):
         if elected > 0.0:
@@ -239,11 +258,11 @@ def _check(
         if kind == "elect":
             i = int(arg)
             clock, _, _, steady = leaders[i]
-            views[i].on_became_leader(clock.at(t), steady_holder=steady)
+            views[i].on_became_leader(clock.at(t), steady_holder=steady, committed_leases=known)
         elif kind == "send":
             k = int(arg)
             _sent, d1, d2, ok = reqs[k]
-            tokens[k] = holder.on_renew_sent(cp.at(t))
+            tokens[k] = holder.on_renew_sent(cp.at(t), committed)
             li = _leader_at(leaders, t)
             if li is not None and ok:
                 heapq.heappush(heap, (t + d1, 2, seqn, "grant", (k, li, d2)))
@@ -251,7 +270,7 @@ def _check(
         elif kind == "grant":
             k, li, d2 = arg
             clock = leaders[li][0]
-            if views[li].try_grant("p", clock.at(t)).granted:
+            if views[li].try_grant("p", clock.at(t), lease_s=announced_lease(holder.lease_s)).granted:
                 heapq.heappush(heap, (t + d2, 3, seqn, "ok", k))
                 seqn += 1
         elif kind == "ok":
@@ -314,6 +333,94 @@ def test_lease_safety_across_leader_change(
     if u <= 0.0:
         u = 1e-3
     _check(s, cp, [(cl, 0.0, u, "p"), (cl2, u, math.inf, steady)], reqs)
+
+
+@st.composite
+def mixed_scenarios(
+    draw: st.DrawFn,
+) -> tuple[HASettings, list[HASettings], Clock, Clock, Clock, float, list[tuple[float, float, float, bool]]]:
+    """Each node with settings of its own (a rolling change of ``lease_s``, or one node's file
+    differing), each clock within its own node's drift bound."""
+    sp, s1, s2 = draw(mixed_settings_st), draw(mixed_settings_st), draw(mixed_settings_st)
+
+    def clock(s: HASettings) -> Clock:
+        return Clock(draw(st.floats(-1e4, 1e4)), draw(st.floats(1 - s.clock_drift, 1 + s.clock_drift)))
+
+    cp, cl, cl2 = clock(sp), clock(s1), clock(s2)
+    n = draw(st.integers(1, 25))
+    reqs = []
+    t = 0.0
+    for g in draw(st.lists(st.floats(0.0, 3.0), min_size=n, max_size=n)):
+        t += g
+        reqs.append((t, draw(st.floats(0.0, 4.0)), draw(st.floats(0.0, 4.0)), draw(st.booleans())))
+    u = max(1e-3, draw(st.floats(0.0, t + 5.0)))
+    return sp, [s1, s2], cp, cl, cl2, u, reqs
+
+
+mixed_settings_st = st.builds(
+    HASettings,
+    lease_s=st.sampled_from([0.5, 1.0, 2.0, 5.0, 10.0]) | st.floats(0.75, 12.0),
+    renew_interval_s=st.just(0.1),
+    clock_drift=st.floats(0.0, 0.1),
+    safety_margin_s=st.floats(0.0, 0.5),
+    fence_duration_s=st.floats(0.0, 0.2),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(mixed_scenarios(), st.sampled_from([None, "p"]), st.booleans())
+def test_lease_safety_with_different_settings_on_each_node(
+    sc: tuple[HASettings, list[HASettings], Clock, Clock, Clock, float, list[tuple[float, float, float, bool]]],
+    steady: str | None,
+    announced: bool,
+) -> None:
+    """Holder and leaders disagree on every lease setting; the holder's length is committed or not.
+    A new leader still never says "expired" while the holder may write."""
+    sp, leader_settings, cp, cl, cl2, u, reqs = sc
+    _check(sp, cp, [(cl, 0.0, u, "p"), (cl2, u, math.inf, steady)], reqs,
+           leader_settings=leader_settings, committed=sp.lease_s if announced else None)
+
+
+def test_a_new_leader_that_ignores_committed_leases_is_caught() -> None:
+    """Sanity for the rule above: a holder with a 10 s committed lease, and a new leader with 1 s of
+    its own that presumes only 2 s (what it did before leases were committed), is unsafe."""
+    sp, sl = HASettings(lease_s=10.0), HASettings(lease_s=1.0)
+    cp = cl = cl2 = Clock(0.0, 1.0)
+    reqs = [(0.5, 0.1, 0.1, True)]
+    _check(sp, cp, [(cl, 0.0, 1.0, "p"), (cl2, 1.0, math.inf, None)], reqs,
+           leader_settings=[sl, sl], committed=10.0)  # the real rule: safe
+    with pytest.raises(AssertionError, match="P may write until"):
+        _check(sp, cp, [(cl, 0.0, 1.0, "p"), (cl2, 1.0, math.inf, None)], reqs,
+               leader_settings=[sl, sl], committed=10.0, leaders_know_committed=False)
+
+
+def test_effective_and_presumed_lease() -> None:
+    assert effective_lease(1.0, None) == 1.0  # up to 2 s needs no announcement
+    assert effective_lease(5.0, None) == UNANNOUNCED_LEASE_S  # longer only once committed
+    assert effective_lease(5.0, 3.0) == 3.0
+    assert effective_lease(5.0, 5.0) == 5.0
+    assert effective_lease(3.0, 5.0) == 3.0  # a shorter own setting always applies
+    assert presumed_lease([], 1.0) == UNANNOUNCED_LEASE_S
+    assert presumed_lease([None, 5.0, 3.0], 1.0) == 5.0
+    assert presumed_lease([None], 4.0) == 4.0
+    view = ArbiterLeaseView(HASettings())
+    view.on_became_leader(100.0, None, [None, 30.0])
+    assert view.deadline("anyone") == pytest.approx(100.0 + 30.0 * 1.01 + 0.1)
+
+
+def test_lease_to_announce() -> None:
+    s = HASettings()
+    assert lease_to_announce(1.0, None, 0.0, s) is None  # the default never announces
+    assert lease_to_announce(2.0, None, 0.0, s) is None
+    assert lease_to_announce(5.0, None, 0.0, s) == 5.0  # longer: at once
+    assert lease_to_announce(8.0, 5.0, 0.0, s) == 8.0
+    assert lease_to_announce(5.0, 5.0, 99.0, s) is None
+    # Shorter: only once every lease of the previous process (at most 5 s long) has run out.
+    wait = lowering_delay(5.0, s)
+    assert wait == pytest.approx(5.0 * 1.01 + 0.1)
+    assert lease_to_announce(1.0, 5.0, wait - 0.01, s) is None
+    assert lease_to_announce(1.0, 5.0, wait, s) == 1.0
+    assert lease_to_announce(3.0, 5.0, wait, s) == 3.0
 
 
 def test_safety_checker_detects_a_broken_rule() -> None:

@@ -168,6 +168,8 @@ events: st.SearchStrategy[e.Event] = st.one_of(
               role=st.sampled_from(["primary", "replica", "unknown"]),
               outcome=st.sampled_from(["ok", "failed", "timeout", "error"]),
               exit_code=st.none() | st.integers(0, 255), duration_ms=st.integers(0, 10**6), output=texts),
+    st.builds(e.MemberLeaseAnnounced, name=names,
+              lease_s=st.sampled_from([0.5, 1.0, 2.5, 30.0]) | st.floats(0.001, 3600, allow_nan=False)),
 )
 
 

@@ -36,7 +36,7 @@ def test_json_encoding_is_the_same_payload(ev: e.Event) -> None:
 
 
 def test_every_type_is_registered_once() -> None:
-    assert len(e.EVENT_TYPES) == 25
+    assert len(e.EVENT_TYPES) == 26
     for name, cls in e.EVENT_TYPES.items():
         assert cls.model_fields["type"].default == name
         assert cls.SCHEMA_VERSION == 1

@@ -29,6 +29,7 @@ from ram.api.schemas import (
 from ram.cluster.node import ApplyResult
 from ram.eventstore.commands import (
     AddMember,
+    Command,
     PatchConfig,
     RemoveMember,
     RequestMemberAction,
@@ -55,6 +56,13 @@ from ram.projections.state import ClusterState
 WRITE_ERRORS = (400, 409, 503)
 MAX_CONFIG_KEY = 200
 HA_MISSING = "the high-availability layer is not running on this node"
+
+
+async def _commit(ctx: ApiContext, command: Command) -> ApplyResult:
+    """Commit an operator's command. A write that reaches a node while Raft leadership changes hands
+    waits for the next leader (at most two election timeouts) instead of failing with a 503: the
+    runtime retries only a proposal that certainly did not go in, so nothing is applied twice."""
+    return await ctx.node.propose(command, ride_out_elections=True)
 
 
 def _write_out(result: ApplyResult) -> WriteOut:
@@ -91,7 +99,7 @@ async def maintenance_on(
 ) -> MaintenanceOut:
     body = data or MaintenanceRequest()
     by = _who(request, body.by)
-    result = await ctx.node.propose(SetMaintenance(enabled=True, reason=body.reason, by=by))
+    result = await _commit(ctx, SetMaintenance(enabled=True, reason=body.reason, by=by))
     state = ctx.node.state
     return MaintenanceOut(
         maintenance=state.maintenance, reason=state.maintenance_reason, by=state.maintenance_by,
@@ -107,7 +115,7 @@ async def maintenance_on(
     responses=error_responses(*WRITE_ERRORS),
 )
 async def maintenance_off(ctx: Ctx, request: Request[Any, Any, Any]) -> MaintenanceOut:
-    result = await ctx.node.propose(SetMaintenance(enabled=False, by=_who(request, "")))
+    result = await _commit(ctx, SetMaintenance(enabled=False, by=_who(request, "")))
     state = ctx.node.state
     return MaintenanceOut(
         maintenance=state.maintenance, reason=state.maintenance_reason, by=state.maintenance_by,
@@ -206,7 +214,7 @@ async def patch_config(
     if all(state.dynamic_config.get(k) == v for k, v in changes.items()):
         return ConfigPatchOut(**_config_out(ctx), write=None)
     command = PatchConfig(changes=changes, pending_restart=pending_restart_after(state, changes), by=_who(request, ""))
-    result = await ctx.node.propose(command)
+    result = await _commit(ctx, command)
     return ConfigPatchOut(**_config_out(ctx), write=_write_out(result))
 
 
@@ -228,7 +236,7 @@ async def add_member(ctx: Ctx, data: JSONBody[AddMemberRequest]) -> MemberWriteO
     if taken is not None:
         raise ApiError(409, f"node id {data.node_id} is already used by member {taken!r}")
     spec = MemberSpec(**data.model_dump())
-    result = await ctx.node.propose(AddMember(member=spec, as_learner=True))
+    result = await _commit(ctx, AddMember(member=spec, as_learner=True))
     return MemberWriteOut(member=data.name, node_id=data.node_id, write=_write_out(result))
 
 
@@ -252,7 +260,7 @@ async def remove_member(
         raise ApiError(409, f"member {name!r} is the primary; switch over to another member first")
     if "\x00" in reason:
         raise ApiError(400, "query parameter 'reason': must not contain NUL")
-    result = await ctx.node.propose(RemoveMember(node_id=member.node_id, reason=reason))
+    result = await _commit(ctx, RemoveMember(node_id=member.node_id, reason=reason))
     return MemberWriteOut(member=name, node_id=member.node_id, write=_write_out(result))
 
 
@@ -269,7 +277,7 @@ async def set_member_tags(ctx: Ctx, name: FromPath[str], data: JSONBody[MemberTa
     member = ctx.node.state.members.get(name)
     if member is None:
         raise ApiError(404, f"no member named {name!r}")
-    result = await ctx.node.propose(SetTags(name=name, tags=data))
+    result = await _commit(ctx, SetTags(name=name, tags=data))
     return MemberWriteOut(member=name, node_id=member.node_id, write=_write_out(result))
 
 
@@ -314,8 +322,8 @@ async def switchover(request: Request[Any, Any, Any], ctx: Ctx,
     problem = switchover_precheck(state, body.candidate)
     if problem is not None:
         raise ApiError(409, problem)
-    result = await ctx.node.propose(
-        RequestSwitchover(candidate=body.candidate, scheduled_at=body.scheduled_at, requested_by=_who(request, ""))
+    result = await _commit(
+        ctx, RequestSwitchover(candidate=body.candidate, scheduled_at=body.scheduled_at, requested_by=_who(request, ""))
     )
     target = body.candidate or "the best eligible replica (chosen by the arbiter)"
     return OperationAcceptedOut(operation=f"switchover {state.primary} -> {target}", write=_write_out(result))
@@ -335,8 +343,8 @@ async def failover(request: Request[Any, Any, Any], ctx: Ctx, data: JSONBody[Fai
         raise ApiError(409, f"the primary {primary.name} is healthy: use a switchover instead")
     # StartFailover has no requested_by field: who asked goes into the reason the events carry.
     reason = f"{data.reason or 'manual failover requested'} (requested by {_who(request, '')})"
-    result = await ctx.node.propose(
-        StartFailover(old_primary=state.primary, candidate=data.candidate, reason=reason, forced=True)
+    result = await _commit(
+        ctx, StartFailover(old_primary=state.primary, candidate=data.candidate, reason=reason, forced=True)
     )
     return OperationAcceptedOut(operation=f"failover to {data.candidate}", write=_write_out(result))
 
@@ -353,7 +361,7 @@ async def _member_action(request: Request[Any, Any, Any], ctx: Ctx, name: str,
     state = ctx.node.state
     if action == "reinit" and name == state.primary:
         raise ApiError(409, f"{name} is the primary and can not be re-cloned; switch over first")
-    result = await ctx.node.propose(RequestMemberAction(name=name, action=action, requested_by=_who(request, "")))
+    result = await _commit(ctx, RequestMemberAction(name=name, action=action, requested_by=_who(request, "")))
     return OperationAcceptedOut(operation=f"{action} {name}", write=_write_out(result))
 
 

@@ -182,7 +182,9 @@ class ClusterNode:
 
     # ------------------------------------------------------------------------------- proposals
 
-    async def propose(self, command: Any, *, timeout: float | None = None, visible: bool = True) -> ApplyResult:
+    async def propose(
+        self, command: Any, *, timeout: float | None = None, visible: bool = True, ride_out_elections: bool = False
+    ) -> ApplyResult:
         """Commit ``command`` and wait until it is applied here; returns its events.
 
         ``visible`` (the default): also wait until this node's store has the events, so that SQL
@@ -193,10 +195,13 @@ class ClusterNode:
         On a follower the command is forwarded to the leader. Raises
         :class:`~ram.consensus.runtime.errors.NoLeaderError` at once when no leader is known,
         :class:`~ram.consensus.runtime.errors.ProposalTimeout` when it does not commit in time and
-        :class:`CommandRefused` when it committed but did not fit the state.
+        :class:`CommandRefused` when it committed but did not fit the state. ``ride_out_elections``:
+        see :meth:`RaftNode.propose <ram.consensus.runtime.node.RaftNode.propose>`.
         """
         envelope = CommandEnvelope(command=command, proposer=self.config.node_id, ts=datetime.now(UTC))
-        applied = await self.raft.propose(encode_envelope(envelope), timeout=timeout, visible=visible)
+        applied = await self.raft.propose(
+            encode_envelope(envelope), timeout=timeout, visible=visible, ride_out_elections=ride_out_elections
+        )
         events = applied.result
         assert isinstance(events, tuple)  # ClusterMachine.decide gives every entry its events
         for event in events:

@@ -517,7 +517,7 @@ async def test_a_503_names_the_leader_api(
     lid, raft = leader.config.node_id, leader.config.raft.listen
     before = [n.decided_index for n in api_cluster.nodes]
 
-    async def moved(command: object, *, timeout: float | None = None) -> ApplyResult:
+    async def moved(command: object, *, timeout: float | None = None, **_: object) -> ApplyResult:
         raise NoLeaderError(f"not the leader; the leader is node {lid} at {raft}", lid, raft)
 
     monkeypatch.setattr(follower, "propose", moved)
@@ -528,7 +528,7 @@ async def test_a_503_names_the_leader_api(
     assert body["leader_api"] == leader_url and leader_url in message
     assert r.headers["location"] == leader_url + "/maintenance?x=1" and r.headers["retry-after"] == "1"
 
-    async def silent(command: object, *, timeout: float | None = None) -> ApplyResult:
+    async def silent(command: object, *, timeout: float | None = None, **_: object) -> ApplyResult:
         raise ProposalTimeout(f"leader (node {lid}) did not answer within 10 s")
 
     monkeypatch.setattr(follower, "propose", silent)

@@ -407,7 +407,7 @@ async def test_a_refusing_node_sends_ramctrl_to_the_leader(
     follower = api_cluster.nodes[fi]
     lid, raft = leader.config.node_id, leader.config.raft.listen
 
-    async def moved(command: object, *, timeout: float | None = None) -> ApplyResult:
+    async def moved(command: object, *, timeout: float | None = None, **_: object) -> ApplyResult:
         raise NoLeaderError(f"not the leader; the leader is node {lid} at {raft}", lid, raft)
 
     monkeypatch.setattr(follower, "propose", moved)

@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
+import msgspec
 import pytest
 
-from ram.consensus.runtime.codec import RaftPayload, decode_payload
-from ram.consensus.runtime.errors import ProposalError, ProposalRefused, ProposalTimeout
+from ram.consensus.runtime.codec import ProposalOutcome, RaftPayload, decode_payload
+from ram.consensus.runtime.errors import NoLeaderError, ProposalError, ProposalRefused, ProposalTimeout
 from ram.consensus.runtime.node import RaftNode
 from ram.consensus.runtime.settings import PeerSpec, RuntimeSettings
 from ram.consensus.runtime.statemachine import DecidedBatch
@@ -522,3 +523,35 @@ async def test_a_stopped_node_refuses_proposals_and_waits_at_once(kv_cluster: Kv
     with pytest.raises(ProposalError):
         await follower.propose(b"set after=1", timeout=30.0)
     assert time.monotonic() - started < 5.0
+
+
+async def test_proposals_ride_out_a_leadership_change_once_each(kv_cluster: KvCluster) -> None:
+    """While leadership moves, the old leader drops proposals (before appending them) and answers
+    forwards with "not the leader": certainly not in the log (``retry_safe``). A client's proposal
+    (``ride_out_elections``) then goes to the next leader and commits exactly once; a proposal
+    without it fails at once, as before."""
+    leader = await kv_cluster.leader()
+    follower = next(n for n in kv_cluster.nodes if n is not leader)
+    await leader.propose(b"set before=1")
+    target = leader.transfer_leadership()
+    assert target is not None
+    with pytest.raises(NoLeaderError) as refused:
+        await leader.propose(b"set plain=1")  # dropped: a transfer is in progress
+    assert refused.value.retry_safe
+    results = await asyncio.gather(
+        leader.propose(b"set from_old_leader=1", ride_out_elections=True),
+        follower.propose(b"set from_follower=1", ride_out_elections=True),
+    )
+    assert all(r.result == {"previous": None} for r in results)  # each applied once, as a new key
+    assert kv_cluster.nodes[target - 1].role is Role.LEADER
+    items = await converged(kv_cluster)
+    assert items["from_old_leader"] == "1" and items["from_follower"] == "1" and "plain" not in items
+
+
+def test_an_outcome_from_an_older_release_is_never_retried() -> None:
+    """A refusal from a node that does not say ``retry_safe`` (an older release) may hide a
+    proposal still in some log: it is not proposed again."""
+    legacy = msgspec.msgpack.encode({"type": "outcome", "request_id": 7, "ok": False, "error": "x", "leader_id": 2})
+    outcome = msgspec.msgpack.decode(legacy, type=ProposalOutcome)
+    assert outcome.retry_safe is False
+    assert NoLeaderError("no leader").retry_safe is True

@@ -38,7 +38,9 @@ class ProposalOutcome(msgspec.Struct, tag="outcome", frozen=True):
     """The leader's answer to a :class:`ForwardedProposal`.
 
     ``index``/``term`` locate the committed entry; ``error`` is set when the proposal failed (not
-    leader any more, timeout, rejected command), with ``leader_id`` as a hint where to retry.
+    leader any more, timeout, rejected command), with ``leader_id`` as a hint where to retry;
+    ``retry_safe`` when it certainly never commits (:class:`~ram.consensus.runtime.errors.NoLeaderError`).
+    A node of an older release sends no ``retry_safe``: unknown, so nobody retries.
     """
 
     request_id: int
@@ -48,6 +50,7 @@ class ProposalOutcome(msgspec.Struct, tag="outcome", frozen=True):
     result: bytes = b""
     error: str = ""
     leader_id: int = 0
+    retry_safe: bool = False
 
 
 PeerPayload = RaftPayload | ForwardedProposal | ProposalOutcome

@@ -8,12 +8,21 @@ class ProposalError(RuntimeError):
 
 
 class NoLeaderError(ProposalError):
-    """No leader is known (election in progress or no quorum); ``leader_id`` hints where to retry."""
+    """No leader is known (election in progress or no quorum); ``leader_id`` hints where to retry.
 
-    def __init__(self, message: str, leader_id: int = 0, leader_address: str | None = None) -> None:
+    ``retry_safe``: the proposal certainly did not and never will commit (this node was not the
+    leader, dropped it before appending it, or saw its entry replaced by a newer term's), so
+    proposing it again can not apply it twice. False when the outcome is unknown (a leader that
+    timed out and then lost leadership may still have it in its log).
+    """
+
+    def __init__(
+        self, message: str, leader_id: int = 0, leader_address: str | None = None, *, retry_safe: bool = True
+    ) -> None:
         super().__init__(message)
         self.leader_id = leader_id
         self.leader_address = leader_address
+        self.retry_safe = retry_safe
 
 
 class ProposalTimeout(ProposalError):

@@ -561,7 +561,9 @@ class RaftNode:
             if pid != self.settings.node_id
         }
 
-    async def propose(self, data: bytes, *, timeout: float | None = None, visible: bool = True) -> ApplyResult:
+    async def propose(
+        self, data: bytes, *, timeout: float | None = None, visible: bool = True, ride_out_elections: bool = False
+    ) -> ApplyResult:
         """Commit ``data`` and wait until it is applied here; returns what the state machine made of it.
 
         ``visible`` (the default): until this node's store has it too (``applied_index``), for a
@@ -572,13 +574,27 @@ class RaftNode:
         On a follower the proposal is forwarded to the leader. Raises :class:`NoLeaderError` at once
         when no leader is known, :class:`ProposalTimeout` when it does not commit in time and
         :class:`ProposalRefused` when the state machine would not take it.
+
+        ``ride_out_elections``: when the proposal certainly did not go in because leadership is
+        changing (``NoLeaderError.retry_safe``), wait for the next leader - within the timeout, and
+        for at most :meth:`_leader_wait_s` - and propose again, instead of failing. For a client's
+        command (the API's writes); not for a leader's own decisions, which belong to its term.
         """
         timeout = timeout or self.settings.proposal_timeout_s
         deadline = time.monotonic() + timeout
-        if self.role is Role.LEADER:
-            result = await self._propose_local(data, timeout, peer=None)
-        else:
-            result = await self._forward(data, timeout, read_only=False)
+        while True:
+            left = max(0.001, deadline - time.monotonic())
+            asked, term = self._current_leader(), self.term
+            try:
+                if self.role is Role.LEADER:
+                    result = await self._propose_local(data, left, peer=None)
+                else:
+                    result = await self._forward(data, left, read_only=False)
+                break
+            except NoLeaderError as exc:
+                if not (ride_out_elections and exc.retry_safe) or not await self._next_leader(asked, term, deadline):
+                    raise
+                log.info("proposal retried with the next leader leader=%d after=%s", self._current_leader(), exc)
         if visible:
             await self.wait_applied(result.index, max(0.001, deadline - time.monotonic()))
         return result
@@ -625,6 +641,29 @@ class RaftNode:
             if pending is not None and pending.future is future:
                 del self._pending[index]
 
+    def _leader_wait_s(self) -> float:
+        """How long a proposal waits for a new leader: two election timeouts cover the election
+        that follows a leader's loss and a pre-vote round, not a quorum lost for good."""
+        return 2 * self.settings.election_s
+
+    def _current_leader(self) -> int:
+        return self.settings.node_id if self.role is Role.LEADER else self.leader_id
+
+    async def _next_leader(self, asked: int, term: int, deadline: float) -> bool:
+        """Wait until a leader is known other than ``asked`` (the one that refused in ``term``; 0:
+        none was known) or elected after it (True), or give up (False)."""
+        until = min(deadline, time.monotonic() + self._leader_wait_s())
+        while True:
+            leader = self._current_leader()
+            if leader and (leader != asked or self.term > term):
+                return time.monotonic() < deadline
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            self._leader_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leader_changed.wait(), min(left, self.settings.tick_ms / 1000 * 5))
+
     def _no_leader(self, leader_id: int) -> NoLeaderError:
         if leader_id:
             address = self.address_of(leader_id)
@@ -654,8 +693,13 @@ class RaftNode:
         request_id = next(self._request_ids)
         outcome = await self._ask(leader, ForwardedProposal(request_id, data, read_only), request_id, timeout)
         if not outcome.ok:
+            if outcome.retry_safe:
+                hint = outcome.leader_id if outcome.leader_id != leader else 0
+                raise NoLeaderError(outcome.error, hint, self.address_of(hint) if hint else None)
             if outcome.leader_id and outcome.leader_id != leader:
-                raise NoLeaderError(outcome.error, outcome.leader_id, self.address_of(outcome.leader_id))
+                raise NoLeaderError(
+                    outcome.error, outcome.leader_id, self.address_of(outcome.leader_id), retry_safe=False
+                )
             raise ProposalError(outcome.error)
         await self.wait_decided(outcome.index, timeout)
         if read_only:
@@ -669,7 +713,9 @@ class RaftNode:
                 index = await self._read_index_local(timeout)
                 outcome = ProposalOutcome(request.request_id, True, index=index)
             elif self.role is not Role.LEADER:
-                outcome = ProposalOutcome(request.request_id, False, error="not the leader", leader_id=self.leader_id)
+                outcome = ProposalOutcome(
+                    request.request_id, False, error="not the leader", leader_id=self.leader_id, retry_safe=True
+                )
             else:
                 result = await self._propose_local(request.data, timeout, peer=peer)
                 outcome = ProposalOutcome(
@@ -679,7 +725,9 @@ class RaftNode:
             log.warning("forwarded proposal refused peer=%d reason=%s", peer, exc)
             outcome = ProposalOutcome(request.request_id, False, error=str(exc))
         except NoLeaderError as exc:
-            outcome = ProposalOutcome(request.request_id, False, error=str(exc), leader_id=exc.leader_id)
+            outcome = ProposalOutcome(
+                request.request_id, False, error=str(exc), leader_id=exc.leader_id, retry_safe=exc.retry_safe
+            )
         except ProposalError as exc:
             outcome = ProposalOutcome(request.request_id, False, error=str(exc), leader_id=self.leader_id)
         self.transport.send(peer, encode_payload(outcome))

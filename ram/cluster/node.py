@@ -21,12 +21,20 @@ import asyncpg
 from ram.cluster.machine import ClusterMachine
 from ram.config import ConfigError, NodeConfig, api_address, check_secrets, pg_address, raft_secret
 from ram.consensus.core import RaftCore
-from ram.consensus.runtime.errors import CommandRefused, ProposalError
+from ram.consensus.runtime.errors import CommandRefused, ProposalError, ProposalRefused
 from ram.consensus.runtime.node import RaftNode, RuntimeStats
 from ram.consensus.runtime.settings import PeerSpec, RuntimeSettings
 from ram.consensus.runtime.transport import PeerAuth, Transport, tls_contexts
 from ram.consensus.types import Role
-from ram.eventstore.commands import BootstrapCluster, CommandEnvelope, PromoteLearner, RecordLeader, encode_envelope
+from ram.eventstore.commands import (
+    APP_LEVEL,
+    BootstrapCluster,
+    CommandEnvelope,
+    PromoteLearner,
+    RecordLeader,
+    encode_envelope,
+    required_level,
+)
 from ram.eventstore.events import CommandRejected, Event, MemberSpec
 from ram.projections.state import ClusterState
 
@@ -50,6 +58,7 @@ def runtime_settings(config: NodeConfig) -> RuntimeSettings:
         proposal_timeout_s=raft.proposal_timeout_s,
         snapshot_entries=raft.snapshot_entries,
         bootstrap=config.bootstrap,
+        app_level=APP_LEVEL,
     )
 
 
@@ -198,6 +207,12 @@ class ClusterNode:
         :class:`CommandRefused` when it committed but did not fit the state. ``ride_out_elections``:
         see :meth:`RaftNode.propose <ram.consensus.runtime.node.RaftNode.propose>`.
         """
+        level = required_level(command)
+        if level and (behind := self.members_behind(level)):
+            raise ProposalRefused(
+                f"not proposed: {', '.join(behind)} run(s) an older release of RAM that can not apply a "
+                f"{getattr(command, 'kind', type(command).__name__)} entry of this kind; upgrade every node first"
+            )
         envelope = CommandEnvelope(command=command, proposer=self.config.node_id, ts=datetime.now(UTC))
         applied = await self.raft.propose(
             encode_envelope(envelope), timeout=timeout, visible=visible, ride_out_elections=ride_out_elections
@@ -208,6 +223,18 @@ class ClusterNode:
             if isinstance(event, CommandRejected):
                 raise CommandRefused(event.reason)
         return ApplyResult(applied.index, applied.term, events)
+
+    def members_behind(self, level: int) -> list[str]:
+        """Members known to run a release below ``level`` (as they announced when they last
+        connected; a member not connected since this node started is not counted)."""
+        behind = []
+        for member in self.state.members.values():
+            if member.node_id == self.config.node_id:
+                continue
+            known = self.raft.peer_app_level(member.node_id)
+            if known is not None and known < level:
+                behind.append(member.name)
+        return sorted(behind)
 
     # ------------------------------------------------------------------------ leader's chores
 

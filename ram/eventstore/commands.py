@@ -170,6 +170,23 @@ class ReportFact(_Command):
     event: FactEvent
 
 
+#: The release level of these commands, announced to peers (``RuntimeSettings.app_level``). A node
+#: that announces a lower one (0: every release before levels were announced) can not decode what
+#: :func:`required_level` puts above it: it would record such an entry as a rejected command, and
+#: its events would differ from every other node's. Raise it with every new command or fact type.
+APP_LEVEL = 1
+
+#: Facts that level 0 (releases up to store schema 0005) does not know.
+_LEVEL_1_FACTS = (CallbackRan, MemberLeaseAnnounced)
+
+
+def required_level(command: object) -> int:
+    """The lowest release level that can apply ``command``."""
+    if isinstance(command, ReportFact) and isinstance(command.event, _LEVEL_1_FACTS):
+        return 1
+    return 0
+
+
 Command = Annotated[
     Union[  # noqa: UP007 - a discriminated union needs the Union form for pydantic
         BootstrapCluster,

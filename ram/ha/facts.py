@@ -3,7 +3,8 @@
 A fact is proposed in the background so the caller (the keeper, the fence path) never waits on
 consensus. While there is no leader or no quorum (an election, a partition) it is retried for up to
 ``retry_s``, as long as the caller's ``still_true`` says it has not been superseded — a stale
-"following pg2" must not land after "following pg3". A refusal (unknown member) is final.
+"following pg2" must not land after "following pg3". A refusal (unknown member, or a fact that a
+member's older release could not apply) is final.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from ram.cluster.node import ClusterNode
-from ram.consensus.runtime.errors import CommandRefused, ProposalError
+from ram.consensus.runtime.errors import CommandRefused, ProposalError, ProposalRefused
 from ram.eventstore.commands import FactEvent, ReportFact
 
 __all__ = ["FactReporter"]
@@ -51,7 +52,7 @@ class FactReporter:
             try:
                 await self._node.propose(ReportFact(event=event), timeout=self._proposal_timeout_s, visible=False)
                 return
-            except CommandRefused as exc:
+            except (CommandRefused, ProposalRefused) as exc:  # retrying would not change the answer
                 log.info("fact refused type=%s error=%s", event.type, exc)
                 return
             except ProposalError as exc:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from ram.cluster.node import ClusterNode
+from ram.eventstore.commands import ReportFact, required_level
 from ram.eventstore.events import MemberLeaseAnnounced, NodeFenced
 from ram.ha import keeper as k
 from ram.ha.facts import FactReporter
@@ -85,8 +86,15 @@ class LeaseRunner:
             if asked == value and now - at < _ANNOUNCE_RETRY_S:
                 return
         self._announcing = (value, now)
+        fact = MemberLeaseAnnounced(name=self.me, lease_s=value)
+        behind = self.node.members_behind(required_level(ReportFact(event=fact)))
+        if behind:
+            # Until they are upgraded this holder keeps to what is committed (at most 2 s if nothing).
+            log.info("lease length not announced: %s run(s) an older release member=%s lease_s=%g",
+                     ", ".join(behind), self.me, value)
+            return
         log.info("announcing lease member=%s lease_s=%g committed_lease_s=%s", self.me, value, self.committed_lease())
-        self.facts.report(MemberLeaseAnnounced(name=self.me, lease_s=value))
+        self.facts.report(fact)
 
     def committed_lease(self) -> float | None:
         """This member's committed lease length as applied here (None: none committed)."""

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 import pytest
 import pytest_asyncio
 
@@ -26,6 +27,7 @@ from ram.consensus.runtime.framing import (
     Hello,
     Proof,
     decode_challenge,
+    decode_hello,
     decode_reply,
     encode_frame,
     encode_hello,
@@ -581,3 +583,32 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
         rng=random.Random(42),
     )
     assert [again._backoff(i) for i in range(12)] == delays  # injectable rng: reproducible
+
+
+# --------------------------------------------------------------------------- application level
+
+
+def test_a_hello_or_reply_from_an_older_release_has_app_level_0() -> None:
+    """Releases before app levels send neither field: they read as level 0 (and ours as theirs do)."""
+    legacy_hello = msgspec.msgpack.encode(
+        {"type": "hello", "version": PROTOCOL_VERSION, "cluster_id": CLUSTER, "node_id": 2, "to_node": 1,
+         "nonce": bytes(32)}
+    )
+    assert decode_hello(legacy_hello).app_level == 0
+    legacy_reply = msgspec.msgpack.encode({"type": "hello_reply", "ok": True, "mac": b""})
+    assert decode_reply(legacy_reply).app_level == 0
+    ours = msgspec.msgpack.decode(encode_hello(Hello(PROTOCOL_VERSION, CLUSTER, 2, 1, bytes(32), 7))[HEADER.size:])
+    assert ours["app_level"] == 7 and ours["nonce"] == bytes(32)  # an older decoder ignores the extra key
+
+
+@asyncio_test
+async def test_peers_learn_each_others_app_level(net: Net) -> None:
+    p1, p2 = free_port(), free_port()
+    a = net.make(1, {2: PeerAddress(LOCAL, p2)}, port=p1, app_level=3)
+    b = net.make(2, {1: PeerAddress(LOCAL, p1)}, port=p2)  # an older release: announces nothing
+    assert a.peer_app_levels == {} and b.peer_app_levels == {}  # not connected yet: unknown
+    await a.start()
+    await b.start()
+    assert a.send(2, b"hello") and b.send(1, b"hello")
+    await wait_until(lambda: a.peer_app_levels.get(2) == 0 and b.peer_app_levels.get(1) == 3,
+                     what="both levels learned")

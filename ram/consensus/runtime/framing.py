@@ -75,7 +75,9 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
     """Dialer's introduction: who it is, which cluster it believes it belongs to, whom it dials.
 
     ``nonce`` and ``to_node`` default to empty so that a version-1 hello still decodes and is refused
-    for its version (with a clear log line) rather than as garbage.
+    for its version (with a clear log line) rather than as garbage. ``app_level``: which release of
+    the replicated application the dialer runs (what it can apply); a node of an older release
+    sends none (0). It does not change the protocol, so it is not part of the version.
     """
 
     version: int
@@ -83,6 +85,7 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
     node_id: int
     to_node: int = 0
     nonce: bytes = b""
+    app_level: int = 0
 
 
 class Challenge(msgspec.Struct, tag="challenge", frozen=True):
@@ -99,11 +102,13 @@ class Proof(msgspec.Struct, tag="proof", frozen=True):
 
 class HelloReply(msgspec.Struct, tag="hello_reply", frozen=True):
     """Acceptor's verdict. ``reason`` is ``"refused"`` on every refusal (the acceptor logs why);
-    ``mac`` is the listener's own proof on success (empty when no secret is configured)."""
+    ``mac`` is the listener's own proof on success (empty when no secret is configured);
+    ``app_level`` the listener's, as in :class:`Hello`."""
 
     ok: bool
     reason: str = ""
     mac: bytes = b""
+    app_level: int = 0
 
 
 _hello_encoder: Final = msgspec.msgpack.Encoder()

@@ -306,6 +306,7 @@ class RaftNode:
             on_frame=self._on_frame,
             rng=random.Random(self._rng.random()),  # own stream: transport jitter must not shift Raft's draws
             auth=auth,
+            app_level=settings.app_level,
         )
         self._decoder = PayloadDecoder()
         self._request_handlers: dict[type[msgspec.Struct], RequestHandler | None] = {}
@@ -504,6 +505,11 @@ class RaftNode:
     @property
     def node_id(self) -> int:
         return self.settings.node_id
+
+    def peer_app_level(self, peer_id: int) -> int | None:
+        """The application level ``peer_id`` announced when it last connected (0: a release that
+        announces none); None: it has not connected since this node started."""
+        return self.transport.peer_app_levels.get(peer_id)
 
     @property
     def role(self) -> Role:

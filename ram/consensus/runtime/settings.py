@@ -49,6 +49,10 @@ class RuntimeSettings:
     #: cost in the store and a round trip: gathering 50 ms of entries (as etcd's backend gathers
     #: 100 ms) took ~10 % off the whole machine's CPU per entry under load in bench/raft_bench.py.
     write_delay_s: float = 0.05
+    #: Which release of the replicated application this node runs, announced to every peer when
+    #: they connect (``RaftNode.peer_app_level``): the application proposes an entry that only a
+    #: newer release can apply only when no member is known to run an older one.
+    app_level: int = 0
 
     @property
     def election_s(self) -> float:

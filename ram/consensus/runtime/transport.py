@@ -328,6 +328,7 @@ class Transport:
         batch_max_bytes: int = 4 << 20,
         auth: PeerAuth | None = None,
         extra_inbound: int = 4,
+        app_level: int = 0,
     ) -> None:
         if not 0 < max_frame_bytes <= MAX_ENCODABLE_FRAME:
             raise ValueError(f"max_frame_bytes must be in 1..{MAX_ENCODABLE_FRAME}, got {max_frame_bytes}")
@@ -354,6 +355,10 @@ class Transport:
         self._batch_max_bytes = batch_max_bytes
         self._auth = auth if auth is not None else PeerAuth()
         self._extra_inbound = extra_inbound
+        self.app_level = app_level
+        #: Peer id -> the application level it announced when it last authenticated (Hello or
+        #: HelloReply; 0: an older release that announces none). Absent: not connected yet.
+        self.peer_app_levels: dict[int, int] = {}
         #: Accepted connections closed at once because too many were open (handshaking or not).
         self.inbound_rejected = 0
         self._last_cap_warning = float("-inf")
@@ -715,7 +720,9 @@ class Transport:
         """Our side of the handshake on a fresh outbound connection; None when accepted, else why not."""
         secret = self._auth.secret
         my_nonce = os.urandom(NONCE_BYTES)
-        writer.write(encode_hello(Hello(PROTOCOL_VERSION, self.cluster_id, self.node_id, peer.peer_id, my_nonce)))
+        writer.write(encode_hello(
+            Hello(PROTOCOL_VERSION, self.cluster_id, self.node_id, peer.peer_id, my_nonce, self.app_level)
+        ))
         await writer.drain()
         first = decode_challenge(await read_one_frame(reader, HANDSHAKE_MAX_BYTES))
         if isinstance(first, HelloReply):
@@ -741,6 +748,7 @@ class Transport:
                 # Either the peer has another secret or none (raft.secret_file differs), or it is not
                 # our peer at all: never send it anything.
                 return "peer refused: it did not prove the cluster secret (raft.secret_file differs?)"
+        self.peer_app_levels[peer.peer_id] = reply.app_level
         return None
 
     async def _watch(self, peer: _Peer, conn: _Outbound) -> None:
@@ -918,8 +926,9 @@ class Transport:
             self._log_refusal(problem, where)
             await self._refuse(writer)
             return None
-        writer.write(encode_reply(HelloReply(ok=True, mac=reply_mac)))
+        writer.write(encode_reply(HelloReply(ok=True, mac=reply_mac, app_level=self.app_level)))
         await writer.drain()
+        self.peer_app_levels[hello.node_id] = hello.app_level
         return hello.node_id
 
     async def _handle_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -21,6 +21,7 @@ from ram.consensus.runtime.storage import open_store_pool
 from ram.eventstore import schema
 from ram.gctuning import tune_collector
 from ram.ha.controller import HAController
+from ram.heaptrim import trim_heap_periodically
 from ram.postgres.server import PostgresServer
 
 if TYPE_CHECKING:
@@ -88,11 +89,13 @@ async def run_node(config: NodeConfig) -> None:
         api = await api_module.serve(api_module.create_app(node, store_dsn=dsn, pool=pool, ha=ha), api_host, api_port)
         log.info("api listening url=%s", api.url)
         tune_collector()  # everything loaded at start stays: the collector stops walking it
+        trimmer = asyncio.ensure_future(trim_heap_periodically())
         stop_wait = asyncio.ensure_future(stop.wait())
         fail_wait = asyncio.ensure_future(node.failed.wait())
         await asyncio.wait({stop_wait, fail_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
         fail_wait.cancel()
+        trimmer.cancel()
         if node.failed.is_set():
             raise NodeFailed("the Raft node failed; see the log above")
         log.info("stop requested; shutting down")

@@ -588,8 +588,8 @@ class RaftNode:
         """
         timeout = timeout or self.settings.proposal_timeout_s
         deadline = time.monotonic() + timeout
+        left = timeout  # the whole timeout for the first attempt (its errors name it), the rest after
         while True:
-            left = max(0.001, deadline - time.monotonic())
             asked, term = self._current_leader(), self.term
             try:
                 if self.role is Role.LEADER:
@@ -601,6 +601,7 @@ class RaftNode:
                 if not (ride_out_elections and exc.retry_safe) or not await self._next_leader(asked, term, deadline):
                     raise
                 log.info("proposal retried with the next leader leader=%d after=%s", self._current_leader(), exc)
+                left = max(0.001, deadline - time.monotonic())
         if visible:
             await self.wait_applied(result.index, max(0.001, deadline - time.monotonic()))
         return result

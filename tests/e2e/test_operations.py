@@ -115,16 +115,21 @@ async def test_postgresql_parameters_reload_and_pending_restart(e2e: E2ECluster)
 async def test_lag_is_measured_and_honoured_by_health_checks(e2e: E2ECluster) -> None:
     c = await e2e.wait_healthy(60)
     replicas = [m["name"] for m in c["members"] if m["name"] != c["primary"]]
-    for n in replicas:
-        assert await _code(e2e, n, "/replica?lag=1GB") == 200, n
 
     async def streaming() -> dict[str, Any] | None:
         # A replica restarted just before (the previous test restarts every member) is healthy as
-        # soon as it runs, and streams once its WAL receiver has reconnected.
+        # soon as it runs, and streams once its WAL receiver has reconnected; /replica answers 200
+        # only once it streams (found by CI: checked before this wait, it could still be 503).
         doc = await e2e.cluster()
         return doc if all(m["streaming"] is True for m in doc["members"] if m["name"] in replicas) else None
 
     doc = await _until("every replica streaming", 30, streaming)
+    for n in replicas:
+
+        async def replica_ok(n: str = n) -> bool:
+            return await _code(e2e, n, "/replica?lag=1GB") == 200
+
+        await _until(f"{n} answering /replica?lag=1GB with 200", 10, replica_ok)
     for m in doc["members"]:
         if m["name"] in replicas:
             assert isinstance(m["lag_bytes"], int) and m["streaming"] is True, m
